@@ -1,0 +1,47 @@
+# edgecloud: two commands on a fresh machine.
+#   make up     set up, build the INT8 model if missing, run the local stack
+#   make test   set up, build the model if missing, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+TRITON_VENV := .venv-triton
+BIN := $(VENV)/bin
+MODEL_DIR := models/all-MiniLM-L6-v2
+
+.PHONY: setup up test model bench clean protos
+
+setup: $(VENV)/.stamp $(TRITON_VENV)/.stamp
+
+# torch==2.13.0 first (a local CPU wheel here); constraints.txt pins it so nothing pulls CUDA wheels.
+$(VENV)/.stamp: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[all]'
+	touch $@
+
+# tritonclient needs protobuf < 7: it gets its own environment, used only by the tests.
+$(TRITON_VENV)/.stamp: tests/outside_clients/requirements.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q -r tests/outside_clients/requirements.txt
+	touch $@
+
+$(MODEL_DIR)/model.json: | $(VENV)/.stamp
+	$(BIN)/edgecloud model build --out $(MODEL_DIR)
+
+model: $(MODEL_DIR)/model.json
+
+up: setup model
+	$(BIN)/edgecloud up --model-dir $(MODEL_DIR)
+
+test: setup model
+	$(BIN)/python -m pytest
+
+bench: setup model
+	$(BIN)/python -m bench.edge
+	$(BIN)/python -m bench.cloud
+
+protos: $(VENV)/.stamp
+	$(BIN)/python -m protos.generate
+
+clean:
+	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_DIR)

@@ -1,0 +1,355 @@
+"""Cloud worker benchmark: dynamic batching on vs off over real gRPC, against the pure-compute ceiling.
+
+    python -m bench.cloud [--seconds 2.5] [--rounds 3] [--concurrency 1 8 64] [--threads 2]
+
+Everything heavy runs in spawned child processes, so the load generator (this process, closed-loop
+``grpc.aio`` clients sending pre-serialised one-sentence requests of 13 tokens) neither starves nor
+is starved by them: two cloud workers (batching on and off, otherwise identical) and two
+pure-compute processes that call the same runtime directly at batch 1 and batch 32, no server, one
+with the workers' OpenMP policy (passive) and one with torch's default (spin), so the ceiling is
+the better of the two. Configurations are interleaved round by round, in alternating order (the
+machine is shared and noisy), so every figure comes from the same minutes; concurrency 1 is also
+measured request by request in turn (a bare gRPC round trip, worker on, worker off), which shows
+what batching costs a lone request and the transport's floor. Prints a table and writes
+``bench/results/cloud.json``.
+
+Targets (2-core CPU): at concurrency 64 batching on gives >= 2.5x the throughput of batching off
+and >= 85% of the batch-32 ceiling; at concurrency 1 the p50 latency is within 1 ms of the batch-1
+compute p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from bench.common import print_table, ratio, summarize, write_result
+from edgecloud.codec import serialize_bytes
+
+MODEL = "all-MiniLM-L6-v2"
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+LIVE_METHOD = "/inference.GRPCInferenceService/ServerLive"
+TOKENS = 13
+START_TIMEOUT_S = 300
+
+_SUBJECTS = ["The cloud worker", "A small model", "The edge agent", "Our gateway", "The batcher", "This service",
+             "A busy client", "The new router"]
+_VERBS = ["answers requests", "embeds short sentences", "keeps latency low", "handles many users",
+          "serves every query", "returns vectors"]
+_TAILS = ["within a few milliseconds", "during the busy evening", "on two tiny cores", "without dropping anything",
+          "for the whole team today", "across the quiet network"]
+
+
+def sentences(tokenizer, count: int = 64, tokens: int = TOKENS) -> list[str]:
+    """``count`` distinct sentences of exactly ``tokens`` tokens ([CLS] and [SEP] included)."""
+    pool = [f"{a} {b} {c}." for a in _SUBJECTS for b in _VERBS for c in _TAILS]
+    chosen = [text for text, n in zip(pool, tokenizer.token_counts(pool)) if n == tokens]
+    if len(chosen) < count:
+        raise RuntimeError(f"only {len(chosen)} sentences of {tokens} tokens")
+    return chosen[:count]
+
+
+def bench_sentences() -> list[str]:
+    from edgecloud.reference_model import tokenizer_file
+    from edgecloud.tokenization import TextTokenizer
+
+    return sentences(TextTokenizer.from_file(tokenizer_file(), 256))
+
+
+def worker_config(batching: bool, threads: int, omp: str = "passive") -> dict:
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": None, "grace_s": 1.0},
+        "runtime": {"device": "cpu", "intra_op_threads": threads, "openmp_wait_policy": omp},
+        "batching": {"enabled": batching, "max_batch_size": 32, "max_queue_delay_us": 2000},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# child processes
+
+
+def _serve_process(config: dict, ready: multiprocessing.Queue) -> None:
+    """One cloud worker until SIGTERM; puts its port on ``ready``."""
+    from cloud_worker.config import CloudConfig
+    from cloud_worker.main import serve
+    from edgecloud.lifecycle import configure_logging
+
+    configure_logging("WARNING")
+    asyncio.run(serve(CloudConfig.model_validate(config), ready=lambda worker: ready.put(worker.port)))
+
+
+def _compute_process(policy: str, threads: int, conn) -> None:
+    """The runtime called directly: answers ``(batch, seconds)`` with (latencies, items, elapsed);
+    ``seconds`` 0 makes exactly one call."""
+    if policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+    from cloud_worker.config import RuntimeSettings
+    from cloud_worker.reference import ReferenceRuntime
+
+    runtime = ReferenceRuntime(settings=RuntimeSettings(device="cpu", intra_op_threads=threads), max_rows=32)
+    runtime.load()
+    texts = sentences(runtime.tokenizer)
+    conn.send("ready")
+    while (job := conn.recv()) is not None:
+        batch, seconds = job
+        latencies = []
+        items = 0
+        index = 0
+        begin = time.perf_counter()
+        stop_at = begin + seconds
+        while True:
+            chunk = [texts[(index + i) % len(texts)] for i in range(batch)]
+            start = time.perf_counter()
+            runtime.embed(chunk)
+            latencies.append(time.perf_counter() - start)
+            items += batch
+            index += batch
+            if time.perf_counter() >= stop_at:
+                break
+        conn.send((latencies, items, time.perf_counter() - begin))
+    runtime.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+@dataclass
+class Series:
+    """One configuration's samples, accumulated over rounds."""
+
+    latencies: list[float] = field(default_factory=list)
+    items: int = 0
+    elapsed: float = 0.0
+    errors: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.items / self.elapsed if self.elapsed else 0.0
+
+    def row(self, name: str, **extra) -> dict:
+        stats = summarize(self.latencies)
+        return {"config": name, **extra, "throughput_per_s": self.throughput, "p50_ms": stats["p50_ms"],
+                "p99_ms": stats["p99_ms"], "n": stats["n"], "errors": self.errors}
+
+
+async def load_segment(channel: grpc.aio.Channel, requests: list[bytes], concurrency: int, seconds: float,
+                       series: Series) -> None:
+    """Closed loop: ``concurrency`` clients each send, await the answer, send again, for ``seconds``."""
+    call = channel.unary_unary(INFER_METHOD)  # bytes in, bytes out: the client costs as little as it can
+    stop_at = time.perf_counter() + seconds
+    done = 0
+
+    async def client(offset: int) -> None:
+        nonlocal done
+        index = offset
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            try:
+                await call(requests[index % len(requests)], timeout=60)
+            except grpc.aio.AioRpcError:
+                series.errors += 1
+                continue
+            series.latencies.append(time.perf_counter() - start)
+            done += 1
+            index += concurrency
+
+    begin = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    series.elapsed += time.perf_counter() - begin
+    series.items += done
+
+
+async def paired_segment(channels: dict[str, grpc.aio.Channel], requests: list[bytes], seconds: float,
+                         series: dict[str, Series]) -> None:
+    """Concurrency 1, request by request in turn: a bare gRPC round trip (ServerLive), then one
+    request to each worker, so their p50s come from the same moments of a noisy machine."""
+    calls = {mode: channel.unary_unary(INFER_METHOD) for mode, channel in channels.items()}
+    live = channels["on"].unary_unary(LIVE_METHOD)
+    stop_at = time.perf_counter() + seconds
+    index = 0
+    while time.perf_counter() < stop_at:
+        start = time.perf_counter()
+        await live(b"", timeout=60)  # the gRPC round trip alone: the floor of what a server adds
+        series["rtt"].latencies.append(time.perf_counter() - start)
+        for mode, call in calls.items():
+            start = time.perf_counter()
+            await call(requests[index % len(requests)], timeout=60)
+            elapsed = time.perf_counter() - start
+            series[mode].latencies.append(elapsed)
+            series[mode].items += 1
+            series[mode].elapsed += elapsed
+        index += 1
+
+
+async def compute_segment(conn, batch: int, seconds: float, series: Series) -> None:
+    conn.send((batch, seconds))
+    latencies, items, elapsed = await asyncio.to_thread(conn.recv)
+    series.latencies.extend(latencies)
+    series.items += items
+    series.elapsed += elapsed
+
+
+def encoded_requests(texts: list[str]) -> list[bytes]:
+    from protos import inference_pb2 as pb
+
+    out = []
+    for text in texts:
+        msg = pb.ModelInferRequest(model_name=MODEL)
+        msg.inputs.add(name="text", datatype="BYTES", shape=[1])
+        msg.raw_input_contents.append(serialize_bytes([text.encode()]))
+        out.append(msg.SerializeToString())
+    return out
+
+
+async def served_embedding(channel: grpc.aio.Channel, request: bytes) -> np.ndarray:
+    from protos import inference_pb2 as pb
+
+    response = pb.ModelInferResponse.FromString(await channel.unary_unary(INFER_METHOD)(request, timeout=60))
+    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(tuple(response.outputs[0].shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+async def main_async(args) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    children = []
+    ports = {}
+    pipes = {}
+    channels: dict[str, grpc.aio.Channel] = {}
+    try:
+        for mode, batching in (("on", True), ("off", False)):
+            ports[mode] = ctx.Queue()
+            children.append(ctx.Process(target=_serve_process, daemon=True,
+                                        args=(worker_config(batching, args.threads, args.worker_omp), ports[mode])))
+        for policy in ("passive", "default"):
+            parent, child = ctx.Pipe()
+            pipes[policy] = parent
+            children.append(ctx.Process(target=_compute_process, args=(policy, args.threads, child), daemon=True))
+        for process in children:
+            process.start()
+        for mode, ready in ports.items():
+            port = await asyncio.to_thread(ready.get, True, START_TIMEOUT_S)
+            channels[mode] = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        for pipe in pipes.values():
+            if not await asyncio.to_thread(pipe.poll, START_TIMEOUT_S) or pipe.recv() != "ready":
+                raise RuntimeError("a compute process did not start")
+
+        texts = bench_sentences()
+        requests = encoded_requests(texts)
+        served = [await served_embedding(channels[mode], requests[0]) for mode in channels]
+
+        paired = {"on": Series(), "off": Series(), "rtt": Series()}
+
+        async def segment(name: str, seconds: float, into: Series | None) -> None:
+            kind, what, arg = name.split()
+            if kind == "paired":
+                await paired_segment(channels, requests, seconds,
+                                     paired if into is not None else {k: Series() for k in paired})
+            elif kind == "compute":
+                await compute_segment(pipes[arg], int(what[1:]), seconds, into)
+            else:
+                await load_segment(channels[what], requests, int(arg[1:]), seconds, into)
+
+        plan = [f"compute b{batch} {policy}" for batch in (1, 32) for policy in ("passive", "default")]
+        plan += [f"batching {mode} c{conc}" for conc in args.concurrency for mode in ("on", "off")]
+        plan.append("paired c1 in-turn")
+        for name in plan:  # warm-up, unrecorded
+            await segment(name, min(1.0, args.seconds), None if name.startswith("paired") else Series())
+        series = {name: Series() for name in plan}
+        for round_index in range(args.rounds):
+            for name in plan if round_index % 2 == 0 else reversed(plan):
+                await segment(name, args.seconds, series[name])
+            print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+    finally:
+        for channel in channels.values():
+            await channel.close()
+        for pipe in pipes.values():
+            try:
+                pipe.send(None)
+            except OSError:
+                pass
+        for process in children:
+            if process.is_alive():
+                process.terminate()
+        for process in children:
+            process.join(timeout=30)
+
+    rows = []
+    for batch in (1, 32):
+        for policy in ("passive", "default"):
+            rows.append(series[f"compute b{batch} {policy}"].row(f"compute ({policy} omp)", batch=batch,
+                                                                 concurrency="-"))
+    for conc in args.concurrency:
+        for mode in ("on", "off"):
+            rows.append(series[f"batching {mode} c{conc}"].row(f"batching {mode}", batch="dyn" if mode == "on" else 1,
+                                                              concurrency=conc))
+
+    for name in ("on", "off"):
+        rows.append(paired[name].row(f"batching {name}, in turn", batch="dyn" if name == "on" else 1,
+                                     concurrency="1 in turn"))
+
+    def best(batch: int, key: str):
+        candidates = [series[f"compute b{batch} {policy}"] for policy in ("passive", "default")]
+        if key == "throughput":
+            return max(s.throughput for s in candidates)
+        return min(summarize(s.latencies)["p50_ms"] for s in candidates)
+
+    top = max(args.concurrency)
+    on_top, off_top = series[f"batching on c{top}"], series[f"batching off c{top}"]
+    targets = {
+        f"on/off throughput at c{top} (>= 2.5)": ratio(on_top.throughput, off_top.throughput),
+        f"on c{top} / best compute b32 throughput (>= 0.85)": ratio(on_top.throughput, best(32, "throughput")),
+    }
+    if 1 in args.concurrency:
+        targets["on c1 p50 - best compute b1 p50, ms (<= 1.0)"] = (
+            summarize(series["batching on c1"].latencies)["p50_ms"] - best(1, "p50"))
+        targets["off c1 p50 - best compute b1 p50, ms"] = (
+            summarize(series["batching off c1"].latencies)["p50_ms"] - best(1, "p50"))
+    targets["in turn: on p50 - off p50, ms"] = (summarize(paired["on"].latencies)["p50_ms"]
+                                                - summarize(paired["off"].latencies)["p50_ms"])
+    targets["in turn: bare gRPC round trip (ServerLive) p50, ms"] = summarize(paired["rtt"].latencies)["p50_ms"]
+    return {
+        "rows": rows,
+        "targets": targets,
+        "served_on_vs_off_max_abs_diff": float(np.abs(served[0] - served[1]).max()),
+        "embedding_norm": float(np.linalg.norm(served[0])),
+        "settings": {"seconds_per_segment": args.seconds, "rounds": args.rounds, "threads": args.threads,
+                     "sentence_tokens": TOKENS, "worker_on": worker_config(True, args.threads, args.worker_omp),
+                     "worker_off": worker_config(False, args.threads, args.worker_omp)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cloud", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.5, help="length of one measured segment")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configurations")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads")
+    parser.add_argument("--worker-omp", choices=["passive", "active", "inherit"], default="passive",
+                        help="the workers' runtime.openmp_wait_policy")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    result = asyncio.run(main_async(args))
+    result["wall_s"] = time.perf_counter() - started
+    print_table(result["rows"], title="cloud worker over gRPC (batching on/off) vs the runtime called directly; "
+                                      "per-request latency")
+    print_table([{"target": k, "value": v} for k, v in result["targets"].items()], title="targets")
+    print(f"served on vs off max |diff| = {result['served_on_vs_off_max_abs_diff']:.2e}; wall {result['wall_s']:.0f} s")
+    print(f"wrote {write_result('cloud', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

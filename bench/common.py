@@ -1,0 +1,94 @@
+"""What every benchmark shares: latency summaries, a printed table, a JSON result file.
+
+Contract: ``summarize(samples_s)`` gives median/p99/mean in milliseconds; ``print_table`` prints
+rows of dicts as an aligned table; ``write_result(name, payload)`` writes
+``bench/results/{name}.json`` with the machine's facts and returns the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def summarize(samples_s: Sequence[float]) -> dict[str, float]:
+    """Latency samples in seconds -> {"n", "p50_ms", "p99_ms", "mean_ms", "max_ms"}."""
+    arr = np.asarray(samples_s, dtype=np.float64) * 1000.0
+    if arr.size == 0:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"), "max_ms": float("nan")}
+    return {
+        "n": int(arr.size),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "mean_ms": float(arr.mean()),
+        "max_ms": float(arr.max()),
+    }
+
+
+def time_calls(fn, *, iterations: int, warmup: int = 3) -> list[float]:
+    """Call ``fn()`` ``warmup`` times untimed, then ``iterations`` times; per-call seconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> None:
+    if not rows:
+        return
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    cells = [[_fmt(row.get(col, "")) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(col.ljust(w) for col, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def machine_facts() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "median_of": "per-request latencies",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine_facts(), **payload}, indent=2) + "\n")
+    return path
+
+
+def ratio(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+__all__ = ["summarize", "time_calls", "print_table", "write_result", "machine_facts", "ratio"]

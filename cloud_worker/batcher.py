@@ -1,0 +1,335 @@
+"""Dynamic batching: concurrent requests merged into one model call.
+
+Contract of ``DynamicBatcher`` (one per model; one batch runs at a time):
+
+- ``submit(item, rows, deadline)`` queues one already-validated request and returns its own
+  result, or raises
+  * ``ResourceExhausted`` when ``max_queue_size`` requests already wait (nothing is queued);
+  * ``DeadlineExceeded`` when its ``deadline`` (a time on ``clock``, monotonic) has passed before
+    its batch starts: an expired request never reaches ``execute``;
+  * ``asyncio.CancelledError`` when the awaiting task is cancelled: a queued request is dropped;
+  * ``Unavailable`` when the batcher stops before the request ran;
+  * the batch's error when ``execute`` fails (an ``InferenceError`` as raised, anything else as
+    ``InternalError``). A failed batch of several requests is re-run one request at a time first,
+    so one request that breaks the model does not fail its batch-mates.
+- When the model is free, queued requests (FIFO, up to ``max_batch_size`` rows; a lone request
+  bigger than that runs alone) are dispatched as soon as the queue holds ``max_batch_size`` rows,
+  a preferred batch size (the largest one reached is taken), or as many rows as the previous batch
+  had (closed-loop clients whose answers just went out come back together); at the latest
+  ``max_queue_delay_s`` after the model became free. So a lone request on an idle batcher goes at
+  once, and no request waits for batch-mates longer than the delay while the model is free.
+- ``enabled=False``: every batch is exactly one request (same queue, deadlines and metrics).
+- ``execute(items)`` gets the items in queue order and must return one result per item, in the
+  same order; any other count fails the whole batch with ``InternalError``. Every request's future
+  is resolved exactly once, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from cloud_worker.metrics import ModelMetrics, Outcome
+from edgecloud.errors import DeadlineExceeded, InferenceError, InternalError, ResourceExhausted, Unavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(slots=True, eq=False)
+class _Entry(Generic[T]):
+    item: T
+    rows: int
+    future: asyncio.Future
+    enqueued: float
+    deadline: float | None
+    queued: bool = True
+
+
+class DynamicBatcher(Generic[T, R]):
+    def __init__(
+        self,
+        execute: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch_size: int = 32,
+        max_queue_delay_s: float = 0.002,
+        preferred_batch_sizes: Sequence[int] = (),
+        max_queue_size: int = 1024,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: ModelMetrics | None = None,
+        name: str = "model",
+    ):
+        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_s < 0:
+            raise ValueError("max_batch_size and max_queue_size must be >= 1, max_queue_delay_s >= 0")
+        self._execute = execute
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.preferred_batch_sizes = tuple(sorted(set(preferred_batch_sizes)))
+        self.max_queue_size = max_queue_size
+        self.enabled = enabled
+        self.name = name
+        self._clock = clock
+        self._metrics = metrics
+        self._queue: deque[_Entry[T]] = deque()
+        self._queued = 0
+        self._queued_rows = 0
+        self._running = 0
+        self._previous_rows = 0
+        self._free_since = float("-inf")
+        self._last_compute_s = 0.0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._closed = False
+            self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        """Fail every queued request with ``Unavailable`` and stop; a running batch is abandoned
+        (its requests get ``Unavailable``; the model call itself finishes on its thread)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._fail_queued(Unavailable("the worker is shutting down"))
+
+    async def __aenter__(self) -> DynamicBatcher[T, R]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # state -----------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting (not running)."""
+        return self._queued
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting or running."""
+        return self._queued + self._running
+
+    # submitting ------------------------------------------------------------------------------
+
+    async def submit(self, item: T, rows: int = 1, deadline: float | None = None) -> R:
+        if self._closed or self._task is None:
+            raise Unavailable(f"model {self.name!r} is not accepting requests")
+        now = self._clock()
+        if deadline is not None and now >= deadline:
+            self._count(Outcome.DEADLINE_EXCEEDED)
+            raise DeadlineExceeded("the deadline passed before the request was queued")
+        if self._queued >= self.max_queue_size:
+            self._count(Outcome.QUEUE_FULL)
+            raise ResourceExhausted(
+                f"model {self.name!r} has {self._queued} requests queued, the most it takes; retry later",
+                retry_after_s=max(self._last_compute_s, 0.001),
+            )
+        entry = _Entry(item, rows, asyncio.get_running_loop().create_future(), now, deadline)
+        self._queue.append(entry)
+        self._queued += 1
+        self._queued_rows += rows
+        self._set_pending()
+        self._wakeup.set()
+        try:
+            return await entry.future
+        except asyncio.CancelledError:
+            if entry.queued:
+                self._unqueue(entry)
+                self._count(Outcome.CANCELLED)
+            raise
+
+    # the loop --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queued:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch: list[_Entry[T]] = []
+            try:
+                limit = await self._gather() if self.enabled else 1
+                batch, rows = self._take(limit)
+                if batch:
+                    await self._dispatch(batch, rows)
+                    self._previous_rows = rows
+                    self._free_since = self._clock()
+            except Exception:  # a bug here must not leave every later request hanging
+                log.exception("batcher of model %r failed; continuing", self.name)
+                self._fail(batch, InternalError(f"model {self.name!r} failed to run the request"), Outcome.ERROR)
+                self._running = 0
+                self._set_pending()
+
+    async def _gather(self) -> int:
+        """Wait (bounded by the delay since the model became free) for a batch worth starting;
+        returns the most rows to take."""
+        target = min(self.max_batch_size, max(self._previous_rows, 1))
+        while self._queued:
+            rows = self._queued_rows
+            if rows >= target:
+                return self.max_batch_size
+            reached = [size for size in self.preferred_batch_sizes if size <= rows]
+            if reached:
+                return reached[-1]
+            remaining = self._free_since + self.max_queue_delay_s - self._clock()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                break
+        return self.max_batch_size
+
+    def _take(self, limit: int) -> tuple[list[_Entry[T]], int]:
+        """Pop up to ``limit`` rows of live requests in FIFO order; expired ones are answered."""
+        batch: list[_Entry[T]] = []
+        total = 0
+        now = self._clock()
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            if not entry.queued:
+                queue.popleft()
+                continue
+            if entry.deadline is not None and now >= entry.deadline:
+                queue.popleft()
+                self._unqueue(entry)
+                entry.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
+                self._count(Outcome.DEADLINE_EXCEEDED)
+                continue
+            if batch and total + entry.rows > limit:
+                break
+            queue.popleft()
+            self._unqueue(entry)
+            batch.append(entry)
+            total += entry.rows
+            if total >= limit:
+                break
+        self._running = len(batch)
+        self._set_pending()
+        return batch, total
+
+    async def _dispatch(self, batch: list[_Entry[T]], rows: int) -> None:
+        start = self._clock()
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.batch_size.observe(rows)
+            metrics.batch_requests.observe(len(batch))
+            for entry in batch:
+                metrics.queue_seconds.observe(start - entry.enqueued)
+        try:
+            try:
+                results = await self._execute([entry.item for entry in batch])
+                if len(results) != len(batch):
+                    raise InternalError(f"the model returned {len(results)} results for {len(batch)} requests")
+            except asyncio.CancelledError:
+                self._fail(batch, Unavailable("the worker stopped before the request finished"), Outcome.UNAVAILABLE)
+                raise
+            except Exception as exc:
+                if len(batch) > 1:
+                    log.warning("batch of %d requests failed on model %r (%s); retrying one at a time",
+                                len(batch), self.name, type(exc).__name__)
+                    await self._run_alone(batch)
+                else:
+                    self._fail(batch, _client_error(exc, self.name), Outcome.ERROR)
+                return
+            ok = 0
+            for entry, result in zip(batch, results):
+                if not entry.future.done():
+                    entry.future.set_result(result)
+                    ok += 1
+            self._count(Outcome.OK, ok)
+        finally:
+            self._last_compute_s = self._clock() - start
+            if metrics is not None:
+                metrics.compute_seconds.observe(self._last_compute_s)
+            self._running = 0
+            self._set_pending()
+
+    async def _run_alone(self, batch: list[_Entry[T]]) -> None:
+        """Isolate a failed batch's culprit: each request alone, each with its own outcome."""
+        for index, entry in enumerate(batch):
+            if entry.future.done():
+                continue
+            if entry.deadline is not None and self._clock() >= entry.deadline:
+                entry.future.set_exception(DeadlineExceeded("the deadline passed before the request ran"))
+                self._count(Outcome.DEADLINE_EXCEEDED)
+                continue
+            try:
+                results = await self._execute([entry.item])
+                if len(results) != 1:
+                    raise InternalError(f"the model returned {len(results)} results for 1 request")
+            except asyncio.CancelledError:
+                self._fail(batch[index:], Unavailable("the worker stopped before the request finished"),
+                           Outcome.UNAVAILABLE)
+                raise
+            except Exception as exc:
+                self._fail([entry], _client_error(exc, self.name), Outcome.ERROR)
+            else:
+                if not entry.future.done():
+                    entry.future.set_result(results[0])
+                    self._count(Outcome.OK)
+
+    # helpers ---------------------------------------------------------------------------------
+
+    def _unqueue(self, entry: _Entry[T]) -> None:
+        entry.queued = False
+        self._queued -= 1
+        self._queued_rows -= entry.rows
+        self._set_pending()
+
+    def _fail(self, entries: list[_Entry[T]], error: BaseException, outcome: Outcome) -> None:
+        failed = 0
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_exception(error)
+                failed += 1
+        self._count(outcome, failed)
+
+    def _fail_queued(self, error: BaseException) -> None:
+        while self._queue:
+            entry = self._queue.popleft()
+            if entry.queued:
+                self._unqueue(entry)
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+                    self._count(Outcome.UNAVAILABLE)
+
+    def _set_pending(self) -> None:
+        if self._metrics is not None:
+            self._metrics.pending.set(self._queued + self._running)
+
+    def _count(self, outcome: Outcome, count: int = 1) -> None:
+        if self._metrics is not None and count:
+            self._metrics.outcome(outcome, count)
+
+
+def _client_error(exc: Exception, model: str) -> InferenceError:
+    if isinstance(exc, InferenceError):
+        return exc
+    log.error("model %r failed on a batch", model, exc_info=exc)
+    return InternalError(f"model {model!r} failed to run the request")
+
+
+__all__ = ["DynamicBatcher"]

@@ -1,0 +1,144 @@
+"""The cloud worker's configuration: one YAML file, env overrides with prefix ``EDGECLOUD_CLOUD_``.
+
+Contract: ``CloudConfig`` has a default for every field, so no file is required; an unknown key,
+a wrong type or an inconsistent value raises ``edgecloud.config.ConfigError`` naming the field path
+(``batching.preferred_batch_sizes``). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator
+
+from edgecloud.config import LimitsSettings, Section, ServerSettings, load_config
+from edgecloud.reference_model import MAX_SEQUENCE_LENGTH, MODEL_NAME, MODEL_VERSION
+
+ENV_PREFIX = "EDGECLOUD_CLOUD_"
+DEFAULT_PORT = 8201
+DEFAULT_METRICS_PORT = 8202
+
+
+class CloudServerSettings(ServerSettings):
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    """gRPC port; 0 picks a free one."""
+    metrics_port: int | None = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
+    """Prometheus ``/metrics`` HTTP port on ``host``; 0 picks a free one, null disables it."""
+
+    @field_validator("http_port")
+    @classmethod
+    def _no_http_front(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("the cloud worker serves gRPC only; leave http_port unset")
+        return value
+
+
+class RuntimeSettings(Section):
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Reference model precision: ``auto`` is fp16 on CUDA and fp32 on CPU."""
+    intra_op_threads: int | None = Field(None, ge=1, le=256)
+    """torch threads inside one operator (``torch.set_num_threads``); null = the CPUs this process may use."""
+    inter_op_threads: int = Field(1, ge=1, le=256)
+    """torch threads across operators (``torch.set_num_interop_threads``)."""
+    length_bucketing: bool = True
+    """Split a batch into sub-batches of similar token length when that saves padding."""
+    max_sequence_length: int = Field(MAX_SEQUENCE_LENGTH, ge=8, le=512)
+    """Tokens per text after truncation (the reference model was trained with 256)."""
+    warmup: bool = True
+    """Run a few batches at load so the first real request pays no kernel set-up cost."""
+    openmp_wait_policy: Literal["passive", "active", "inherit"] = "passive"
+    """How idle OpenMP threads wait between torch operators: ``passive`` sleeps, which keeps the cores
+    free for the gRPC loop, clients and neighbours (on a shared 2-core machine several times faster
+    than spinning); ``active`` spins (lowest per-operator latency on dedicated cores); ``inherit``
+    keeps the environment's ``OMP_WAIT_POLICY``. Applied by ``run``/``serve`` before torch loads."""
+
+
+class BatchingSettings(Section):
+    enabled: bool = True
+    """Merge concurrent requests into one model call; false runs each request alone (same queue)."""
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Most rows (texts) one model call takes; a single larger request still runs, alone."""
+    max_queue_delay_us: int = Field(2000, ge=0, le=10_000_000)
+    """Longest a queued request waits for batch-mates once the model is free (microseconds)."""
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    """Batch sizes (rows) dispatched at once when reached, without waiting out the delay."""
+    max_queue_size: int = Field(1024, ge=1, le=1_000_000)
+    """Requests waiting for the model; one more is answered RESOURCE_EXHAUSTED."""
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _preferred_within_max(cls, value: list[int], info) -> list[int]:
+        limit = info.data.get("max_batch_size")
+        for size in value:
+            if size < 1 or (limit is not None and size > limit):
+                raise ValueError(f"{size} is outside 1..max_batch_size ({limit})")
+        return sorted(set(value))
+
+
+class ReferenceModelSpec(Section):
+    """The packaged all-MiniLM-L6-v2 through ``transformers`` (text -> embedding)."""
+
+    kind: Literal["reference"] = "reference"
+    """``reference``: the packaged sentence-embedding model (``text`` -> ``embedding``)."""
+    name: str = Field(MODEL_NAME, min_length=1)
+    """Model name clients address."""
+    version: str = Field(MODEL_VERSION, min_length=1)
+    """Model version reported and addressable."""
+
+
+class ProgramModelSpec(Section):
+    """A TorchScript or ``torch.export`` program in a directory described by its ``model.json``."""
+
+    kind: Literal["program"]
+    """``program``: a TorchScript or torch.export program directory."""
+    path: Path
+    """Directory holding ``model.json`` and the program file it names."""
+
+
+ModelSpec = Annotated[Union[ReferenceModelSpec, ProgramModelSpec], Field(discriminator="kind")]
+
+
+class CloudConfig(Section):
+    server: CloudServerSettings = Field(default_factory=CloudServerSettings)
+    """Where the gRPC server and the metrics endpoint listen, and how long shutdown drains."""
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    """Request size limits, checked while decoding, before anything is queued."""
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    """Device, precision and threads of the torch runtime."""
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    """The dynamic batcher in front of each model."""
+    models: list[ModelSpec] = Field(default_factory=lambda: [ReferenceModelSpec()], min_length=1)
+    """Models to serve (each gets its own batcher and compute thread)."""
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, value: list) -> list:
+        seen: set[tuple[str, str]] = set()
+        for spec in value:
+            if isinstance(spec, ReferenceModelSpec):
+                key = (spec.name, spec.version)
+                if key in seen:
+                    raise ValueError(f"model {spec.name!r} version {spec.version!r} is listed twice")
+                seen.add(key)
+        return value
+
+
+def load_cloud_config(path: str | Path | None, environ=None) -> CloudConfig:
+    """Load and validate; raises ``ConfigError`` naming the field path."""
+    return load_config(CloudConfig, path, ENV_PREFIX, environ)
+
+
+__all__ = [
+    "ENV_PREFIX",
+    "BatchingSettings",
+    "CloudConfig",
+    "CloudServerSettings",
+    "ModelSpec",
+    "ProgramModelSpec",
+    "ReferenceModelSpec",
+    "RuntimeSettings",
+    "load_cloud_config",
+]

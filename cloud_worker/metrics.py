@@ -1,0 +1,72 @@
+"""Prometheus metrics of one cloud worker, in a registry of its own.
+
+Contract: ``WorkerMetrics(registry)`` registers the worker's metric families in ``registry`` (a
+fresh ``CollectorRegistry`` by default, so several workers or tests in one process never collide);
+``for_model(name)`` returns a ``ModelMetrics`` whose children are bound once, keeping label look-ups
+out of the per-request path. ``render()`` is the text exposition format ``/metrics`` serves.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512)
+SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+
+
+class Outcome(enum.Enum):
+    """How a request left the batcher."""
+
+    OK = "ok"
+    ERROR = "error"
+    QUEUE_FULL = "queue_full"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    UNAVAILABLE = "unavailable"
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.batch_size = Histogram("edgecloud_cloud_batch_size", "Rows (texts) per model call batch.",
+                                    ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_requests = Histogram("edgecloud_cloud_batch_requests", "Requests merged into one batch.",
+                                        ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("edgecloud_cloud_queue_seconds",
+                                       "Time a request waited in the batch queue before its batch started.",
+                                       ["model"], buckets=SECONDS_BUCKETS, registry=r)
+        self.compute_seconds = Histogram("edgecloud_cloud_compute_seconds",
+                                         "Time one batch spent in the model (tokenization included).",
+                                         ["model"], buckets=SECONDS_BUCKETS, registry=r)
+        self.pending = Gauge("edgecloud_cloud_pending_requests", "Requests queued or running.", ["model"],
+                             registry=r)
+        self.requests = Counter("edgecloud_cloud_requests", "Requests that left the batcher, by outcome.",
+                                ["model", "outcome"], registry=r)
+
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(self, model)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """One model's bound metric children; what the batcher records."""
+
+    def __init__(self, metrics: WorkerMetrics, model: str):
+        self.batch_size = metrics.batch_size.labels(model=model)
+        self.batch_requests = metrics.batch_requests.labels(model=model)
+        self.queue_seconds = metrics.queue_seconds.labels(model=model)
+        self.compute_seconds = metrics.compute_seconds.labels(model=model)
+        self.pending = metrics.pending.labels(model=model)
+        self._outcomes = {outcome: metrics.requests.labels(model=model, outcome=outcome.value) for outcome in Outcome}
+
+    def outcome(self, outcome: Outcome, count: int = 1) -> None:
+        self._outcomes[outcome].inc(count)
+
+
+__all__ = ["ModelMetrics", "Outcome", "WorkerMetrics"]

@@ -1,0 +1,87 @@
+"""``BatchedModel``: a runtime behind a dynamic batcher and its own compute thread.
+
+Contract: ``infer`` receives a request the ``Dataplane`` has already validated; it runs the
+runtime's per-request ``prepare`` on the event loop (so a bad request is refused alone, before it
+can join a batch), queues it with its deadline, and answers with the runtime's outputs, the model's
+version and ``parameters={"variant": ...}``. Compute runs on one dedicated thread per model, never
+on the event loop. ``load`` loads and warms the runtime before the model reports ready; ``unload``
+stops the batcher (queued requests get UNAVAILABLE), waits for a running batch, and frees the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from cloud_worker.batcher import DynamicBatcher
+from cloud_worker.config import BatchingSettings
+from cloud_worker.metrics import ModelMetrics
+from cloud_worker.runtime import Runtime
+from edgecloud.errors import FailedPrecondition
+from edgecloud.model import BlockingRunner, Model
+from edgecloud.types import InferRequest, InferResponse, Tensor
+
+
+def batch_limit(runtime: Runtime, batching: BatchingSettings) -> int:
+    """Rows per model call: the batcher's limit, capped by what the program declares it takes."""
+    declared = runtime.metadata.max_batch_size
+    return min(batching.max_batch_size, declared) if declared else batching.max_batch_size
+
+
+class BatchedModel(Model):
+    def __init__(self, runtime: Runtime, batching: BatchingSettings | None = None, *,
+                 metrics: ModelMetrics | None = None, clock: Callable[[], float] = time.monotonic):
+        batching = batching or BatchingSettings()
+        self.runtime = runtime
+        self.metadata = runtime.metadata
+        self._runner: BlockingRunner | None = None
+        self.batcher: DynamicBatcher[object, list[Tensor]] = DynamicBatcher(
+            self._execute,
+            max_batch_size=batch_limit(runtime, batching),
+            max_queue_delay_s=batching.max_queue_delay_us / 1e6,
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            max_queue_size=batching.max_queue_size,
+            enabled=batching.enabled and runtime.batchable,
+            clock=clock,
+            metrics=metrics,
+            name=self.metadata.name,
+        )
+        self._parameters = {"variant": runtime.variant}
+        self._loaded = False
+
+    def ready(self) -> bool:
+        return self._loaded
+
+    async def load(self) -> None:
+        if self._loaded:
+            return
+        self._runner = BlockingRunner(1, name=f"torch-{self.metadata.name}")
+        await self._runner.run(self.runtime.load)
+        await self.batcher.start()
+        self._loaded = True
+
+    async def unload(self) -> None:
+        self._loaded = False
+        await self.batcher.stop()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await asyncio.to_thread(runner.close)  # waits for a batch still on the thread
+            self.runtime.close()
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if not self._loaded:
+            raise FailedPrecondition(f"model {self.metadata.name!r} is not loaded")
+        item, rows = self.runtime.prepare(request)
+        outputs = await self.batcher.submit(item, rows, request.deadline)
+        return InferResponse(self.metadata.name, outputs, model_version=self.version,
+                             parameters=dict(self._parameters))
+
+    async def _execute(self, items: list[object]) -> list[list[Tensor]]:
+        runner = self._runner
+        if runner is None:
+            raise FailedPrecondition(f"model {self.metadata.name!r} is not loaded")
+        return await runner.run(self.runtime.run, items)
+
+
+__all__ = ["BatchedModel", "batch_limit"]

@@ -1,0 +1,143 @@
+"""``EdgeAgent``: the edge runtime embedded in a device app's own process.
+
+Contract:
+- Sync use (no event loop needed)::
+
+      with EdgeAgent.from_model_dir("models/all-MiniLM-L6-v2") as agent:
+          vectors = agent.embed(["hello", "world"])      # np.ndarray [2, 384], L2-normalised
+          response = agent.infer_sync(request)            # InferRequest -> InferResponse
+
+- Asyncio use::
+
+      async with EdgeAgent.from_model_dir(path) as agent:
+          vectors = await agent.aembed(["hello"])
+          response = await agent.infer(request)           # InferRequest or pb.ModelInferRequest
+
+Requests are validated exactly as the gRPC server validates them (same ``Dataplane``); bad input
+raises the typed ``edgecloud.errors`` exceptions without running the model. Blocking compute in
+the async API runs on the model's own threads, never on the caller's event loop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecloud import codec
+from edgecloud.codec import bytes_array
+from edgecloud.admission import Admission
+from edgecloud.dataplane import Dataplane
+from edgecloud.errors import InvalidArgument
+from edgecloud.model import ModelRepository
+from edgecloud.reference_model import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from edgecloud.types import InferRequest, InferResponse, ServerMetadata, Tensor
+from edge_agent.config import EdgeConfig, ModelSettings
+from edge_agent.model_dir import load_model_dir
+from edge_agent.models import OnnxModel, model_from_dir
+from edge_agent.onnx_session import SessionSettings
+
+SERVER_NAME = "edgecloud-edge"
+
+
+def build_models(config: EdgeConfig) -> list[OnnxModel]:
+    """The configured models, constructed but not loaded."""
+    models = []
+    for entry in config.models:
+        spec = load_model_dir(entry.path)
+        settings = SessionSettings(intra_op_threads=entry.intra_op_threads, inter_op_threads=entry.inter_op_threads)
+        models.append(model_from_dir(spec, entry.variant, settings, entry.concurrency, entry.chunk_size))
+    return models
+
+
+class EdgeAgent:
+    def __init__(self, config: EdgeConfig | None = None):
+        from edgecloud import __version__
+
+        self.config = config or EdgeConfig()
+        self.models = build_models(self.config)
+        server = self.config.server
+        self.dataplane = Dataplane(
+            ModelRepository(self.models), ServerMetadata(SERVER_NAME, __version__), self.config.limits.to_limits(),
+            Admission(server.max_concurrent_requests, server.overload_retry_after_ms / 1000.0),
+        )
+        self._loaded = False
+
+    @classmethod
+    def from_model_dir(cls, path: str | Path, *, variant: str | None = None, threads: int = 0,
+                       concurrency: int = 1) -> EdgeAgent:
+        """An agent serving one model directory (``threads`` 0 = onnxruntime's default)."""
+        entry = ModelSettings(path=Path(path), variant=variant, intra_op_threads=threads, concurrency=concurrency)
+        return cls(EdgeConfig(models=[entry]))
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def load(self) -> EdgeAgent:
+        """Create sessions and warm up (blocking)."""
+        if not self._loaded:
+            for model in self.models:
+                model.load_blocking()
+            self._loaded = True
+            self.dataplane.set_ready(True)
+        return self
+
+    async def aload(self) -> EdgeAgent:
+        if not self._loaded:
+            for model in self.models:
+                await model.load()
+            self._loaded = True
+            self.dataplane.set_ready(True)
+        return self
+
+    def close(self) -> None:
+        self.dataplane.set_ready(False)
+        for model in self.models:
+            model.unload_blocking()
+        self._loaded = False
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> EdgeAgent:
+        return self.load()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def __aenter__(self) -> EdgeAgent:
+        return await self.aload()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    # inference -------------------------------------------------------------------------------
+
+    def _embedding_request(self, texts, model_name: str) -> InferRequest:
+        if isinstance(texts, (str, bytes)):
+            raise InvalidArgument("pass a list of texts, not a single string", field="texts")
+        data = bytes_array(texts)
+        return InferRequest(model_name=model_name, inputs=[Tensor(INPUT_NAME, "BYTES", data.shape, data)])
+
+    def embed(self, texts: list[str], *, model_name: str = MODEL_NAME) -> np.ndarray:
+        """Embeddings [N, D] for ``texts`` (blocking, in the caller's thread)."""
+        response = self.infer_sync(self._embedding_request(texts, model_name))
+        return response.output(OUTPUT_NAME).data
+
+    async def aembed(self, texts: list[str], *, model_name: str = MODEL_NAME) -> np.ndarray:
+        response = await self.infer(self._embedding_request(texts, model_name))
+        return response.output(OUTPUT_NAME).data
+
+    def infer_sync(self, request: InferRequest) -> InferResponse:
+        self.load()
+        model = self.dataplane.prepare(request)
+        assert isinstance(model, OnnxModel)
+        return self.dataplane.finish(request, model.infer_blocking(request))
+
+    async def infer(self, request):
+        """Run an ``InferRequest`` (returns ``InferResponse``) or a ``pb.ModelInferRequest``
+        (returns ``pb.ModelInferResponse``)."""
+        await self.aload()
+        if isinstance(request, InferRequest):
+            return await self.dataplane.infer(request)
+        decoded = codec.request_from_proto(request, self.dataplane.limits)
+        return codec.response_to_proto(await self.dataplane.infer(decoded))

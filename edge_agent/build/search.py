@@ -1,0 +1,114 @@
+"""Sensitivity analysis and the greedy choice of which node groups leave fast dynamic INT8.
+
+Contract:
+- ``sensitivity(bench, level)`` quantizes one group at a time at ``level`` (all others FP32)
+  and returns one ``GroupError`` per group, most damaging first. ``score`` is the error in
+  units of the target budgets: max(mean-cosine drop / (1 - cosine_mean target),
+  min-cosine drop / (1 - cosine_min target)).
+- ``greedy(bench, ranking, targets)`` starts from every group at dynamic INT8 and promotes
+  groups, most sensitive first, until the calibration metrics meet ``targets``, both at batch 1 and in
+  padded batches. MatMul groups are promoted to blockwise INT8 first (in sensitivity
+  order); only when none is left are other groups kept in FP32, and only while the size target
+  holds. Each round promotes as many groups as the summed single-group mean drops predict are
+  needed, then verifies with a real build; it returns the recipe and every verified step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edge_agent.build.groups import Group
+from edge_agent.build.quantize import Level, Recipe
+from edge_agent.build.targets import Targets
+from edge_agent.build.trials import TrialBench
+
+BYTES_FLOAT, BYTES_INT8 = 4, 1
+
+
+@dataclass(frozen=True)
+class GroupError:
+    group: str
+    family: str
+    layer: int | None
+    level: str
+    cosine_mean_drop: float
+    cosine_min_drop: float
+    spearman_drop: float
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sensitivity(bench: TrialBench, targets: Targets, level: Level = Level.DYNAMIC,
+                full: bool = False, progress: Callable[[str], None] = lambda _: None,
+                ) -> list[GroupError]:
+    errors = []
+    for group in bench.groups:
+        if level is Level.BLOCKWISE and not group.blockwise_capable:
+            continue
+        recipe = Recipe(default=Level.FLOAT, levels={group.name: level})
+        trial = bench.measure(f"only {group.name} {level.value}", recipe, batched=False, full=full)
+        m = trial["full" if full else "calibration"]
+        mean_drop, min_drop = 1 - m["cosine_mean"], 1 - m["cosine_min"]
+        score = max(mean_drop / (1 - targets.cosine_mean), min_drop / (1 - targets.cosine_min))
+        errors.append(GroupError(group.name, group.family, group.layer, level.value, mean_drop,
+                                 min_drop, 1 - m["spearman"], score))
+        progress(f"    {group.name:12s} mean drop {mean_drop:.5f}  min drop {min_drop:.5f}")
+    return sorted(errors, key=lambda e: -e.score)
+
+
+def _promotion(group: Group) -> Level:
+    return Level.BLOCKWISE if group.blockwise_capable else Level.FLOAT
+
+
+def _extra_float_bytes(group: Group) -> int:
+    return group.weight_params * (BYTES_FLOAT - BYTES_INT8)
+
+
+def _met(targets: Targets, trial: dict[str, Any]) -> bool:
+    return targets.accuracy_met(trial["calibration"]) and targets.accuracy_met(trial["calibration_batched"])
+
+
+def greedy(bench: TrialBench, ranking: list[GroupError], targets: Targets,
+           progress: Callable[[str], None] = lambda _: None) -> tuple[Recipe, list[dict[str, Any]]]:
+    by_name = {g.name: g for g in bench.groups}
+    recipe = Recipe(default=Level.DYNAMIC)
+    trial = bench.measure("greedy start: all dynamic", recipe)
+    steps = [{**trial, "promoted": []}]
+    budget = targets.size_ratio * bench.fp32_bytes
+    # Blockwise INT8 keeps file size and costs little speed; FP32 costs both, so it is the
+    # fallback once no blockwise-capable group is left.
+    pending = ([e for e in ranking if by_name[e.group].blockwise_capable]
+               + [e for e in ranking if not by_name[e.group].blockwise_capable])
+    while not _met(targets, trial) and pending:
+        current = trial["calibration"]["cosine_mean"]
+        batch: list[GroupError] = []
+        predicted = current
+        size = trial["int8_bytes"]
+        for error in list(pending):
+            group = by_name[error.group]
+            if _promotion(group) is Level.FLOAT:
+                if size + _extra_float_bytes(group) > budget:
+                    pending.remove(error)
+                    continue
+                size += _extra_float_bytes(group)
+            batch.append(error)
+            pending.remove(error)
+            predicted += error.cosine_mean_drop
+            if predicted >= targets.cosine_mean:
+                break
+        if not batch:
+            break
+        for error in batch:
+            recipe = recipe.with_level(error.group, _promotion(by_name[error.group]))
+        names = [e.group for e in batch]
+        trial = bench.measure(f"greedy +{','.join(names)}", recipe)
+        steps.append({**trial, "promoted": names})
+        m, mb = trial["calibration"], trial["calibration_batched"]
+        progress(f"    +{len(names)} -> {sum(recipe.level(g) is not Level.DYNAMIC for g in bench.groups)} "
+                 f"promoted: calibration mean {m['cosine_mean']:.4f} min {m['cosine_min']:.4f} "
+                 f"spearman {m['spearman']:.4f}; batched min {mb['cosine_min']:.4f}")
+    return recipe, steps

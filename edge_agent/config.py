@@ -1,0 +1,40 @@
+"""The edge agent's configuration (YAML, env prefix ``EDGECLOUD_EDGE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from edgecloud.config import LimitsSettings, Section, ServerSettings, load_config
+
+ENV_PREFIX = "EDGECLOUD_EDGE_"
+DEFAULT_MODEL_DIR = Path("models/all-MiniLM-L6-v2")
+
+
+class ModelSettings(Section):
+    path: Path = DEFAULT_MODEL_DIR
+    """Model directory (built by ``edgecloud model build``, or any directory with one .onnx file)."""
+    variant: str | None = None
+    """ONNX variant to serve (``int8`` or ``fp32`` for the reference model); default: the directory's."""
+    intra_op_threads: int = Field(0, ge=0, le=256)
+    """onnxruntime threads inside one operator; 0 = one per core."""
+    inter_op_threads: int = Field(1, ge=0, le=256)
+    """onnxruntime threads across operators (sequential execution uses 1)."""
+    concurrency: int = Field(1, ge=1, le=64)
+    """Requests computed at once on the shared session (each on its own thread)."""
+    chunk_size: int = Field(32, ge=1, le=1024)
+    """Texts per onnxruntime call when a request carries many (each chunk pads to its own longest)."""
+
+
+class EdgeConfig(Section):
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings(port=8101))
+    """Where the edge agent's gRPC server listens."""
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    """Request size limits."""
+    models: list[ModelSettings] = Field(default_factory=lambda: [ModelSettings()], min_length=1)
+    """Models to serve."""
+
+
+def load_edge_config(path: str | Path | None, environ=None) -> EdgeConfig:
+    return load_config(EdgeConfig, path, ENV_PREFIX, environ)

@@ -1,0 +1,205 @@
+"""The edge's model kinds over onnxruntime: the sentence-embedding reference contract and raw
+ONNX graphs.
+
+Contract: ``infer_blocking`` is the whole computation for a validated request (callable from any
+thread, used directly by the in-process agent); ``infer`` runs it on the model's own thread pool,
+off the event loop, and refuses requests whose deadline has already passed. ``load`` creates the
+session and warms it up; nothing is served before that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgecloud.codec import bytes_array
+from edgecloud.datatypes import datatype_of
+from edgecloud.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from edgecloud.model import BlockingRunner, Model
+from edgecloud.reference_model import EMBEDDING_DIM, INPUT_NAME, OUTPUT_NAME
+from edgecloud.tokenization import TextTokenizer, decode_utf8, mean_pool_normalize
+from edgecloud.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
+from edge_agent.model_dir import ModelDirSpec
+from edge_agent.onnx_session import SessionSettings, create_session, graph_specs
+
+PLATFORM = "onnxruntime_onnx"
+
+
+class OnnxModel(Model):
+    """Shared lifecycle of the edge's ONNX models."""
+
+    def __init__(self, spec: ModelDirSpec, variant: str | None, settings: SessionSettings, concurrency: int):
+        self.spec = spec
+        self.variant = variant or spec.default_variant
+        self.settings = settings
+        self._file = spec.onnx_file(self.variant)
+        self._session = None
+        self._runner: BlockingRunner | None = BlockingRunner(concurrency, name=f"onnx-{spec.name}")
+
+    def ready(self) -> bool:
+        return self._session is not None
+
+    def load_blocking(self) -> None:
+        self._session = create_session(self._file, self.settings)
+        self._on_session()
+        self.warm_up()
+
+    def _on_session(self) -> None:
+        """Hook for subclasses to read the graph once the session exists."""
+
+    def warm_up(self) -> None:
+        """Run the model once or twice so the first real request pays no set-up cost."""
+
+    async def load(self) -> None:
+        if self._runner is None:
+            raise FailedPrecondition(f"model {self.spec.name!r} was unloaded")
+        await self._runner.run(self.load_blocking)
+
+    def unload_blocking(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        self._session = None
+
+    async def unload(self) -> None:
+        self.unload_blocking()
+
+    def _check_loaded(self):
+        if self._session is None:
+            raise FailedPrecondition(f"model {self.spec.name!r} is not loaded")
+        return self._session
+
+    def infer_blocking(self, request: InferRequest) -> InferResponse:
+        raise NotImplementedError
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self._runner is None:
+            raise FailedPrecondition(f"model {self.spec.name!r} is not loaded")
+        return await self._runner.run(self._infer_before_deadline, request)
+
+    def _infer_before_deadline(self, request: InferRequest) -> InferResponse:
+        if request.deadline is not None and time.monotonic() >= request.deadline:
+            raise DeadlineExceeded("the request's deadline passed before it reached the model")
+        return self.infer_blocking(request)
+
+
+class SentenceEmbeddingModel(OnnxModel):
+    """``text`` (BYTES [N]) -> ``embedding`` (FP32 [N, D]), mean-pooled and L2-normalised.
+
+    Texts are sorted by length and run in chunks of ``chunk_size`` so each chunk pads only to its
+    own longest text; results return in request order.
+    """
+
+    def __init__(self, spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
+                 concurrency: int = 1, chunk_size: int = 32):
+        super().__init__(spec, variant, settings, concurrency)
+        if spec.tokenizer is None:
+            raise ValueError(f"{spec.path.name}: a sentence-embedding model needs a tokenizer")
+        self.chunk_size = chunk_size
+        self.tokenizer = TextTokenizer.from_file(spec.tokenizer, spec.max_sequence_length)
+        dim = spec.outputs[0].shape[-1] if spec.outputs else EMBEDDING_DIM
+        self.metadata = ModelMetadata(
+            name=spec.name,
+            versions=(spec.version,),
+            platform=PLATFORM,
+            inputs=(TensorSpec(INPUT_NAME, "BYTES", (-1,)),),
+            outputs=(TensorSpec(OUTPUT_NAME, "FP32", (-1, dim)),),
+        )
+        self._graph_inputs: tuple[str, ...] = ()
+        self._graph_output = ""
+
+    def _on_session(self) -> None:
+        self._graph_inputs = tuple(node.name for node in self._session.get_inputs())
+        self._graph_output = self._session.get_outputs()[0].name
+
+    def warm_up(self) -> None:
+        for texts in (["warm up"], ["warm up the edge model with a longer sentence"] * 4):
+            self.embed_texts(texts)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        session = self._check_loaded()
+        dim = self.metadata.outputs[0].shape[-1]
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.chunk_size):
+            index = order[start : start + self.chunk_size]
+            encoded = self.tokenizer.encode([texts[i] for i in index])
+            feeds = {name: encoded[name] for name in self._graph_inputs}
+            (hidden,) = session.run([self._graph_output], feeds)
+            out[index] = mean_pool_normalize(hidden, encoded["attention_mask"])
+        return out
+
+    def infer_blocking(self, request: InferRequest) -> InferResponse:
+        tensor = request.input(INPUT_NAME)
+        texts = decode_utf8(tensor.data.reshape(-1), f"inputs[{INPUT_NAME}]")
+        embeddings = self.embed_texts(texts)
+        return InferResponse(
+            model_name=self.metadata.name,
+            model_version=self.version,
+            outputs=[Tensor(OUTPUT_NAME, "FP32", embeddings.shape, embeddings)],
+            parameters={"variant": self.variant},
+        )
+
+
+class RawOnnxModel(OnnxModel):
+    """Any ONNX graph: inputs and outputs as the graph declares them, tensors passed through."""
+
+    def __init__(self, spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
+                 concurrency: int = 1):
+        super().__init__(spec, variant, settings, concurrency)
+        # Metadata needs the graph; read it from a probe session now so validation works at once.
+        probe = create_session(self._file, SessionSettings(intra_op_threads=1))
+        inputs, outputs = graph_specs(probe)
+        del probe
+        self.metadata = ModelMetadata(spec.name, (spec.version,), PLATFORM, spec.inputs or inputs,
+                                      spec.outputs or outputs)
+
+    def warm_up(self) -> None:
+        feeds = {}
+        for spec in self.metadata.inputs:
+            shape = tuple(1 if d == -1 else d for d in spec.shape)
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(shape, "", dtype=object)
+            elif spec.datatype == "BF16":
+                return  # numpy cannot feed bfloat16; nothing to warm up with
+            else:
+                from edgecloud.datatypes import DATATYPES
+
+                feeds[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype].numpy_dtype)
+        try:
+            self._session.run(None, feeds)
+        except Exception:  # a graph whose dims are not all free may reject the probe shape
+            pass
+
+    def infer_blocking(self, request: InferRequest) -> InferResponse:
+        session = self._check_loaded()
+        feeds = {}
+        for tensor in request.inputs:
+            if tensor.datatype == "BYTES":
+                items = decode_utf8(tensor.data.reshape(-1), f"inputs[{tensor.name}]")
+                feeds[tensor.name] = np.array(items, dtype=object).reshape(tensor.shape)
+            elif tensor.datatype == "BF16":
+                raise InvalidArgument("BF16 inputs are not supported by the edge runtime",
+                                      field=f"inputs[{tensor.name}].datatype")
+            else:
+                feeds[tensor.name] = tensor.data
+        names = [spec.name for spec in self.metadata.outputs]
+        results = session.run(names, feeds)
+        outputs = []
+        for name, value in zip(names, results):
+            value = np.asarray(value)
+            if value.dtype.kind in ("U", "O", "S"):
+                value = bytes_array(value.reshape(-1).tolist()).reshape(value.shape)
+            outputs.append(Tensor(name, datatype_of(value), value.shape, value))
+        return InferResponse(self.metadata.name, outputs, model_version=self.version,
+                             parameters={"variant": self.variant})
+
+
+def model_from_dir(spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
+                   concurrency: int = 1, chunk_size: int = 32) -> OnnxModel:
+    """The model kind the directory's task calls for (not loaded yet)."""
+    if spec.task == "sentence-embedding":
+        return SentenceEmbeddingModel(spec, variant, settings, concurrency, chunk_size)
+    return RawOnnxModel(spec, variant, settings, concurrency)

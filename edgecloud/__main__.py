@@ -1,0 +1,5 @@
+import sys
+
+from edgecloud.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""The ``edgecloud`` command.
+
+    edgecloud model build [--out DIR] [--force]     build the INT8 reference model directory
+    edgecloud serve edge|cloud|gateway --config F   run one server until SIGINT/SIGTERM
+    edgecloud up                                    build what is missing, run the local stack
+    edgecloud config check FILE --kind KIND         validate a config file and explain errors
+
+Each subcommand imports only what it needs, so an edge-only install (no torch) can run
+``serve edge`` and ``config check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from edgecloud.config import ConfigError
+
+CONFIG_KINDS = ("edge", "cloud", "gateway")
+
+
+def _config_model(kind: str):
+    if kind == "edge":
+        from edge_agent.config import EdgeConfig
+
+        return EdgeConfig, "EDGECLOUD_EDGE_"
+    if kind == "cloud":
+        from cloud_worker.config import CloudConfig
+
+        return CloudConfig, "EDGECLOUD_CLOUD_"
+    if kind == "gateway":
+        from gateway.config import GatewayConfig
+
+        return GatewayConfig, "EDGECLOUD_GATEWAY_"
+    raise ValueError(kind)
+
+
+def _model_build(args) -> int:
+    from edge_agent.build import pipeline
+
+    return pipeline.run(args)
+
+
+def _serve(args) -> int:
+    if args.component == "edge":
+        from edge_agent.main import run
+    elif args.component == "gateway":
+        from gateway.main import run
+    else:
+        from cloud_worker.main import run
+    return run(args.config)
+
+
+def _up(args) -> int:
+    from edgecloud.up import run
+
+    return run(args)
+
+
+def _tune(args) -> int:
+    from gateway.tuning.cli import run
+
+    return run(args)
+
+
+def _demo(args) -> int:
+    from edgecloud.demo import run
+
+    return run(args)
+
+
+def _config_check(args) -> int:
+    from edgecloud.config import load_config
+
+    model, prefix = _config_model(args.kind)
+    load_config(model, args.file, prefix)
+    print(f"{args.file}: valid {args.kind} configuration")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecloud", description="edge-cloud hybrid inference")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    model = commands.add_parser("model", help="model build tooling").add_subparsers(dest="model_command", required=True)
+    build = model.add_parser("build", help="export, quantize to INT8 and report on the reference model")
+    try:
+        from edge_agent.build import pipeline
+    except ImportError:  # an edge-only install has no build tooling
+        build.set_defaults(func=lambda _args: _missing("build", "edgecloud[build]"))
+    else:
+        pipeline.add_arguments(build)
+        build.set_defaults(func=_model_build)
+
+    serve = commands.add_parser("serve", help="run a server")
+    serve.add_argument("component", choices=["edge", "cloud", "gateway"])
+    serve.add_argument("--config", default=None, help="YAML config file (defaults apply without one)")
+    serve.set_defaults(func=_serve)
+
+    up = commands.add_parser("up", help="build what is missing and run the local stack")
+    up.add_argument("--model-dir", default="models/all-MiniLM-L6-v2")
+    up.add_argument("--no-cloud", action="store_true", help="run the edge agent only")
+    up.add_argument("--exit-after-ready", action="store_true", help="stop once everything answers (smoke test)")
+    up.add_argument("--random-ports", action="store_true", help="pick free ports instead of 8000/8001/8101/8201")
+    up.add_argument("--redis-url", default=None, help="Redis for the result cache (default redis://127.0.0.1:6379; "
+                                                        "the in-process LRU when none answers)")
+    up.set_defaults(func=_up)
+
+    tune = commands.add_parser("tune", help="record a latency trace and recommend routing settings")
+    try:
+        from gateway.tuning import cli as tuning_cli  # needs the gateway extra (redis, aiohttp)
+    except ImportError:
+        tune.add_argument("rest", nargs=argparse.REMAINDER)
+        tune.set_defaults(func=lambda _args: _missing("tune", "edgecloud[tune]"))
+    else:
+        tuning_cli.add_arguments(tune)
+        tune.set_defaults(func=_tune)
+
+    from edgecloud import demo  # stdlib-only at import time
+
+    demo_parser = commands.add_parser("demo", help="watch traffic move edge -> cloud -> edge, live")
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(func=_demo)
+
+    proxy = commands.add_parser("proxy", help="a fault-injecting TCP proxy (SIGUSR1 slows, SIGUSR2 restores)",
+                                add_help=False)
+    proxy.add_argument("rest", nargs=argparse.REMAINDER)
+    proxy.set_defaults(func=lambda args: __import__("edgecloud.fault_proxy", fromlist=["main"]).main(args.rest))
+
+    config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
+                                                                                     required=True)
+    check = config.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.add_argument("--kind", choices=CONFIG_KINDS, required=True)
+    check.set_defaults(func=_config_check)
+    reference = config.add_parser("reference", help="print the configuration reference (Markdown)")
+    reference.set_defaults(func=lambda _args: __import__("edgecloud.config_reference", fromlist=["main"]).main())
+    return parser
+
+
+def _missing(what: str, extra: str) -> int:
+    print(f"edgecloud {what} needs the {extra} extra: pip install '{extra}'", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Protobuf <-> edgecloud types, the one place that touches ``inference_pb2`` messages' tensors.
+
+Contract:
+- ``request_from_proto`` accepts typed ``contents`` and ``raw_input_contents`` (all inputs raw,
+  or none), checks datatype, shape, element count against byte size and ``RequestLimits`` before
+  allocating, and raises ``InvalidArgument`` / ``ResourceExhausted`` naming the field.
+- ``response_to_proto`` writes outputs as ``raw_output_contents`` (what Triton does, and what
+  ``tritonclient`` reads fastest).
+- BYTES elements travel raw as a 4-byte little-endian length followed by the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from edgecloud.datatypes import DATATYPES, DatatypeInfo
+from edgecloud.errors import InvalidArgument, ResourceExhausted
+from edgecloud.limits import RequestLimits
+from edgecloud.types import (
+    InferRequest,
+    InferResponse,
+    ModelMetadata,
+    ParameterValue,
+    RequestedOutput,
+    ServerMetadata,
+    Tensor,
+    TensorSpec,
+)
+from protos import inference_pb2 as pb
+
+_LEN = struct.Struct("<I")
+DEFAULT_LIMITS = RequestLimits()
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def parameters_from_proto(params: Mapping[str, pb.InferParameter], field: str) -> dict[str, ParameterValue]:
+    out: dict[str, ParameterValue] = {}
+    for key, value in params.items():
+        choice = value.WhichOneof("parameter_choice")
+        if choice is None:
+            raise InvalidArgument("parameter has no value", field=f"{field}[{key}]")
+        out[key] = getattr(value, choice)
+    return out
+
+
+def parameters_to_proto(params: Mapping[str, ParameterValue], target) -> None:
+    for key, value in params.items():
+        slot = target[key]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        elif isinstance(value, int):
+            if value >= 2**63:
+                slot.uint64_param = value
+            else:
+                slot.int64_param = value
+        elif isinstance(value, float):
+            slot.double_param = value
+        else:
+            slot.string_param = str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# BYTES
+
+
+def serialize_bytes(items: Iterable[bytes]) -> bytes:
+    """Length-prefixed concatenation of BYTES elements (the protocol's raw form)."""
+    parts: list[bytes] = []
+    for item in items:
+        parts.append(_LEN.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes, count: int, field: str, limits: RequestLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Parse exactly ``count`` length-prefixed elements filling all of ``raw``."""
+    view = memoryview(raw)
+    out = np.empty(min(count, len(view) // 4), dtype=object)  # what the data can hold, not what the shape claims
+    offset = 0
+    size = len(view)
+    for index in range(count):
+        if offset + 4 > size:
+            raise InvalidArgument(
+                f"raw BYTES data holds fewer than the {count} elements the shape declares", field=field
+            )
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if length > limits.max_bytes_element:
+            raise ResourceExhausted(
+                f"element {index} is {length} bytes, over the limit of {limits.max_bytes_element}", field=field
+            )
+        if offset + length > size:
+            raise InvalidArgument(f"element {index} declares {length} bytes past the end of the data", field=field)
+        out[index] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != size:
+        raise InvalidArgument(
+            f"raw BYTES data has {size - offset} bytes beyond the {count} elements the shape declares", field=field
+        )
+    return out
+
+
+def bytes_array(items: Iterable[bytes | str]) -> np.ndarray:
+    """An object array of ``bytes`` from bytes or str items (str is UTF-8 encoded)."""
+    values = [item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in items]
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes
+
+
+def check_shape(shape: Iterable[int], field: str, limits: RequestLimits) -> tuple[tuple[int, ...], int]:
+    """Validate a request shape and return it with its element count, before any allocation."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) > limits.max_rank:
+        raise InvalidArgument(f"rank {len(dims)} exceeds the limit of {limits.max_rank}", field=field)
+    count = 1
+    for axis, dim in enumerate(dims):
+        if dim < 0:
+            raise InvalidArgument(f"dimension {axis} is negative ({dim})", field=field)
+        if dim > limits.max_elements:
+            raise ResourceExhausted(f"dimension {axis} ({dim}) exceeds the limit of {limits.max_elements}", field=field)
+        count *= dim
+    if count > limits.max_elements:
+        raise ResourceExhausted(f"{count} elements exceed the limit of {limits.max_elements}", field=field)
+    return dims, count
+
+
+def datatype_info(name: str, field: str) -> DatatypeInfo:
+    info = DATATYPES.get(name)
+    if info is None:
+        raise InvalidArgument(f"unknown datatype {name!r}", field=field)
+    return info
+
+
+def array_from_raw(raw: bytes, info: DatatypeInfo, dims: tuple[int, ...], count: int, field: str,
+                    limits: RequestLimits) -> np.ndarray:
+    if info.name == "BYTES":
+        return deserialize_bytes(raw, count, field, limits).reshape(dims)
+    expected = count * info.itemsize
+    if len(raw) != expected:
+        raise InvalidArgument(
+            f"raw data is {len(raw)} bytes but shape {list(dims)} of {info.name} needs {expected}", field=field
+        )
+    return np.frombuffer(raw, dtype=info.numpy_dtype).reshape(dims)
+
+
+def _array_from_contents(contents: pb.InferTensorContents, info: DatatypeInfo, dims: tuple[int, ...],
+                         count: int, field: str, limits: RequestLimits) -> np.ndarray:
+    if info.contents_field is None:
+        raise InvalidArgument(f"{info.name} data must be sent in raw_input_contents", field=field)
+    for other in pb.InferTensorContents.DESCRIPTOR.fields:
+        if other.name != info.contents_field and len(getattr(contents, other.name)):
+            raise InvalidArgument(f"{info.name} data sent in {other.name}; expected {info.contents_field}", field=field)
+    values = getattr(contents, info.contents_field)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"{len(values)} elements in contents but shape {list(dims)} needs {count}", field=field
+        )
+    if info.name == "BYTES":
+        out = np.empty(count, dtype=object)
+        for index, item in enumerate(values):
+            if len(item) > limits.max_bytes_element:
+                raise ResourceExhausted(
+                    f"element {index} is {len(item)} bytes, over the limit of {limits.max_bytes_element}", field=field
+                )
+            out[index] = item
+        return out.reshape(dims)
+    try:
+        return np.asarray(values, dtype=info.numpy_dtype).reshape(dims)
+    except OverflowError:
+        raise InvalidArgument(f"a value does not fit {info.name}", field=field) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# requests
+
+
+def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
+    """Decode and structurally validate a ``ModelInferRequest``."""
+    if not msg.model_name:
+        raise InvalidArgument("is empty", field="model_name")
+    if len(msg.inputs) == 0:
+        raise InvalidArgument("the request has no inputs", field="inputs")
+    if len(msg.inputs) > limits.max_inputs:
+        raise ResourceExhausted(f"{len(msg.inputs)} inputs exceed the limit of {limits.max_inputs}", field="inputs")
+    if len(msg.outputs) > limits.max_outputs:
+        raise ResourceExhausted(f"{len(msg.outputs)} outputs exceed the limit of {limits.max_outputs}", field="outputs")
+    if len(msg.parameters) > limits.max_parameters:
+        raise ResourceExhausted(f"{len(msg.parameters)} parameters exceed the limit", field="parameters")
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise InvalidArgument(
+            f"{len(raw)} raw_input_contents entries for {len(msg.inputs)} inputs; send all inputs raw or none",
+            field="raw_input_contents",
+        )
+    inputs: list[Tensor] = []
+    seen: set[str] = set()
+    for index, tensor in enumerate(msg.inputs):
+        field = f"inputs[{tensor.name or index}]"
+        if not tensor.name:
+            raise InvalidArgument("input has no name", field=field)
+        if tensor.name in seen:
+            raise InvalidArgument("input appears more than once", field=field)
+        seen.add(tensor.name)
+        info = datatype_info(tensor.datatype, f"{field}.datatype")
+        dims, count = check_shape(tensor.shape, f"{field}.shape", limits)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument("has both contents and raw_input_contents", field=field)
+            data = array_from_raw(raw[index], info, dims, count, field, limits)
+        else:
+            data = _array_from_contents(tensor.contents, info, dims, count, field, limits)
+        inputs.append(Tensor(tensor.name, info.name, dims, data,
+                             parameters_from_proto(tensor.parameters, f"{field}.parameters")))
+    outputs: list[RequestedOutput] = []
+    seen_outputs: set[str] = set()
+    for index, requested in enumerate(msg.outputs):
+        field = f"outputs[{requested.name or index}]"
+        if not requested.name:
+            raise InvalidArgument("requested output has no name", field=field)
+        if requested.name in seen_outputs:
+            raise InvalidArgument("output requested more than once", field=field)
+        seen_outputs.add(requested.name)
+        outputs.append(RequestedOutput(requested.name, parameters_from_proto(requested.parameters, f"{field}.parameters")))
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        parameters=parameters_from_proto(msg.parameters, "parameters"),
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def tensor_raw_bytes(tensor: Tensor) -> bytes:
+    """The protocol's raw little-endian bytes of a tensor."""
+    if tensor.datatype == "BYTES":
+        return serialize_bytes(tensor.data.reshape(-1))
+    info = DATATYPES[tensor.datatype]
+    return np.ascontiguousarray(tensor.data, dtype=info.numpy_dtype).tobytes()
+
+
+def request_to_proto(request: InferRequest) -> pb.ModelInferRequest:
+    """Encode a request with raw inputs (what clients and the gateway send upstream)."""
+    msg = pb.ModelInferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id)
+    parameters_to_proto(request.parameters, msg.parameters)
+    for tensor in request.inputs:
+        entry = msg.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        parameters_to_proto(tensor.parameters, entry.parameters)
+        msg.raw_input_contents.append(tensor_raw_bytes(tensor))
+    for requested in request.outputs:
+        out = msg.outputs.add(name=requested.name)
+        parameters_to_proto(requested.parameters, out.parameters)
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# responses
+
+
+def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
+    msg = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    parameters_to_proto(response.parameters, msg.parameters)
+    for tensor in response.outputs:
+        entry = msg.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        parameters_to_proto(tensor.parameters, entry.parameters)
+        msg.raw_output_contents.append(tensor_raw_bytes(tensor))
+    return msg
+
+
+def response_from_proto(msg: pb.ModelInferResponse, limits: RequestLimits = DEFAULT_LIMITS) -> InferResponse:
+    """Decode a response from an upstream server (typed contents or raw)."""
+    raw = msg.raw_output_contents
+    if raw and len(raw) != len(msg.outputs):
+        raise InvalidArgument("raw_output_contents does not match outputs", field="raw_output_contents")
+    outputs = []
+    names: set[str] = set()
+    for index, tensor in enumerate(msg.outputs):
+        field = f"outputs[{tensor.name or index}]"
+        if not tensor.name or tensor.name in names:
+            raise InvalidArgument("output name is empty or repeated", field=field)
+        names.add(tensor.name)
+        info = datatype_info(tensor.datatype, f"{field}.datatype")
+        dims, count = check_shape(tensor.shape, f"{field}.shape", limits)
+        if raw:
+            data = array_from_raw(raw[index], info, dims, count, field, limits)
+        else:
+            data = _array_from_contents(tensor.contents, info, dims, count, field, limits)
+        outputs.append(Tensor(tensor.name, info.name, dims, data,
+                              parameters_from_proto(tensor.parameters, f"{field}.parameters")))
+    return InferResponse(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        parameters=parameters_from_proto(msg.parameters, "parameters"),
+        outputs=outputs,
+    )
+
+
+def element_count(shape: Iterable[int]) -> int:
+    return math.prod(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+
+
+def model_metadata_to_proto(meta: ModelMetadata) -> pb.ModelMetadataResponse:
+    msg = pb.ModelMetadataResponse(name=meta.name, versions=list(meta.versions), platform=meta.platform)
+    for spec in meta.inputs:
+        msg.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+    for spec in meta.outputs:
+        msg.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+    return msg
+
+
+def model_metadata_from_proto(msg: pb.ModelMetadataResponse) -> ModelMetadata:
+    return ModelMetadata(
+        name=msg.name,
+        versions=tuple(msg.versions),
+        platform=msg.platform,
+        inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs),
+        outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.outputs),
+    )
+
+
+def server_metadata_to_proto(meta: ServerMetadata) -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=list(meta.extensions))

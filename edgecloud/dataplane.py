@@ -1,0 +1,68 @@
+"""The transport-independent core every server's gRPC and HTTP fronts call.
+
+Contract: ``infer`` resolves the model (NOT_FOUND), validates the request against its metadata
+(INVALID_ARGUMENT) before the model sees it, runs it, and returns only the requested outputs (all
+when none are named). Errors are ``InferenceError``s; fronts map them with ``edgecloud.status``.
+"""
+
+from __future__ import annotations
+
+from edgecloud.admission import Admission
+from edgecloud.limits import RequestLimits
+from edgecloud.model import Model, ModelRepository
+from edgecloud.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
+from edgecloud.validation import validate_request
+
+PROTOCOL_EXTENSIONS = ("model_repository_readonly",)
+
+
+class Dataplane:
+    def __init__(self, repository: ModelRepository, server: ServerMetadata, limits: RequestLimits,
+                 admission: Admission | None = None):
+        self.repository = repository
+        self.server = server
+        self.limits = limits
+        self.admission = admission
+        self._ready = False
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready and all(model.ready() for model in self.repository.all())
+
+    def server_metadata(self) -> ServerMetadata:
+        return self.server
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return self.repository.get(name, version).metadata
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self._ready and self.repository.get(name, version).ready()
+
+    def prepare(self, request: InferRequest) -> Model:
+        """Resolve and validate: the model that will run ``request`` (nothing runs yet)."""
+        model = self.repository.get(request.model_name, request.model_version)
+        validate_request(request, model.metadata, self.limits)
+        return model
+
+    @staticmethod
+    def finish(request: InferRequest, response: InferResponse) -> InferResponse:
+        """Keep only the requested outputs (all when none are named) and echo the request id."""
+        if request.outputs:
+            wanted = {output.name for output in request.outputs}
+            response.outputs = [tensor for tensor in response.outputs if tensor.name in wanted]
+        response.id = request.id
+        return response
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Shed at once (``Overloaded``) past ``admission``'s limit; otherwise validate and run."""
+        if self.admission is None:
+            model = self.prepare(request)
+            return self.finish(request, await model.infer(request))
+        with self.admission.admit():
+            model = self.prepare(request)
+            return self.finish(request, await model.infer(request))

@@ -1,0 +1,210 @@
+"""The gRPC front: a thin Open Inference Protocol servicer over a ``Dataplane``, and a server
+with health, reflection, message-size limits and graceful stop.
+
+Contract: every handler decodes with ``edgecloud.codec``, calls the dataplane, encodes; typed
+errors become the status from ``edgecloud.status`` and unexpected exceptions become INTERNAL with
+a generic message (details go to the log, not the client). ``GrpcServer.stop(grace)`` marks health
+NOT_SERVING, stops accepting, lets in-flight calls finish for ``grace`` seconds, then closes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgecloud import codec
+from edgecloud.dataplane import Dataplane
+from edgecloud.errors import InferenceError, InvalidArgument
+from edgecloud.status import grpc_code
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_DEADLINE_S = 86_400.0
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message, so the handler can answer
+    INVALID_ARGUMENT instead of grpc answering UNKNOWN with a Python class name."""
+
+
+UNDECODABLE = Undecodable()
+
+
+def _safe_deserializer(message_class) -> Callable[[bytes], object]:
+    def deserialize(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return UNDECODABLE
+
+    return deserialize
+
+
+def add_inference_servicer(servicer: pb_grpc.GRPCInferenceServiceServicer, server: grpc.aio.Server) -> None:
+    """Register the Open Inference Protocol methods of ``servicer`` (what the generated
+    ``add_GRPCInferenceServiceServicer_to_server`` does, with decode failures kept in our hands)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_safe_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def translate_errors(method: Callable) -> Callable:
+    """Map ``InferenceError`` (and anything unexpected) to a gRPC status, in one place."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            if request is UNDECODABLE:
+                raise InvalidArgument("is not a valid Open Inference Protocol message", field="request")
+            return await method(self, request, context)
+        except InferenceError as exc:
+            metadata = (("retry-after", f"{exc.retry_after_s:.3f}"),) if exc.retry_after_s else ()
+            await context.abort(grpc_code(exc.kind), exc.message, trailing_metadata=metadata)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return wrapper
+
+
+def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline as a monotonic time, or None when it set none."""
+    remaining = context.time_remaining()
+    # A day is forever here; larger deadlines (``grpc-timeout: 99999999H``) overflow downstream.
+    return None if remaining is None else time.monotonic() + min(remaining, MAX_DEADLINE_S)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Open Inference Protocol over gRPC; holds no logic of its own."""
+
+    def __init__(self, dataplane: Dataplane):
+        self.dataplane = dataplane
+
+    @translate_errors
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    @translate_errors
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    @translate_errors
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    @translate_errors
+    async def ServerMetadata(self, request, context):
+        return codec.server_metadata_to_proto(self.dataplane.server_metadata())
+
+    @translate_errors
+    async def ModelMetadata(self, request, context):
+        return codec.model_metadata_to_proto(self.dataplane.model_metadata(request.name, request.version))
+
+    @translate_errors
+    async def ModelInfer(self, request, context):
+        decoded = codec.request_from_proto(request, self.dataplane.limits)
+        decoded.deadline = request_deadline(context)
+        response = await self.dataplane.infer(decoded)
+        return codec.response_to_proto(response)
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Let clients (the gateway) send keepalive pings so a frozen peer is noticed.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class GrpcServer:
+    """A grpc.aio server for one servicer set, with health and reflection.
+
+    ``register`` is called with the ``grpc.aio.Server`` to add the servicers; ``service_names``
+    are the services health and reflection announce.
+    """
+
+    def __init__(
+        self,
+        register: Callable[[grpc.aio.Server], None],
+        service_names: list[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        credentials: grpc.ServerCredentials | None = None,
+    ):
+        self._register = register
+        self._service_names = service_names
+        self._address = f"{host}:{port}"
+        self._max_message_bytes = max_message_bytes
+        self._credentials = credentials
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        server = grpc.aio.server(options=server_options(self._max_message_bytes))
+        self._register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        if self._credentials is not None:
+            self.port = server.add_secure_port(self._address, self._credentials)
+        else:
+            self.port = server.add_insecure_port(self._address)
+        if not self.port:
+            raise OSError(f"could not bind {self._address}")
+        await server.start()
+        self._server = server
+        await self.set_serving(True)
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self._service_names):
+            await self._health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._server = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def inference_server(dataplane: Dataplane, **kwargs) -> GrpcServer:
+    """A ``GrpcServer`` serving the Open Inference Protocol over ``dataplane``."""
+    servicer = InferenceServicer(dataplane)
+    return GrpcServer(
+        lambda server: add_inference_servicer(servicer, server),
+        [INFERENCE_SERVICE],
+        **kwargs,
+    )

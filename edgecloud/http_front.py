@@ -1,0 +1,305 @@
+"""The REST front: the Open Inference Protocol's HTTP form over any dataplane, with aiohttp.
+
+Contract:
+- Routes: ``GET /v2/health/live`` and ``/v2/health/ready`` (200, or 503 with an empty body),
+  ``GET /v2`` (server metadata), ``GET /v2/models/{name}[/versions/{version}]`` (model metadata),
+  ``GET .../ready``, ``POST .../infer``, and ``GET /metrics`` when ``metrics_text`` is given. The
+  model name and version come from the URL path; any in the body are ignored.
+- Infer bodies are JSON (``application/json``) or JSON + binary tensors (Triton's binary tensor
+  data extension, ``application/octet-stream`` with ``Inference-Header-Content-Length``); a body
+  with no Content-Type is accepted (``tritonclient.http`` sends none); any other type is 415.
+  Bodies over ``max_body_bytes`` are 413, however they are framed (Content-Length or chunks).
+- ``X-Request-Timeout-Ms`` sets ``InferRequest.deadline`` (monotonic) and bounds the call: past it
+  the client gets 504.
+- Every error body is ``{"error": message}``: typed ``InferenceError``s get
+  ``edgecloud.status.http_status(kind)`` and their message (which names the field); routing errors
+  keep aiohttp's status (404, 405); anything unexpected is 500 ``internal error`` with the
+  traceback in the log only.
+- ``stop(grace)`` reports not ready, stops accepting, lets in-flight requests finish for ``grace``
+  seconds, then cancels what is left and closes every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
+
+from edgecloud import json_codec
+from edgecloud.errors import (
+    DeadlineExceeded,
+    ErrorKind,
+    InferenceError,
+    InvalidArgument,
+    ResourceExhausted,
+    UnsupportedMediaType,
+)
+from edgecloud.limits import RequestLimits
+from edgecloud.status import http_status
+from edgecloud.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
+
+__all__ = ["DataplaneLike", "RestFront", "TIMEOUT_HEADER"]
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+"""Request header: how long the client will wait, in milliseconds."""
+_INFER_TYPES = frozenset({JSON, OCTET_STREAM})
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class DataplaneLike(Protocol):
+    """What the REST front needs from the core (``edgecloud.dataplane.Dataplane`` is one)."""
+
+    limits: RequestLimits
+
+    def live(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def server_metadata(self) -> ServerMetadata: ...
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata | Awaitable[ModelMetadata]: ...
+
+    def model_ready(self, name: str, version: str = "") -> bool | Awaitable[bool]: ...
+
+    async def infer(self, request: InferRequest, /) -> InferResponse: ...
+
+
+async def _resolve(value):
+    """Dataplanes may answer metadata synchronously (edge, cloud) or asynchronously (gateway)."""
+    return await value if inspect.isawaitable(value) else value
+
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+TENANT_KEY = web.RequestKey("tenant", str)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json_codec.error_to_json(message), content_type=JSON, headers=headers)
+
+
+@web.middleware
+async def _translate_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error body, in one place."""
+    try:
+        return await handler(request)
+    except InferenceError as exc:
+        headers = {hdrs.RETRY_AFTER: str(math.ceil(exc.retry_after_s))} if exc.retry_after_s else None
+        return _error(http_status(exc.kind), exc.message, headers)
+    except web.HTTPException as exc:  # routing: unknown path, wrong method
+        if exc.status < 400:
+            raise
+        message = "no such route" if isinstance(exc, web.HTTPNotFound) else exc.reason.lower()
+        return _error(exc.status, f"{message}: {request.method} {request.path}", _allow(exc))
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _error(http_status(ErrorKind.INTERNAL), "internal error")
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str] | None:
+    allow = exc.headers.get(hdrs.ALLOW)
+    return {hdrs.ALLOW: allow} if allow else None
+
+
+def _header_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument("must be an integer", field=json_codec.HEADER_LENGTH) from None
+
+
+def _deadline(value: str | None) -> float | None:
+    """The monotonic time after which the client stops waiting, from ``X-Request-Timeout-Ms``."""
+    if value is None:
+        return None
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        milliseconds = math.nan
+    if not 0 < milliseconds < math.inf:
+        raise InvalidArgument("must be a positive number of milliseconds", field=TIMEOUT_HEADER)
+    return time.monotonic() + min(milliseconds, 86_400_000) / 1000  # a day is forever; grpc overflows past ~200 years
+
+
+def _flag(ok: bool) -> web.Response:
+    return web.Response() if ok else web.Response(status=http_status(ErrorKind.UNAVAILABLE))
+
+
+class RestFront:
+    """Serves one dataplane over HTTP; holds no logic of its own.
+
+    ``metrics_text()`` returns ``(body, content_type)`` for ``GET /metrics``;
+    ``response_headers(response)`` adds headers to each infer answer (where it was served);
+    ``extra_routes(app)`` may add routes before the app is frozen.
+    """
+
+    def __init__(
+        self,
+        dataplane: DataplaneLike,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        metrics_text: Callable[[], tuple[bytes, str]] | None = None,
+        response_headers: Callable[[InferResponse], dict[str, str]] | None = None,
+        extra_routes: Callable[[web.Application], None] | None = None,
+        ssl_context=None,
+        authenticate: Callable[[Mapping[str, str]], str] | None = None,
+    ):
+        self.dataplane = dataplane
+        self.host = host
+        self.port: int | None = None
+        self._requested_port = port
+        self._max_body_bytes = max_body_bytes
+        self._metrics_text = metrics_text
+        self._response_headers = response_headers
+        self._extra_routes = extra_routes
+        self._ssl_context = ssl_context
+        self._authenticate = authenticate
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        middlewares = [_translate_errors]
+        if self._authenticate is not None:
+            middlewares.append(self._auth_middleware)
+        app = web.Application(client_max_size=self._max_body_bytes, middlewares=middlewares)
+        add = app.router.add_route
+        add("GET", "/v2/health/live", self._live)
+        add("GET", "/v2/health/ready", self._ready)
+        add("GET", "/v2", self._server_metadata)
+        for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+            add("GET", model, self._model_metadata)
+            add("GET", model + "/ready", self._model_ready)
+            add("POST", model + "/infer", self._infer)
+        if self._metrics_text is not None:
+            add("GET", "/metrics", self._metrics)
+        if self._extra_routes is not None:
+            self._extra_routes(app)
+        return app
+
+    async def start(self) -> int:
+        """Listen; returns the bound port (also ``self.port``)."""
+        if self._runner is not None:
+            raise RuntimeError("already started")
+        runner = web.AppRunner(self.make_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._ssl_context)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._stopping = runner, False
+        self.port = site.port
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Not ready, stop accepting, drain in-flight requests for ``grace`` seconds, close."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._stopping = True
+        # aiohttp takes the drain timeout when the runner is built; the caller decides it only now.
+        runner._shutdown_timeout = grace
+        await runner.cleanup()
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Health stays open; every other route needs credentials, which name the tenant."""
+        if request.path not in OPEN_PATHS:
+            request[TENANT_KEY] = self._authenticate(request.headers)
+        return await handler(request)
+
+    async def __aenter__(self) -> RestFront:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop(0)
+
+    # handlers --------------------------------------------------------------------------------
+
+    async def _live(self, request: web.Request) -> web.Response:
+        return _flag(self.dataplane.live())
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        return _flag(not self._stopping and self.dataplane.ready())
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        match = request.match_info
+        ready = await _resolve(self.dataplane.model_ready(match["name"], match.get("version", "")))
+        return _flag(not self._stopping and ready)
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        return web.Response(body=json_codec.server_metadata_to_json(self.dataplane.server_metadata()),
+                            content_type=JSON)
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        match = request.match_info
+        meta = await _resolve(self.dataplane.model_metadata(match["name"], match.get("version", "")))
+        return web.Response(body=json_codec.model_metadata_to_json(meta), content_type=JSON)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        assert self._metrics_text is not None
+        body, content_type = self._metrics_text()
+        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        headers = request.headers
+        mimetype = headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
+        if hdrs.CONTENT_TYPE in headers and mimetype not in _INFER_TYPES:
+            raise UnsupportedMediaType(f"{request.content_type!r} is not accepted; send {JSON} or {OCTET_STREAM}",
+                                       field=hdrs.CONTENT_TYPE)
+        header_length = _header_length(headers.get(json_codec.HEADER_LENGTH))
+        deadline = _deadline(headers.get(TIMEOUT_HEADER))
+        match = request.match_info
+        decoded = json_codec.request_from_json(await self._body(request), header_length, self.dataplane.limits,
+                                               model_name=match["name"], model_version=match.get("version", ""))
+        decoded.deadline = deadline
+        decoded.tenant = request.get(TENANT_KEY, "default")
+        if deadline is None:
+            response = await self.dataplane.infer(decoded)
+        else:
+            scope = asyncio.timeout(deadline - time.monotonic())
+            try:
+                async with scope:
+                    response = await self.dataplane.infer(decoded)
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise DeadlineExceeded(f"no answer within {headers[TIMEOUT_HEADER]} ms",
+                                       field=TIMEOUT_HEADER) from None
+        body, length = json_codec.response_to_json(response, json_codec.requested_binary(decoded))
+        out = dict(self._response_headers(response)) if self._response_headers is not None else {}
+        if length is None:
+            return web.Response(body=body, content_type=JSON, headers=out)
+        out[json_codec.HEADER_LENGTH] = str(length)
+        return web.Response(body=body, content_type=OCTET_STREAM, headers=out)
+
+    async def _body(self, request: web.Request) -> bytes:
+        """The whole body, never buffering more than ``max_body_bytes`` (plus one read)."""
+        limit = self._max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise ResourceExhausted(f"{declared} bytes exceed the limit of {limit}", field="body")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ResourceExhausted(f"exceeds the limit of {limit} bytes", field="body") from None
+        except RequestPayloadError:
+            raise InvalidArgument("could not be read as sent (check Content-Encoding)", field="body") from None

@@ -1,0 +1,189 @@
+"""Starting edgecloud servers as child processes: used by ``edgecloud up``, the benchmarks and
+the integration tests.
+
+Contract: ``launch(component, config, workdir)`` writes ``config`` as YAML, starts
+``python -m edgecloud serve COMPONENT --config FILE`` with its output in a log file, and returns a
+``ServiceProcess``. ``wait_ready(address)`` polls the Open Inference Protocol ``ServerReady`` until
+it answers true. ``ServiceProcess.stop()`` sends SIGTERM, waits, then SIGKILL — only to the pid it
+started. ``pause``/``resume`` send SIGSTOP/SIGCONT (fault injection).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc as pb_grpc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    proc: subprocess.Popen
+    address: str
+    config_path: Path
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def pause(self) -> None:
+        self.send(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.send(signal.SIGCONT)
+
+    def kill(self) -> None:
+        self.send(signal.SIGCONT)
+        self.send(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if not self.alive():
+            return self.proc.returncode
+        self.send(signal.SIGCONT)
+        self.send(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def launch(component: str, config: dict[str, Any], workdir: Path, *, name: str | None = None,
+           env: dict[str, str] | None = None) -> ServiceProcess:
+    name = name or component
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log_path = workdir / f"{name}.log"
+    server = config.get("server", {})
+    address = f"{server.get('host', '127.0.0.1')}:{server['port']}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgecloud", "serve", component, "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+    return ServiceProcess(name, proc, address, config_path, log_path)
+
+
+def wait_ready(service: ServiceProcess | str, timeout: float = 60.0) -> None:
+    address = service.address if isinstance(service, ServiceProcess) else service
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while True:
+            if isinstance(service, ServiceProcess) and not service.alive():
+                raise RuntimeError(f"{service.name} exited with {service.proc.returncode}:\n{service.log_tail()}")
+            try:
+                if stub.ServerReady(pb.ServerReadyRequest(), timeout=1.0).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                tail = service.log_tail() if isinstance(service, ServiceProcess) else ""
+                raise TimeoutError(f"{address} not ready after {timeout:.0f}s\n{tail}")
+            time.sleep(0.1)
+
+
+def edge_config(model_dir: Path | str, port: int, *, threads: int = 1) -> dict[str, Any]:
+    return {"server": {"host": "127.0.0.1", "port": port, "grace_s": 2},
+            "models": [{"path": str(model_dir), "intra_op_threads": threads}]}
+
+
+def cloud_config(port: int, *, threads: int = 1, metrics_port: int | None = None,
+                 max_queue_delay_us: int = 2000) -> dict[str, Any]:
+    return {"server": {"host": "127.0.0.1", "port": port, "grace_s": 2, "metrics_port": metrics_port},
+            "runtime": {"device": "auto", "intra_op_threads": threads},
+            "batching": {"max_queue_delay_us": max_queue_delay_us}}
+
+
+def gateway_config(port: int, edge: str | None, workers: list[str], *, http_port: int | None = None,
+                   routing: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"server": {"host": "127.0.0.1", "port": port, "http_port": http_port, "grace_s": 2},
+            "edge": {"address": edge}, "cloud": {"workers": workers}, "routing": routing or {}}
+
+
+def launch_redis(workdir: Path, port: int, *, name: str = "redis") -> ServiceProcess:
+    """A throwaway ``redis-server`` on ``port`` that keeps nothing on disk."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (Debian package redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--protected-mode", "no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    return ServiceProcess(name, proc, f"127.0.0.1:{port}", workdir / "redis.conf", log_path)
+
+
+def redis_reply(address: str, command: bytes, timeout: float = 0.5) -> bytes | None:
+    """The first bytes of a Redis server's reply to one inline ``command`` (``b"PING"``), or None
+    when it does not answer (no client library: this is for tools that watch a throwaway server)."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(command + b"\r\n")
+            return sock.recv(64)
+    except OSError:
+        return None
+
+
+def wait_redis(service: ServiceProcess, timeout: float = 10.0) -> None:
+    """Until the server answers PING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if (redis_reply(service.address, b"PING") or b"").startswith(b"+PONG"):
+            return
+        if not service.alive() or time.monotonic() > deadline:
+            raise TimeoutError(f"redis on {service.address} did not answer\n{service.log_tail()}")
+        time.sleep(0.05)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of a process (Linux), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,140 @@
+"""``edgecloud up``: the whole stack on localhost with one command.
+
+Builds the INT8 model when missing, starts an edge agent, a cloud worker and the gateway as child
+processes, waits until each answers, prints where each listens and sample calls, then runs until
+Ctrl-C or SIGTERM and stops every child it started (by pid), gateway first.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from edgecloud.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
+
+log = logging.getLogger(__name__)
+
+
+def _ports(random_ports: bool) -> dict[str, int]:
+    if random_ports:
+        return {name: free_port() for name in ("http", "grpc", "edge", "cloud", "metrics")}
+    return {"http": 8000, "grpc": 8001, "edge": 8101, "cloud": 8201, "metrics": 8202}
+
+
+def redis_reachable(url_host: str = "127.0.0.1", port: int = 6379) -> bool:
+    """Whether a Redis answers PING there (decides what ``up`` tells the user about the cache)."""
+    import socket
+
+    try:
+        with socket.create_connection((url_host, port), timeout=0.3) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def sample_calls(grpc_port: int, http_port: int) -> str:
+    return f"""
+  SDK (Python):
+    from gateway.client import Client
+    with Client("127.0.0.1:{grpc_port}") as client:
+        result = client.embed(["hello edge", "hello cloud"])
+        print(result.embeddings.shape, result.served_by, result.route_reason)
+
+  tritonclient (unmodified):
+    import numpy as np, tritonclient.grpc as tc
+    client = tc.InferenceServerClient("127.0.0.1:{grpc_port}")
+    text = tc.InferInput("text", [1], "BYTES"); text.set_data_from_numpy(np.array([b"hello"], dtype=object))
+    print(client.infer("all-MiniLM-L6-v2", [text]).as_numpy("embedding").shape)
+
+  curl (REST):
+    curl -s -X POST localhost:{http_port}/v2/models/all-MiniLM-L6-v2/infer \\
+      -H 'Content-Type: application/json' \\
+      -d '{{"inputs":[{{"name":"text","shape":[1],"datatype":"BYTES","data":["hello"]}}]}}' -D - | head -20
+"""
+
+
+def _smoke_call(grpc_port: int) -> str:
+    import grpc
+
+    from edgecloud.codec import serialize_bytes
+    from protos import inference_pb2 as pb
+    from protos import inference_pb2_grpc as pb_grpc
+
+    msg = pb.ModelInferRequest(model_name="all-MiniLM-L6-v2")
+    msg.inputs.add(name="text", datatype="BYTES", shape=[1])
+    msg.raw_input_contents.append(serialize_bytes([b"edgecloud up smoke test"]))
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(msg, timeout=30)
+    return (f"sample call: embedding {list(response.outputs[0].shape)} served by "
+            f"{response.parameters['served_by'].string_param} ({response.parameters['route_reason'].string_param})")
+
+
+def run(args) -> int:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_dir = Path(args.model_dir).resolve()
+    if not (model_dir / "model.json").exists():
+        print(f"building the INT8 model into {model_dir} (first run only)", flush=True)
+        from edge_agent.build.pipeline import build_model_dir
+
+        build_model_dir(model_dir)
+    ports = _ports(getattr(args, "random_ports", False))
+    workdir = Path(tempfile.mkdtemp(prefix="edgecloud-up-"))
+    services = []
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        edge = launch("edge", edge_config(model_dir, ports["edge"], threads=0), workdir)
+        services.append(edge)
+        workers = []
+        if not args.no_cloud:
+            cloud = launch("cloud", cloud_config(ports["cloud"], threads=None, metrics_port=ports["metrics"]),
+                           workdir)
+            services.append(cloud)
+            workers = [cloud.address]
+        config = gateway_config(ports["grpc"], edge.address, workers, http_port=ports["http"])
+        redis_url = getattr(args, "redis_url", None) or "redis://127.0.0.1:6379"
+        config["cache"] = {"enabled": True, "redis": {"url": redis_url}}
+        host_port = redis_url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+        host, _, port = host_port.partition(":")
+        if redis_reachable(host or "127.0.0.1", int(port or 6379)):
+            cache_line = f"cache: Redis at {redis_url}"
+        else:
+            cache_line = (f"cache: no Redis answers at {redis_url}; using the in-process LRU cache "
+                          "(the gateway switches to Redis if it appears)")
+        print(cache_line, flush=True)
+        gateway = launch("gateway", config, workdir)
+        services.append(gateway)
+        for service in services:
+            print(f"waiting for {service.name} on {service.address} ...", flush=True)
+            wait_ready(service, 180)
+        print("\nedgecloud is up:")
+        print(f"  gateway   grpc 127.0.0.1:{ports['grpc']}   http http://127.0.0.1:{ports['http']}"
+              f"   metrics http://127.0.0.1:{ports['http']}/metrics")
+        print(f"  edge      grpc {edge.address}   (INT8 ONNX Runtime)")
+        if workers:
+            print(f"  cloud     grpc {workers[0]}   metrics http://127.0.0.1:{ports['metrics']}/metrics")
+        print(f"  {cache_line}")
+        print(f"  logs and configs: {workdir}")
+        print(sample_calls(ports["grpc"], ports["http"]))
+        print(_smoke_call(ports["grpc"]), flush=True)
+        if args.exit_after_ready:
+            return 0
+        print("\nCtrl-C stops everything.", flush=True)
+        while not stop.wait(0.5):
+            for service in services:
+                if not service.alive():
+                    print(f"{service.name} exited ({service.proc.returncode}); stopping", file=sys.stderr)
+                    print(service.log_tail(), file=sys.stderr)
+                    return 1
+        return 0
+    finally:
+        for service in reversed(services):
+            service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("stopped", flush=True)

@@ -1,0 +1,53 @@
+"""Validation of a decoded request against the model it addresses.
+
+Contract: ``validate_request`` raises ``InvalidArgument`` naming the field for a missing, unknown
+or duplicated input, a datatype or shape that does not match the model's metadata (-1 matches any
+size), an empty batch, a batch over the limit, inconsistent batch sizes, or an unknown requested
+output. It reads only shapes and datatypes, never tensor data, so it is cheap and runs before
+anything is queued, batched or cached.
+"""
+
+from __future__ import annotations
+
+from edgecloud.errors import InvalidArgument
+from edgecloud.limits import RequestLimits
+from edgecloud.types import InferRequest, ModelMetadata
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def validate_request(request: InferRequest, meta: ModelMetadata, limits: RequestLimits) -> None:
+    expected = {spec.name: spec for spec in meta.inputs}
+    given = {tensor.name for tensor in request.inputs}
+    missing = [name for name in expected if name not in given]
+    if missing:
+        raise InvalidArgument(f"missing required input(s) {missing}; model expects {list(expected)}", field="inputs")
+    batch_limit = meta.max_batch_size or limits.max_batch_size
+    batch: int | None = None
+    for tensor in request.inputs:
+        field = f"inputs[{tensor.name}]"
+        spec = expected.get(tensor.name)
+        if spec is None:
+            raise InvalidArgument(f"unknown input; model expects {list(expected)}", field=field)
+        if tensor.datatype != spec.datatype:
+            raise InvalidArgument(f"expected {spec.datatype}, got {tensor.datatype}", field=f"{field}.datatype")
+        if len(tensor.shape) != len(spec.shape) or any(
+            want != -1 and want != got for want, got in zip(spec.shape, tensor.shape)
+        ):
+            raise InvalidArgument(f"expected {_fmt(spec.shape)}, got {_fmt(tensor.shape)}", field=f"{field}.shape")
+        if spec.shape and spec.shape[0] == -1:
+            size = tensor.shape[0]
+            if size == 0:
+                raise InvalidArgument("empty batch (dimension 0 is 0)", field=f"{field}.shape")
+            if size > batch_limit:
+                raise InvalidArgument(f"batch of {size} exceeds the limit of {batch_limit}", field=f"{field}.shape")
+            if batch is not None and size != batch:
+                raise InvalidArgument(f"batch size {size} differs from other inputs' {batch}", field=f"{field}.shape")
+            batch = size
+    if request.outputs:
+        known = {spec.name for spec in meta.outputs}
+        for requested in request.outputs:
+            if requested.name not in known:
+                raise InvalidArgument(f"unknown output; model has {sorted(known)}", field=f"outputs[{requested.name}]")

@@ -1,0 +1,420 @@
+"""The gateway's result cache: keys, envelope, backend, breaker, single-flight and background
+writes composed behind ``ResultCache.serve``.
+
+Contract (``GatewayCache.serve(request, compute)``):
+- Fail-open: no cache problem ever fails a request or waits long. A backend error, timeout, open
+  breaker, corrupt or foreign value, or even a bug in key building, degrades to ``compute()``;
+  errors a request gets are only ever ``compute()``'s own (or UNAVAILABLE while the gateway stops
+  with the request's shared compute still running).
+- Hit: one GET, the envelope checked, ``ModelInferResponse`` parsed; the answer is returned with
+  ``served_by="cache"``, reason ``cache_hit``, the caller's request ``id``, and the
+  ``cache_source`` parameter (``edge`` or ``cloud``). Outputs are bit-identical to the stored answer.
+- Quality: a request asking for ``quality="cloud"`` treats an entry the edge produced as a miss;
+  its cloud answer then overwrites the entry, so later default requests get the better answer.
+- Freshness: entries live ``ttl_ms`` (per model, with a default). A hit near expiry may start one
+  background refresh (XFetch, ``freshness.py``) and is still answered from the cache at once. An
+  entry the cloud produced is refreshed early only by a request that itself asks for the cloud, so
+  a refresh never downgrades an entry to an edge answer. A new model version reads no old entry:
+  the resolved version is part of the key.
+- Single-flight: concurrent identical misses (same key and quality) in this process cause one
+  ``compute()``; the others wait for it. The compute runs as its own task, so the leader's client
+  leaving does not cancel it and the followers still get the answer. Followers share the leader's
+  outcome, error included — except ``DeadlineExceeded``, which is the leader's deadline, not
+  theirs: followers then run one more flight with their own ``compute`` (and their own deadline).
+  Nobody waits beyond their own deadline (the front cancels the wait; the shared compute is
+  bounded by the leader's deadline). A finished flight stays joinable until its entry is written.
+- Writes happen in the background (at most ``max_pending_writes`` at once, beyond that dropped),
+  never while the breaker is open, never for ``no_cache`` requests or for answers larger than
+  ``max_entry_bytes``.
+- Backend: Redis (standalone or cluster) when configured and reachable at start; otherwise the
+  in-process LRU, said in one log line, and Redis is tried again every ``reconnect_interval_ms``
+  (the cache moves to Redis once it answers). A Redis that fails later is not swapped for the
+  LRU: the breaker opens, requests are computed, a background PING probes it back.
+- ``reconfigure(settings)`` applies a reloaded ``cache`` section: policy (TTL, per-model switches,
+  beta, ignored parameters, breaker thresholds) at once; a changed backend is opened anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+from edgecloud.clock import Clock, MonotonicClock
+from edgecloud.errors import DeadlineExceeded, Unavailable
+from gateway.cache.backend import BackendError, CacheBackend
+from gateway.cache.breaker import BreakerState, CircuitBreaker
+from gateway.cache.envelope import HEADER, CorruptEntry, Entry, Provenance, decode, encode
+from gateway.cache.freshness import Freshness
+from gateway.cache.keys import EXCLUDED_PARAMETERS, cache_key, uncacheable
+from gateway.cache.lru import LruBackend
+from gateway.cache.redis_backend import RedisBackend
+from gateway.cache.settings import CacheSettings
+from gateway.cache.singleflight import SingleFlight
+from gateway.cache.writer import BackgroundWriter
+from gateway.cache_api import CACHE_SOURCE, CacheRequest, Served
+from gateway.metrics import CacheMetrics
+from protos import inference_pb2 as pb
+
+__all__ = ["CACHE_HIT", "GatewayCache"]
+
+log = logging.getLogger(__name__)
+
+CACHE_HIT = "cache_hit"
+"""``route_reason`` of an answer served from the cache."""
+SERVED_BY_CACHE = "cache"
+
+Compute = Callable[[], Awaitable[Served]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Computed:
+    """One flight's outcome: the leader's ``Served`` and its serialized response."""
+
+    served: Served
+    body: bytes
+    provenance: Provenance | None
+
+    def for_follower(self, msg: pb.ModelInferRequest, finished: bool) -> Served:
+        """A private copy for another request; one that joined after the compute ended is a hit."""
+        response = pb.ModelInferResponse.FromString(self.body)
+        response.id = msg.id
+        if finished and self.provenance is not None:
+            response.parameters[CACHE_SOURCE].string_param = self.provenance.label
+            return Served(response, SERVED_BY_CACHE, CACHE_HIT)
+        return Served(response, self.served.served_by, self.served.reason)
+
+
+class GatewayCache:
+    def __init__(self, settings: CacheSettings, metrics: CacheMetrics, *, clock: Clock | None = None,
+                 wall: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
+                 lru_clock: Clock | None = None):
+        self.settings = settings
+        self._metrics = metrics
+        self._clock = clock or MonotonicClock()
+        self._lru_clock = lru_clock or self._clock
+        self._wall = wall
+        self._freshness = Freshness(settings.early_refresh_beta, rand)
+        self._ignored = EXCLUDED_PARAMETERS | frozenset(settings.ignore_parameters)
+        self._flights: SingleFlight[_Computed] = SingleFlight("cache-fill")
+        self._writer = BackgroundWriter(settings.max_pending_writes)
+        self._backend: CacheBackend | None = None
+        self._breaker = self._new_breaker(settings)
+        self._background: set[asyncio.Task] = set()
+        self._reconnect_task: asyncio.Task | None = None
+        self._started = False
+        lookups, errors, writes = metrics.lookups, metrics.errors, metrics.writes
+        self._m_hit = lookups.labels("hit")
+        self._m_miss = lookups.labels("miss")
+        self._m_quality_miss = lookups.labels("quality_miss")
+        self._m_expired = lookups.labels("expired")
+        self._m_corrupt = lookups.labels("corrupt")
+        self._m_error = lookups.labels("error")
+        self._m_breaker_open = lookups.labels("breaker_open")
+        self._m_bypass = lookups.labels("bypass")
+        self._m_leader = metrics.flights.labels("leader")
+        self._m_follower = metrics.flights.labels("follower")
+        self._m_stored = writes.labels("stored")
+        self._m_errors = errors
+        self._m_writes = writes
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> CacheBackend | None:
+        """The backend in use (None while the cache is disabled)."""
+        return self._backend
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    async def start(self) -> None:
+        if not self._started:
+            self._started = True
+            await self._open_backend(self.settings)
+
+    async def stop(self) -> None:
+        self._started = False
+        await self._stop_background()
+        await self._flights.close()
+        await self._writer.close()
+        await self._close_backend()
+
+    async def reconfigure(self, settings: CacheSettings) -> None:
+        old = self.settings
+        self.settings = settings
+        self._freshness.beta = settings.early_refresh_beta
+        self._ignored = EXCLUDED_PARAMETERS | frozenset(settings.ignore_parameters)
+        self._writer.max_pending = settings.max_pending_writes
+        self._breaker.reconfigure(settings.breaker.consecutive_failures, settings.breaker.open_ms / 1000.0)
+        if self._started and settings.backend_settings() != old.backend_settings():
+            await self._stop_background()
+            await self._close_backend()
+            await self._open_backend(settings)
+
+    def _new_breaker(self, settings: CacheSettings) -> CircuitBreaker:
+        for state in BreakerState:
+            self._metrics.breaker_state.labels(state.value).set(1 if state is BreakerState.CLOSED else 0)
+        return CircuitBreaker(settings.breaker.consecutive_failures, settings.breaker.open_ms / 1000.0,
+                              self._clock, on_change=self._breaker_changed)
+
+    async def _open_backend(self, settings: CacheSettings) -> None:
+        self._breaker = self._new_breaker(settings)
+        if not settings.enabled:
+            self._set_backend(None)
+            return
+        if not settings.redis.configured:
+            lru = self._new_lru(settings)
+            log.info("cache: no Redis configured; using %s", lru.describe())
+            self._set_backend(lru)
+            return
+        redis, error = await self._connect_redis(settings)
+        if redis is not None:
+            log.info("cache: using %s (timeouts: connect %.0f ms, reply %.0f ms; no retries)",
+                     redis.describe(), settings.redis.connect_timeout_ms, settings.redis.socket_timeout_ms)
+            self._set_backend(redis)
+            return
+        lru = self._new_lru(settings)
+        log.warning("cache: %s unreachable at start (%s); using %s; retrying Redis every %.0f ms",
+                    settings.redis.describe(), error, lru.describe(), settings.redis.reconnect_interval_ms)
+        self._set_backend(lru)
+        self._reconnect_task = asyncio.create_task(self._reconnect(settings), name="cache-reconnect")
+
+    def _new_lru(self, settings: CacheSettings) -> LruBackend:
+        return LruBackend(settings.lru.max_entries, settings.lru.max_bytes, self._lru_clock)
+
+    async def _connect_redis(self, settings: CacheSettings) -> tuple[RedisBackend | None, str]:
+        try:
+            redis = RedisBackend(settings.redis)
+        except Exception as exc:  # a client that cannot even be built (bad TLS files, ...)
+            return None, f"{type(exc).__name__}: {exc}"
+        try:
+            await redis.start()
+        except BackendError as exc:
+            await redis.close()
+            return None, f"{exc.kind}: {exc}"
+        return redis, ""
+
+    async def _reconnect(self, settings: CacheSettings) -> None:
+        interval = settings.redis.reconnect_interval_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            redis, _ = await self._connect_redis(settings)
+            if redis is not None:
+                old = self._backend
+                self._breaker = self._new_breaker(settings)
+                self._set_backend(redis)
+                log.warning("cache: %s is reachable now; moving from the in-process LRU to Redis", redis.describe())
+                if old is not None:
+                    await old.close()
+                self._reconnect_task = None
+                return
+
+    def _set_backend(self, backend: CacheBackend | None) -> None:
+        self._backend = backend
+        for name in ("redis", "redis-cluster", "lru"):
+            self._metrics.backend.labels(name).set(1 if backend is not None and backend.name == name else 0)
+
+    async def _stop_background(self) -> None:
+        tasks = list(self._background)
+        if self._reconnect_task is not None:
+            tasks.append(self._reconnect_task)
+            self._reconnect_task = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._background.clear()
+
+    async def _close_backend(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.close()
+
+    def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
+        backend = self._backend.describe() if self._backend is not None else "Redis"
+        why = {
+            BreakerState.OPEN: "requests skip the cache; probing again in %.0f ms" % (self._breaker.open_s * 1000)
+            if old is BreakerState.CLOSED else "the probe failed; requests keep skipping the cache",
+            BreakerState.HALF_OPEN: "probing with PING",
+            BreakerState.CLOSED: "the probe succeeded; requests use the cache again",
+        }[new]
+        # One line per change: opening and closing are warnings; the probes in between are info.
+        level = logging.WARNING if old is BreakerState.CLOSED or new is BreakerState.CLOSED else logging.INFO
+        log.log(level, "cache: breaker for %s %s -> %s: %s", backend, old.value, new.value, why)
+        for state in BreakerState:
+            self._metrics.breaker_state.labels(state.value).set(1 if state is new else 0)
+        self._metrics.breaker_transitions.labels(new.value).inc()
+
+    # serving ---------------------------------------------------------------------------------
+
+    async def serve(self, request: CacheRequest, compute: Compute) -> Served:
+        backend = self._backend
+        msg = request.msg
+        settings = self.settings
+        if backend is None or not settings.model_enabled(msg.model_name):
+            return await compute()
+        if request.bypass or uncacheable(msg):
+            self._m_bypass.inc()
+            return await compute()
+        try:
+            digest = cache_key(request, self._ignored)
+        except Exception:  # fail open, loudly: a request the key cannot encode is computed
+            log.exception("cache: could not build a key; computing without the cache")
+            self._m_errors.labels("key", "error").inc()
+            return await compute()
+        key = settings.key_prefix + digest.hex()
+        entry = await self._read(backend, key, digest)
+        if entry is not None:
+            if request.require_cloud and entry.provenance is Provenance.EDGE:
+                self._m_quality_miss.inc()
+            else:
+                now = self._wall()
+                if now >= entry.expires_at:
+                    self._m_expired.inc()
+                else:
+                    self._m_hit.inc()
+                    if self._freshness.refresh_early(entry, now) and (
+                            entry.provenance is Provenance.EDGE or request.require_cloud):
+                        self._refresh(key, digest, request, compute)
+                    response = entry.response
+                    response.id = msg.id
+                    response.parameters[CACHE_SOURCE].string_param = entry.provenance.label
+                    return Served(response, SERVED_BY_CACHE, CACHE_HIT)
+        return await self._compute_shared(key, digest, request, compute)
+
+    async def _read(self, backend: CacheBackend, key: str, digest: bytes) -> Entry | None:
+        """The entry under ``key``, or None (miss, error, open breaker, corrupt: each counted)."""
+        if backend.remote and not self._breaker.allows_requests():
+            self._m_breaker_open.inc()
+            self._maybe_probe(backend)
+            return None
+        started = self._clock.now()
+        try:
+            value = await backend.get(key)
+        except BackendError as exc:
+            self._backend_failed("get", exc, started)
+            self._m_error.inc()
+            return None
+        if backend.remote:
+            self._breaker.record_success()
+        if value is None:
+            self._m_miss.inc()
+            return None
+        try:
+            return decode(value, digest)
+        except CorruptEntry as exc:
+            log.debug("cache: corrupt entry under %s: %s", key, exc)
+            self._m_errors.labels("get", "corrupt").inc()
+            self._m_corrupt.inc()
+            return None
+
+    def _backend_failed(self, op: str, exc: BackendError, started: float) -> None:
+        self._m_errors.labels(op, exc.kind).inc()
+        if exc.counts_against_backend:
+            self._breaker.record_failure(started)
+
+    def _maybe_probe(self, backend: CacheBackend) -> None:
+        if self._breaker.try_probe():
+            self._spawn(self._probe(backend), "cache-probe")
+
+    async def _probe(self, backend: CacheBackend) -> None:
+        try:
+            await backend.ping()
+        except BackendError as exc:
+            self._m_errors.labels("probe", exc.kind).inc()
+            self._breaker.record_failure()  # HALF_OPEN: any failed probe reopens
+        else:
+            self._breaker.record_success()
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # misses ----------------------------------------------------------------------------------
+
+    async def _compute_shared(self, key: str, digest: bytes, request: CacheRequest, compute: Compute) -> Served:
+        flight_key = (digest, request.require_cloud)
+        ttl_s = self.settings.ttl_s(request.msg.model_name)
+        for attempt in (1, 2):
+            task, leader = self._flights.join(flight_key, lambda: self._fill(flight_key, key, digest, ttl_s, compute))
+            finished = task.done()
+            (self._m_leader if leader else self._m_follower).inc()
+            try:
+                computed = await asyncio.shield(task)
+            except DeadlineExceeded:
+                if leader or attempt == 2:
+                    raise
+                continue  # the leader's deadline passed, maybe not ours: one more flight, our compute
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if task.cancelled() and current is not None and not current.cancelling():
+                    raise Unavailable("the gateway is shutting down") from None
+                raise
+            return computed.served if leader else computed.for_follower(request.msg, finished)
+        raise AssertionError("unreachable")
+
+    def _refresh(self, key: str, digest: bytes, request: CacheRequest, compute: Compute) -> None:
+        """Start one background recompute of a hot entry near expiry (XFetch)."""
+        flight_key = (digest, request.require_cloud)
+        ttl_s = self.settings.ttl_s(request.msg.model_name)
+        _, leader = self._flights.join(flight_key, lambda: self._fill(flight_key, key, digest, ttl_s, compute))
+        if leader:
+            self._metrics.early_refreshes.inc()
+
+    async def _fill(self, flight_key: Hashable, key: str, digest: bytes, ttl_s: float, compute: Compute) -> _Computed:
+        task = asyncio.current_task()
+        started = self._clock.now()
+        served = await compute()
+        compute_s = self._clock.now() - started
+        body = served.response.SerializeToString()
+        provenance = Provenance.of(served.served_by)
+        computed = _Computed(served, body, provenance)
+
+        def done() -> None:
+            self._flights.forget(flight_key, task)
+
+        if provenance is None:
+            self._m_writes.labels("not_cacheable").inc()
+            done()
+        elif len(body) + HEADER.size > self.settings.max_entry_bytes:
+            self._m_writes.labels("too_big").inc()
+            done()
+        else:
+            now = self._wall()
+            value = encode(body, provenance, created_at=now, expires_at=now + ttl_s, compute_s=compute_s,
+                           digest=digest)
+            self._store(key, value, ttl_s, done)
+        return computed
+
+    def _store(self, key: str, value: bytes, ttl_s: float, done: Callable[[], None]) -> None:
+        backend = self._backend
+        if backend is None:
+            done()
+            return
+        if backend.remote and not self._breaker.allows_requests():
+            self._m_writes.labels("dropped_breaker_open").inc()
+            done()
+            return
+        if self._writer.submit(lambda: self._write(backend, key, value, ttl_s, done)) is None:
+            self._m_writes.labels("dropped_busy").inc()
+            done()
+
+    async def _write(self, backend: CacheBackend, key: str, value: bytes, ttl_s: float,
+                     done: Callable[[], None]) -> None:
+        started = self._clock.now()
+        try:
+            await backend.set(key, value, ttl_s)
+        except BackendError as exc:
+            self._backend_failed("set", exc, started)
+            self._m_writes.labels("failed").inc()
+        else:
+            if backend.remote:
+                self._breaker.record_success()
+            self._m_stored.inc()
+        finally:
+            done()

@@ -1,0 +1,145 @@
+"""The gateway's configuration (YAML, env prefix ``EDGECLOUD_GATEWAY_``), validated at load.
+
+Every field is documented here; ``edgecloud config check FILE --kind gateway`` explains errors by
+field path. Durations are milliseconds (``_ms``) so operators write plain numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgecloud.config import ClientTlsSettings, LimitsSettings, Section, ServerSettings, load_config
+from edge_agent.config import ModelSettings
+from gateway.auth import AuthSettings
+from gateway.cache.settings import CacheSettings
+
+ENV_PREFIX = "EDGECLOUD_GATEWAY_"
+
+
+class RetryBudgetSettings(Section):
+    ratio: float = Field(0.2, ge=0, le=1)
+    """Extra attempts allowed per original request over the long run (0.2 = at most 20% more)."""
+    burst: float = Field(100, ge=0, le=10000)
+    """Retries that may be spent at once after a quiet period (the token bucket's size). Size it to
+    the requests one worker can hold in flight: when a worker dies, each of those needs one failover."""
+
+
+class RoutingSettings(Section):
+    threshold_ms: float = Field(200, gt=0, le=600_000)
+    """Edge RTT statistic above which traffic moves to the cloud."""
+    statistic: Literal["p50", "p90", "p95", "p99", "max", "ewma"] = "p95"
+    """Which edge RTT statistic is compared with the threshold."""
+    window_ms: float = Field(2000, gt=0, le=600_000)
+    """Sliding window the quantile statistics are computed over."""
+    min_samples: int = Field(3, ge=1, le=10_000)
+    """Samples the window needs before the statistic can move traffic."""
+    ewma_alpha: float = Field(0.3, gt=0, le=1)
+    """Weight of the newest sample in the EWMA."""
+    recover_ratio: float = Field(0.7, gt=0, le=1)
+    """Back to the edge only when probes stay under ``threshold_ms * recover_ratio`` ..."""
+    recover_probes: int = Field(5, ge=1, le=1000)
+    """... for this many consecutive probes (hysteresis against flapping)."""
+    hedging: bool = True
+    """Send a request that the edge has not answered in ``hedge_after_ms`` to the cloud too."""
+    hedge_after_ms: float | None = Field(None, gt=0, le=600_000)
+    """When to hedge; default: ``threshold_ms``."""
+    probe_interval_ms: float = Field(200, gt=0, le=600_000)
+    """How often each backend is probed with a small real inference."""
+    probe_timeout_ms: float = Field(2000, gt=0, le=600_000)
+    """A probe slower than this counts as a failure."""
+    probe_model: str = "all-MiniLM-L6-v2"
+    """Model the probes call (input ``probe_input`` BYTES [1])."""
+    probe_input: str = "text"
+    """Name of the probe model's BYTES input."""
+    probe_text: str = "edgecloud latency probe"
+    """The probe's input text."""
+    failures_to_down: int = Field(2, ge=1, le=1000)
+    """Consecutive connection failures (requests or probes) that mark a backend down until a probe succeeds."""
+    default_timeout_ms: float = Field(30_000, gt=0, le=3_600_000)
+    """Deadline for requests whose client set none."""
+    retry_budget: RetryBudgetSettings = Field(default_factory=RetryBudgetSettings)
+    """Retries (never of INVALID_ARGUMENT and the like) are paid from this budget."""
+
+    @property
+    def hedge_after_s(self) -> float:
+        return (self.hedge_after_ms if self.hedge_after_ms is not None else self.threshold_ms) / 1000.0
+
+
+class OutlierDetectionSettings(Section):
+    """Envoy's outlier detection, with Envoy's names."""
+
+    consecutive_5xx: int = Field(3, ge=1, le=1000)
+    """Consecutive server-side failures (UNAVAILABLE, INTERNAL, timeouts) that eject a worker."""
+    base_ejection_time_ms: float = Field(2000, gt=0, le=3_600_000)
+    """Ejection time, multiplied by how many times the worker has been ejected."""
+    max_ejection_time_ms: float = Field(30_000, gt=0, le=3_600_000)
+    """Cap on one ejection's duration."""
+    max_ejection_percent: float = Field(50, ge=0, le=100)
+    """At most this share of the workers is ejected at once."""
+    interval_ms: float = Field(10_000, gt=0, le=3_600_000)
+    """A worker healthy for this long has its ejection multiplier reduced by one."""
+
+
+class EmbeddedEdgeSettings(Section):
+    models: list[ModelSettings] = Field(min_length=1)
+    """Model entries exactly as in the edge agent's ``models`` config (path, variant, threads...)."""
+
+
+class EdgeBackendSettings(Section):
+    address: str | None = "127.0.0.1:8101"
+    """host:port of the edge agent's gRPC server; null for a cloud-only gateway (or an embedded edge)."""
+    embedded: EmbeddedEdgeSettings | None = None
+    """Run the edge agent inside the gateway's process (a device): no network hop; ``address`` is ignored."""
+    attempt_timeout_ms: float | None = Field(None, gt=0)
+    """Give up on one edge attempt after this long (then the cloud serves); default: none beyond hedging."""
+    tls: ClientTlsSettings | None = None
+    """TLS (mutual with a client certificate) to the edge agent; unset for plaintext."""
+
+
+class CloudPoolSettings(Section):
+    workers: list[str] = Field(default_factory=lambda: ["127.0.0.1:8201"])
+    """host:port of each cloud worker (any Open Inference Protocol server, Triton included)."""
+    lb_policy: Literal["least_request", "p2c_latency"] = "least_request"
+    """least_request: fewest outstanding requests; p2c_latency: the lower-EWMA of two random workers."""
+    attempt_timeout_ms: float = Field(2000, gt=0, le=600_000)
+    """One cloud attempt slower than this fails over to another worker (a frozen worker is bypassed)."""
+    keepalive_time_ms: int = Field(2000, ge=100)
+    """HTTP/2 keepalive ping interval on each worker's connection."""
+    keepalive_timeout_ms: int = Field(1000, ge=100)
+    """A ping unanswered this long closes the connection (a frozen worker is noticed)."""
+    outlier_detection: OutlierDetectionSettings = Field(default_factory=OutlierDetectionSettings)
+    """When a worker is taken out of rotation."""
+    tls: ClientTlsSettings | None = None
+    """TLS (mutual with a client certificate) to every cloud worker; unset for plaintext."""
+
+
+class GatewayConfig(Section):
+    server: ServerSettings = Field(default_factory=lambda: ServerSettings(port=8001, http_port=8000))
+    """The gateway's own gRPC (``port``) and HTTP (``http_port``) fronts."""
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    """Request size limits, checked before routing or caching."""
+    edge: EdgeBackendSettings = Field(default_factory=EdgeBackendSettings)
+    """The edge agent."""
+    cloud: CloudPoolSettings = Field(default_factory=CloudPoolSettings)
+    """The cloud worker pool."""
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    """Latency-aware routing between edge and cloud."""
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    """The result cache (Redis, Redis Cluster or in-process LRU); off unless ``cache.enabled``."""
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    """API keys for both fronts; each key maps to a tenant (cache entries never cross tenants)."""
+    reload_poll_ms: float = Field(1000, gt=0)
+    """How often the config file is checked for changes (hot reload; SIGHUP reloads at once)."""
+
+    @model_validator(mode="after")
+    def _some_backend(self) -> GatewayConfig:
+        if self.edge.address is None and self.edge.embedded is None and not self.cloud.workers:
+            raise ValueError("configure an edge address or at least one cloud worker")
+        return self
+
+
+def load_gateway_config(path: str | Path | None, environ=None) -> GatewayConfig:
+    return load_config(GatewayConfig, path, ENV_PREFIX, environ)

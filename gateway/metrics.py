@@ -1,0 +1,61 @@
+"""The gateway's Prometheus metrics, on a registry of its own (several gateways per process in
+tests never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class CacheMetrics:
+    """The result cache's metrics (``gateway.cache``), on the gateway's registry."""
+
+    def __init__(self, registry: CollectorRegistry):
+        r = registry
+        self.lookups = Counter("edgecloud_gateway_cache_lookups", "Cache lookups by result (hit, miss, "
+                               "quality_miss, expired, corrupt, error, breaker_open, bypass)", ["result"], registry=r)
+        self.errors = Counter("edgecloud_gateway_cache_errors", "Cache backend failures by operation and kind",
+                              ["op", "kind"], registry=r)
+        self.writes = Counter("edgecloud_gateway_cache_writes", "Cache writes by result", ["result"], registry=r)
+        self.flights = Counter("edgecloud_gateway_cache_flights", "Cache misses by single-flight role (a leader "
+                               "computes, a follower shares its answer)", ["role"], registry=r)
+        self.early_refreshes = Counter("edgecloud_gateway_cache_early_refreshes",
+                                       "Background refreshes started by XFetch before expiry", registry=r)
+        self.breaker_state = Gauge("edgecloud_gateway_cache_breaker_state", "1 for the Redis breaker's state",
+                                   ["state"], registry=r)
+        self.breaker_transitions = Counter("edgecloud_gateway_cache_breaker_transitions",
+                                           "Redis breaker state changes by new state", ["state"], registry=r)
+        self.backend = Gauge("edgecloud_gateway_cache_backend", "1 for the cache backend in use",
+                             ["backend"], registry=r)
+
+
+class GatewayMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter("edgecloud_gateway_route_decisions", "Routing decisions by route and reason",
+                                 ["route", "reason"], registry=r)
+        self.served = Counter("edgecloud_gateway_served", "Answered requests by who served them and why",
+                              ["served_by", "reason"], registry=r)
+        self.errors = Counter("edgecloud_gateway_errors", "Requests answered with an error, by status",
+                              ["code"], registry=r)
+        self.latency = Histogram("edgecloud_gateway_request_seconds", "Gateway request latency by who served it",
+                                 ["served_by"], buckets=LATENCY_BUCKETS, registry=r)
+        self.backend_rtt = Gauge("edgecloud_gateway_backend_rtt_seconds", "Backend RTT statistics",
+                                 ["backend", "statistic"], registry=r)
+        self.route_state = Gauge("edgecloud_gateway_route_state", "1 for the current routing state",
+                                 ["state"], registry=r)
+        self.hedges = Counter("edgecloud_gateway_hedges", "Requests hedged to the cloud, by winner",
+                              ["winner"], registry=r)
+        self.retries = Counter("edgecloud_gateway_retries", "Retries by outcome of the budget check",
+                               ["outcome"], registry=r)
+        self.ejections = Counter("edgecloud_gateway_ejections", "Cloud workers ejected as outliers", registry=r)
+        self.reloads = Counter("edgecloud_gateway_config_reloads", "Config reloads by result", ["result"], registry=r)
+        self.backend_up = Gauge("edgecloud_gateway_backend_up", "1 when a backend is up and not ejected",
+                                ["backend"], registry=r)
+        self.cache = CacheMetrics(r)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,127 @@
+"""The routing policy: edge or cloud, and why.
+
+Contract: ``RoutingPolicy.decide(edge_up, cloud_up)`` prefers the edge; it moves to the cloud
+when the edge RTT statistic (``settings.statistic`` over ``window_ms``, at least ``min_samples``
+samples taken since the last switch) exceeds ``threshold_ms``, and back only after
+``recover_probes`` consecutive probes under ``threshold_ms * recover_ratio`` (hysteresis).
+If the preferred backend is down it serves from the other; if both are down, ``Route.NONE``.
+Every decision carries a reason string used in responses and metrics. State changes happen only
+in ``observe_edge``/``decide``; time comes from the injected clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from edgecloud.clock import Clock
+from gateway.config import RoutingSettings
+from gateway.latency import LatencyStats
+
+log = logging.getLogger(__name__)
+
+
+REEVALUATE_S = 0.05
+
+
+class Route(enum.Enum):
+    EDGE = "edge"
+    CLOUD = "cloud"
+    NONE = "none"
+
+
+class RouteState(enum.Enum):
+    EDGE_PREFERRED = "edge_preferred"
+    CLOUD_FALLBACK = "cloud_fallback"
+
+
+class Reason:
+    EDGE_FAST = "edge_fast"
+    EDGE_SLOW = "edge_slow"
+    EDGE_DOWN = "edge_down"
+    CLOUD_DOWN = "cloud_down"
+    EDGE_RECOVERING = "edge_recovering"
+    NO_BACKEND = "no_backend"
+    HEDGE_WON = "hedge_won"
+    FAILOVER = "failover"
+    QUALITY_CLOUD = "quality_cloud"
+    CACHE_HIT = "cache_hit"
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: Route
+    reason: str
+    hedge: bool
+
+
+class RoutingPolicy:
+    def __init__(self, settings: RoutingSettings, edge_stats: LatencyStats, clock: Clock):
+        self.settings = settings
+        self.edge_stats = edge_stats
+        self.clock = clock
+        self.state = RouteState.EDGE_PREFERRED
+        self._since = clock.now()
+        self._good_probes = 0
+        self._evaluated_at = float("-inf")
+        self.transitions = 0
+
+    def update_settings(self, settings: RoutingSettings) -> None:
+        self.settings = settings
+
+    def _switch(self, state: RouteState, why: str, value_s: float | None) -> None:
+        log.info("routing: %s -> %s (%s, edge %s %s ms, threshold %.0f ms)", self.state.value, state.value, why,
+                 self.settings.statistic, "n/a" if value_s is None else f"{value_s * 1000:.1f}",
+                 self.settings.threshold_ms)
+        self.state = state
+        self._since = self.clock.now()
+        self._good_probes = 0
+        self.transitions += 1
+
+    def edge_statistic(self) -> float | None:
+        return self.edge_stats.statistic(self.settings.statistic, since=self._since,
+                                         min_samples=self.settings.min_samples)
+
+    def observe_edge(self, rtt_s: float | None = None) -> None:
+        """Re-evaluate the edge after a new sample (passive or probe) of ``rtt_s``.
+
+        A sample under the threshold cannot push the statistic over it, so (the window's quantile
+        being a sort) it is re-evaluated then only every ``REEVALUATE_S``, for samples aging out.
+        """
+        if self.state is RouteState.EDGE_PREFERRED:
+            now = self.clock.now()
+            if rtt_s is not None and rtt_s * 1000.0 <= self.settings.threshold_ms \
+                    and now - self._evaluated_at < REEVALUATE_S:
+                return
+            self._evaluated_at = now
+            value = self.edge_statistic()
+            if value is not None and value * 1000.0 > self.settings.threshold_ms:
+                self._switch(RouteState.CLOUD_FALLBACK, Reason.EDGE_SLOW, value)
+
+    def observe_probe(self, rtt_s: float | None) -> None:
+        """An edge probe finished in ``rtt_s`` (None: it failed). Drives recovery."""
+        if self.state is RouteState.CLOUD_FALLBACK:
+            limit = self.settings.threshold_ms * self.settings.recover_ratio
+            if rtt_s is not None and rtt_s * 1000.0 <= limit:
+                self._good_probes += 1
+                if self._good_probes >= self.settings.recover_probes:
+                    self._switch(RouteState.EDGE_PREFERRED, "edge_recovered", rtt_s)
+            else:
+                self._good_probes = 0
+        else:
+            self.observe_edge()
+
+    def decide(self, edge_up: bool, cloud_up: bool) -> Decision:
+        hedging = self.settings.hedging
+        if self.state is RouteState.EDGE_PREFERRED:
+            if edge_up:
+                return Decision(Route.EDGE, Reason.EDGE_FAST, hedging and cloud_up)
+            if cloud_up:
+                return Decision(Route.CLOUD, Reason.EDGE_DOWN, False)
+            return Decision(Route.NONE, Reason.NO_BACKEND, False)
+        if cloud_up:
+            return Decision(Route.CLOUD, Reason.EDGE_SLOW, False)
+        if edge_up:
+            return Decision(Route.EDGE, Reason.CLOUD_DOWN, False)
+        return Decision(Route.NONE, Reason.NO_BACKEND, False)

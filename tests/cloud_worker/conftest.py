@@ -1,0 +1,112 @@
+"""Fixtures of the cloud worker tests: one loaded reference runtime per session, workers on port 0
+that are stopped at teardown, and channels to them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from cloud_worker.config import CloudConfig
+from cloud_worker.testing import KeepLoaded
+from cloud_worker.worker import CloudWorker
+from protos import inference_pb2_grpc as pb_grpc
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+TEST_DEFAULTS: dict[str, Any] = {
+    "server": {"port": 0, "metrics_port": 0, "grace_s": 1.0},
+    "runtime": {"device": "cpu", "intra_op_threads": 2},
+}
+
+
+def cloud_config(**sections) -> CloudConfig:
+    """Test config: ports 0, CPU, 2 threads, with ``sections`` merged in (``batching={...}``)."""
+    return CloudConfig.model_validate(merge(TEST_DEFAULTS, sections))
+
+
+@pytest.fixture(scope="session")
+def reference_runtime():
+    """The real FP32 reference runtime, loaded once; workers get it through ``KeepLoaded``."""
+    from cloud_worker.config import RuntimeSettings
+    from cloud_worker.reference import ReferenceRuntime
+
+    runtime = ReferenceRuntime(settings=RuntimeSettings(device="cpu", intra_op_threads=2), max_rows=32)
+    runtime.load()
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def make_config():
+    return cloud_config
+
+
+@pytest.fixture
+async def start_worker():
+    """``await start_worker(runtimes=[...], batching={...})`` -> a started ``CloudWorker``; every
+    worker is stopped at teardown and leaves no task of its own behind."""
+    workers: list[CloudWorker] = []
+
+    async def start(runtimes=None, **sections) -> CloudWorker:
+        worker = CloudWorker(cloud_config(**sections), runtimes=runtimes)
+        await worker.start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in reversed(workers):
+        await worker.stop(0.5)
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith("batcher-") and not t.done()]
+    assert not leftovers, f"batcher tasks left running: {leftovers}"
+
+
+@pytest.fixture
+async def reference_worker(start_worker, reference_runtime):
+    """A worker serving the real reference model (batching on, default settings)."""
+    return await start_worker(runtimes=[KeepLoaded(reference_runtime)])
+
+
+@pytest.fixture
+async def connect():
+    """``connect(worker)`` -> an Open Inference Protocol stub (its channel as ``.channel``);
+    channels close at teardown."""
+    channels: list[grpc.aio.Channel] = []
+
+    def open_stub(worker: CloudWorker, **options) -> pb_grpc.GRPCInferenceServiceStub:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}", options=list(options.items()))
+        channels.append(channel)
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.channel = channel
+        return stub
+
+    yield open_stub
+    for channel in channels:
+        await channel.close()
+
+
+BLOCKED_LOOP_S = 0.5
+
+
+@pytest.fixture(autouse=True)
+async def fail_when_the_loop_blocks(caplog):
+    """Any callback that holds the event loop for BLOCKED_LOOP_S fails the test (blocking work
+    belongs on the model's thread). Generous, because the machine is shared and noisy."""
+    loop = asyncio.get_running_loop()
+    debug, threshold = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = BLOCKED_LOOP_S
+    yield
+    loop.set_debug(debug)
+    loop.slow_callback_duration = threshold
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    slow = [r.getMessage() for r in records if r.name == "asyncio" and r.getMessage().startswith("Executing")]
+    assert not slow, f"the event loop was blocked: {slow}"

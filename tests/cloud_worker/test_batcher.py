@@ -1,0 +1,305 @@
+"""DynamicBatcher on fakes: events order things and a fake clock stands in for time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cloud_worker.batcher import DynamicBatcher
+from cloud_worker.metrics import Outcome, WorkerMetrics
+from edgecloud.errors import DeadlineExceeded, InternalError, InvalidArgument, ResourceExhausted, Unavailable
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Model:
+    """An ``execute`` that records batches; ``hold()`` makes the next calls wait for ``release()``."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+        self.started = asyncio.Event()
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self.fail_with: BaseException | None = None
+        self.fail_on: str | None = None
+        self.result_count_delta = 0
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    async def __call__(self, items: list[str]) -> list[str]:
+        self.batches.append(list(items))
+        self.started.set()
+        await self._gate.wait()
+        self.started.clear()
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.fail_on is not None and self.fail_on in items:
+            raise RuntimeError("boom")
+        results = [item.upper() for item in items]
+        if self.result_count_delta < 0:
+            return results[: self.result_count_delta]
+        return results + ["extra"] * self.result_count_delta
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+async def make_batcher(clock):
+    batchers = []
+
+    async def make(model: Model, **kwargs) -> DynamicBatcher:
+        kwargs.setdefault("max_queue_delay_s", 0.0)
+        batcher = DynamicBatcher(model, clock=clock, **kwargs)
+        await batcher.start()
+        batchers.append(batcher)
+        return batcher
+
+    yield make
+    for batcher in batchers:
+        await batcher.stop()
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Yield to the loop until ``predicate()`` holds (no wall-clock sleeps of fixed length)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0)
+
+
+async def test_results_come_back_to_their_own_request_in_order(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model)
+    model.hold()
+    first = asyncio.create_task(batcher.submit("a"))
+    await model.started.wait()  # "a" runs alone (idle batcher)
+    rest = [asyncio.create_task(batcher.submit(t)) for t in ("b", "c", "d")]
+    await until(lambda: batcher.queued == 3)
+    model.release()
+    assert await first == "A"
+    assert [await t for t in rest] == ["B", "C", "D"]
+    assert model.batches == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_lone_request_on_an_idle_batcher_does_not_wait_for_the_delay(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model, max_queue_delay_s=30.0)
+    async with asyncio.timeout(5):
+        assert await batcher.submit("x") == "X"
+        assert await batcher.submit("y") == "Y"  # previous batch had 1 row: still no waiting
+    assert model.batches == [["x"], ["y"]]
+
+
+async def test_waits_for_as_many_rows_as_the_previous_batch_then_goes(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model, max_queue_delay_s=30.0)
+    await batcher.submit("ab", rows=3)  # previous batch: 3 rows
+    one = asyncio.create_task(batcher.submit("c"))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not one.done() and len(model.batches) == 1  # waiting for batch-mates
+    two = asyncio.create_task(batcher.submit("d", rows=2))
+    assert await one == "C" and await two == "D"
+    assert model.batches[-1] == ["c", "d"]
+
+
+async def test_max_queue_delay_bounds_the_wait(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model, max_queue_delay_s=0.05)
+    await batcher.submit("ab", rows=8)
+    async with asyncio.timeout(5):
+        assert await batcher.submit("c") == "C"  # fewer than 8 rows ever come: goes after the delay
+
+
+async def test_batches_respect_max_batch_size_and_a_big_request_runs_alone(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model, max_batch_size=4)
+    model.hold()
+    blocker = asyncio.create_task(batcher.submit("z"))
+    await model.started.wait()
+    tasks = [asyncio.create_task(batcher.submit(name, rows=rows))
+             for name, rows in (("a", 3), ("b", 1), ("c", 1), ("big", 9), ("d", 2))]
+    await until(lambda: batcher.queued == 5)
+    model.release()
+    await asyncio.gather(blocker, *tasks)
+    assert model.batches == [["z"], ["a", "b"], ["c"], ["big"], ["d"]]
+
+
+async def test_a_preferred_batch_size_goes_without_waiting(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model, max_batch_size=8, preferred_batch_sizes=[2], max_queue_delay_s=30.0)
+    await batcher.submit("warm", rows=8)
+    tasks = [asyncio.create_task(batcher.submit(t)) for t in ("a", "b", "c")]
+    async with asyncio.timeout(5):
+        assert await tasks[0] == "A" and await tasks[1] == "B"
+    assert model.batches[1] == ["a", "b"]
+    tasks[2].cancel()
+
+
+async def test_disabled_batching_runs_each_request_alone(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model, enabled=False)
+    model.hold()
+    tasks = [asyncio.create_task(batcher.submit(t)) for t in "abc"]
+    await model.started.wait()
+    model.release()
+    assert await asyncio.gather(*tasks) == ["A", "B", "C"]
+    assert model.batches == [["a"], ["b"], ["c"]]
+
+
+async def test_a_full_queue_answers_resource_exhausted_and_queues_nothing(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model, max_queue_size=2)
+    model.hold()
+    running = asyncio.create_task(batcher.submit("run"))
+    await model.started.wait()
+    queued = [asyncio.create_task(batcher.submit(t)) for t in ("a", "b")]
+    await until(lambda: batcher.queued == 2)
+    with pytest.raises(ResourceExhausted) as info:
+        await batcher.submit("c")
+    assert info.value.retry_after_s and info.value.retry_after_s > 0
+    assert batcher.queued == 2
+    model.release()
+    assert await asyncio.gather(running, *queued) == ["RUN", "A", "B"]
+    assert ["c"] not in model.batches
+
+
+async def test_expired_requests_never_reach_the_model(make_batcher, clock):
+    model = Model()
+    batcher = await make_batcher(model)
+    model.hold()
+    running = asyncio.create_task(batcher.submit("run"))
+    await model.started.wait()
+    doomed = asyncio.create_task(batcher.submit("late", deadline=clock() + 1.0))
+    kept = asyncio.create_task(batcher.submit("fine", deadline=clock() + 60.0))
+    await until(lambda: batcher.queued == 2)
+    clock.advance(2.0)
+    model.release()
+    with pytest.raises(DeadlineExceeded):
+        await doomed
+    assert await kept == "FINE"
+    assert await running == "RUN"
+    assert all("late" not in batch for batch in model.batches)
+
+
+async def test_a_request_already_past_its_deadline_is_refused_at_once(make_batcher, clock):
+    model = Model()
+    batcher = await make_batcher(model)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit("late", deadline=clock() - 0.001)
+    assert model.batches == [] and batcher.queued == 0
+
+
+async def test_a_cancelled_client_s_queued_request_is_dropped(make_batcher):
+    model = Model()
+    metrics = WorkerMetrics()
+    batcher = await make_batcher(model, metrics=metrics.for_model("m"))
+    model.hold()
+    running = asyncio.create_task(batcher.submit("run"))
+    await model.started.wait()
+    gone = asyncio.create_task(batcher.submit("gone"))
+    stays = asyncio.create_task(batcher.submit("stays"))
+    await until(lambda: batcher.queued == 2)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert batcher.queued == 1 and batcher.pending == 2
+    model.release()
+    assert await running == "RUN" and await stays == "STAYS"
+    assert model.batches == [["run"], ["stays"]]
+    assert metrics.registry.get_sample_value(
+        "edgecloud_cloud_requests_total", {"model": "m", "outcome": Outcome.CANCELLED.value}) == 1
+
+
+async def test_a_failing_batch_is_retried_alone_so_only_the_culprit_fails(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model)
+    model.hold()
+    first = asyncio.create_task(batcher.submit("first"))
+    await model.started.wait()
+    model.fail_on = "bad"
+    tasks = [asyncio.create_task(batcher.submit(t)) for t in ("good", "bad", "also good")]
+    await until(lambda: batcher.queued == 3)
+    model.release()
+    results = await asyncio.gather(first, *tasks, return_exceptions=True)
+    assert results[0] == "FIRST" and results[1] == "GOOD" and results[3] == "ALSO GOOD"
+    assert isinstance(results[2], InternalError) and "boom" not in str(results[2])
+
+
+async def test_a_typed_error_reaches_every_request_of_the_batch(make_batcher):
+    model = Model()
+    batcher = await make_batcher(model)
+    model.fail_with = InvalidArgument("nope", field="inputs[x]")
+    results = await asyncio.gather(*(batcher.submit(t) for t in "ab"), return_exceptions=True)
+    assert all(isinstance(r, InvalidArgument) and r.field == "inputs[x]" for r in results)
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+async def test_a_wrong_result_count_fails_every_request(make_batcher, delta):
+    model = Model()
+    model.result_count_delta = delta
+    batcher = await make_batcher(model, enabled=False)
+    with pytest.raises(InternalError, match="results for 1 request"):
+        await batcher.submit("a")
+
+
+async def test_stop_answers_queued_and_running_requests_unavailable(clock):
+    model = Model()
+    batcher = DynamicBatcher(model, clock=clock, max_queue_delay_s=0)
+    await batcher.start()
+    model.hold()
+    running = asyncio.create_task(batcher.submit("run"))
+    await model.started.wait()
+    queued = asyncio.create_task(batcher.submit("queued"))
+    await until(lambda: batcher.queued == 1)
+    await batcher.stop()
+    for task in (running, queued):
+        with pytest.raises(Unavailable):
+            await task
+    with pytest.raises(Unavailable):
+        await batcher.submit("after")
+    model.release()
+
+
+async def test_metrics_record_batches_queue_and_compute(make_batcher):
+    metrics = WorkerMetrics()
+    model = Model()
+    batcher = await make_batcher(model, metrics=metrics.for_model("m"))
+    model.hold()
+    first = asyncio.create_task(batcher.submit("a"))
+    await model.started.wait()
+    rest = [asyncio.create_task(batcher.submit(t, rows=2)) for t in "bc"]
+    await until(lambda: batcher.queued == 2)
+    model.release()
+    await asyncio.gather(first, *rest)
+    sample = metrics.registry.get_sample_value
+    assert sample("edgecloud_cloud_batch_size_count", {"model": "m"}) == 2
+    assert sample("edgecloud_cloud_batch_size_sum", {"model": "m"}) == 5
+    assert sample("edgecloud_cloud_batch_requests_sum", {"model": "m"}) == 3
+    assert sample("edgecloud_cloud_queue_seconds_count", {"model": "m"}) == 3
+    assert sample("edgecloud_cloud_compute_seconds_count", {"model": "m"}) == 2
+    assert sample("edgecloud_cloud_requests_total", {"model": "m", "outcome": "ok"}) == 3
+    assert sample("edgecloud_cloud_pending_requests", {"model": "m"}) == 0
+
+
+async def test_two_metric_sets_in_one_process_do_not_collide():
+    a, b = WorkerMetrics(), WorkerMetrics()
+    a.for_model("m").batch_size.observe(3)
+    assert b.registry.get_sample_value("edgecloud_cloud_batch_size_count", {"model": "m"}) in (None, 0)

@@ -1,0 +1,135 @@
+"""Entry points: ``serve`` in-process, ``python -m cloud_worker`` as a real process with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+import cloud_worker
+from cloud_worker.main import serve
+from cloud_worker.testing import embedding_of, text_request
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def identity_dir(tmp_path):
+    """A TorchScript identity program: x FP32 [-1, 2] -> x."""
+    import json
+
+    import torch
+
+    directory = tmp_path / "identity"
+    directory.mkdir()
+    torch.jit.script(torch.nn.Identity()).save(str(directory / "model.pt"))
+    (directory / "model.json").write_text(json.dumps({
+        "name": "identity", "format": "torchscript", "max_batch_size": 4,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]}))
+    return directory
+
+
+async def test_serve_runs_until_stopped(identity_dir, make_config):
+    config = make_config(models=[{"kind": "program", "path": str(identity_dir)}])
+    started = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(config, ready=started.set_result, stop_event=stop))
+    worker = await asyncio.wait_for(asyncio.shield(started), 60)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+        msg = pb.ModelInferRequest(model_name="identity")
+        msg.inputs.add(name="x", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([1.5, -2.0])
+        response = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(msg)
+        assert np.frombuffer(response.raw_output_contents[0], "<f4").tolist() == [1.5, -2.0]
+    stop.set()
+    await asyncio.wait_for(serving, 30)
+    assert not worker.dataplane.ready()
+
+
+def test_a_bad_config_exits_2_naming_the_field(tmp_path):
+    path = tmp_path / "cloud.yaml"
+    path.write_text("batching:\n  max_batch_size: 0\n")
+    proc = subprocess.run([sys.executable, "-m", "cloud_worker", "--config", str(path)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 2
+    assert "batching.max_batch_size" in proc.stderr
+
+
+@pytest.mark.slow
+def test_python_m_cloud_worker_serves_the_reference_model_until_sigterm(tmp_path):
+    path = tmp_path / "cloud.yaml"
+    path.write_text("server: {port: 0, metrics_port: 0, grace_s: 2}\nruntime: {device: cpu, intra_op_threads: 1}\n")
+    env = {**os.environ, "EDGECLOUD_CLOUD_BATCHING__MAX_QUEUE_DELAY_US": "500", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cloud_worker", "--config", str(path)], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        port = None
+        deadline = time.monotonic() + 120
+        seen = []
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            match = re.search(r"cloud worker serving .* on [\d.]+:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+        assert port, "".join(seen)
+
+        async def infer():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(text_request(["hello"]), timeout=30)
+
+        response = asyncio.run(infer())
+        assert embedding_of(response).shape == (1, 384)
+        assert response.parameters["variant"].string_param == "fp32"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_exports_are_honest():
+    import importlib
+
+    for name in cloud_worker.__all__:
+        assert getattr(cloud_worker, name) is not None, name
+    for module in ("batcher", "bucketing", "config", "device", "main", "manifest", "metrics", "metrics_http",
+                   "models", "programs", "reference", "runtime", "testing", "worker"):
+        mod = importlib.import_module(f"cloud_worker.{module}")
+        assert mod.__all__, module
+        for name in mod.__all__:
+            assert hasattr(mod, name), f"cloud_worker.{module}.{name}"
+
+
+def test_the_openmp_wait_policy_is_exported_before_torch_loads():
+    code = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None)\n"
+            "from cloud_worker.main import apply_openmp_wait_policy\n"
+            "apply_openmp_wait_policy('passive'); print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["PASSIVE", "False"]
+
+
+def test_the_openmp_wait_policy_warns_when_torch_is_already_loaded(caplog, monkeypatch):
+    import torch  # noqa: F401
+
+    from cloud_worker.main import apply_openmp_wait_policy
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    apply_openmp_wait_policy("active")
+    assert "no effect" in caplog.text
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"

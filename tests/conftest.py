@@ -1,0 +1,83 @@
+"""Fixtures every test package shares: the built reference model, free ports, the outside
+``tritonclient`` (run from its own virtual environment), and the GPU marker."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_DIR = Path(os.environ.get("EDGECLOUD_TEST_MODEL_DIR", REPO_ROOT / "models" / "all-MiniLM-L6-v2"))
+TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
+TRITON_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_check.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return  # importing torch costs seconds; only pay it when GPU tests were collected
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The built reference model directory (built once if missing)."""
+    if not (MODEL_DIR / "model.json").exists():
+        from edge_agent.build.pipeline import build_model_dir
+
+        build_model_dir(MODEL_DIR)
+    return MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def edge_agent_session(model_dir):
+    """One loaded INT8 ``EdgeAgent`` shared by tests that only read from it."""
+    from edge_agent.agent import EdgeAgent
+
+    with EdgeAgent.from_model_dir(model_dir, threads=2) as agent:
+        yield agent
+
+
+@pytest.fixture
+def tritonclient_check():
+    """Run the unmodified tritonclient against a server; returns what it saw as a dict."""
+    if not TRITON_PYTHON.exists():
+        pytest.fail("the tritonclient environment is missing: run `make setup` (creates .venv-triton)")
+
+    def run(protocol: str, url: str, model: str, *extra: str, timeout: float = 60.0) -> dict:
+        proc = subprocess.run(
+            [str(TRITON_PYTHON), str(TRITON_CHECK), protocol, "--url", url, "--model", model, *extra],
+            capture_output=True, text=True, timeout=timeout, cwd="/",
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"tritonclient failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(proc.stdout)
+
+    return run
+
+
+@pytest.fixture
+def python_exe() -> str:
+    return sys.executable

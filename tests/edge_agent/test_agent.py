@@ -1,0 +1,101 @@
+"""EdgeAgent in-process: sync and asyncio APIs on the real INT8 model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from edgecloud.codec import bytes_array
+from edgecloud.errors import InvalidArgument, NotFound
+from edgecloud.types import InferRequest, RequestedOutput, Tensor
+from edge_agent.agent import EdgeAgent
+from protos import inference_pb2 as pb
+
+
+def test_embed_returns_normalised_vectors_in_order(edge_agent_session):
+    texts = ["The cat sits on the mat.", "ok", "Stock markets fell sharply on Monday.", "A kitten rests on a rug."]
+    vectors = edge_agent_session.embed(texts)
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    # Semantics survive quantization: the two cat sentences are closer than cat vs markets.
+    assert sims[0, 3] > sims[0, 2] + 0.2
+    # Order is the request's, not the length-sorted compute order.
+    alone = edge_agent_session.embed([texts[2]])[0]
+    assert float(alone @ vectors[2]) > 0.98 and float(alone @ vectors[0]) < 0.5
+
+
+def test_batching_and_chunking_do_not_change_results(edge_agent_session):
+    texts = [f"sentence number {i} " + "word " * (i % 17) for i in range(70)]  # > chunk_size of 32
+    together = edge_agent_session.embed(texts)
+    alone = np.stack([edge_agent_session.embed([t])[0] for t in texts[:8]])
+    # Dynamic INT8 scales activations per call, so batch-mates move results slightly, never far.
+    assert np.sum(together[:8] * alone, axis=1).min() > 0.98
+
+
+def test_fp32_variant_agrees_with_int8(model_dir, edge_agent_session):
+    texts = ["hello world", "edge inference with quantized transformers", "?"]
+    with EdgeAgent.from_model_dir(model_dir, variant="fp32", threads=1) as fp32:
+        reference = fp32.embed(texts)
+    cosine = np.sum(reference * edge_agent_session.embed(texts), axis=1)
+    assert cosine.min() > 0.95
+
+
+def test_infer_with_protocol_types(edge_agent_session):
+    data = bytes_array(["hello", "world"])
+    request = InferRequest("all-MiniLM-L6-v2", [Tensor("text", "BYTES", (2,), data)], id="r1",
+                           outputs=[RequestedOutput("embedding")])
+    response = edge_agent_session.infer_sync(request)
+    assert response.id == "r1" and response.parameters["variant"] == "int8"
+    assert response.output("embedding").shape == (2, 384)
+
+
+async def test_async_api_runs_off_the_event_loop(model_dir):
+    async with EdgeAgent.from_model_dir(model_dir, threads=1) as agent:
+        texts = [f"a somewhat longer sentence to keep the model busy {i}" for i in range(256)]
+        ticks = 0
+        gaps = []
+
+        async def heartbeat(stop: asyncio.Event):
+            nonlocal ticks
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+                ticks += 1
+
+        stop = asyncio.Event()
+        beat = asyncio.create_task(heartbeat(stop))
+        started = time.perf_counter()
+        vectors = await agent.aembed(texts)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await beat
+        assert vectors.shape == (256, 384)
+        # The loop kept ticking while the model ran (a blocking call would stall it for `elapsed`).
+        assert max(gaps) < max(0.1, elapsed / 3), (max(gaps), elapsed)
+
+
+async def test_async_infer_accepts_protobuf(edge_agent_session):
+    msg = pb.ModelInferRequest(model_name="all-MiniLM-L6-v2", id="x")
+    entry = msg.inputs.add(name="text", datatype="BYTES", shape=[1])
+    entry.contents.bytes_contents.append(b"protobuf in, protobuf out")
+    response = await edge_agent_session.infer(msg)
+    assert isinstance(response, pb.ModelInferResponse)
+    assert list(response.outputs[0].shape) == [1, 384] and len(response.raw_output_contents[0]) == 384 * 4
+
+
+def test_bad_input_raises_typed_errors(edge_agent_session):
+    with pytest.raises(NotFound, match="model_name"):
+        edge_agent_session.embed(["x"], model_name="nope")
+    with pytest.raises(InvalidArgument, match="texts"):
+        edge_agent_session.embed("not a list")
+    bad = np.empty(1, dtype=object)
+    bad[0] = b"\xff\xfe"
+    with pytest.raises(InvalidArgument, match=r"inputs\[text\]: element 0 is not valid UTF-8"):
+        edge_agent_session.infer_sync(InferRequest("all-MiniLM-L6-v2", [Tensor("text", "BYTES", (1,), bad)]))

@@ -1,0 +1,168 @@
+"""Protobuf <-> numpy codec: both wire forms, BYTES framing, and every structural error."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from edgecloud import codec
+from edgecloud.errors import InvalidArgument, ResourceExhausted
+from edgecloud.limits import RequestLimits
+from edgecloud.types import InferRequest, InferResponse, Tensor
+from protos import inference_pb2 as pb
+
+
+def _request(*tensors: Tensor, **kw) -> InferRequest:
+    return InferRequest(model_name="m", inputs=list(tensors), **kw)
+
+
+def test_raw_round_trip_keeps_dtype_shape_and_values():
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    msg = codec.request_to_proto(_request(Tensor("x", "FP32", (2, 3), data), parameters={"a": 1, "b": "s"}))
+    decoded = codec.request_from_proto(pb.ModelInferRequest.FromString(msg.SerializeToString()))
+    tensor = decoded.input("x")
+    assert tensor.datatype == "FP32" and tensor.shape == (2, 3)
+    np.testing.assert_array_equal(tensor.data, data)
+    assert decoded.parameters == {"a": 1, "b": "s"}
+
+
+def test_typed_contents_are_accepted():
+    msg = pb.ModelInferRequest(model_name="m")
+    entry = msg.inputs.add(name="x", datatype="INT32", shape=[3])
+    entry.contents.int_contents.extend([1, -2, 3])
+    decoded = codec.request_from_proto(msg)
+    np.testing.assert_array_equal(decoded.input("x").data, np.array([1, -2, 3], dtype=np.int32))
+
+
+def test_bytes_raw_framing_is_length_prefixed_little_endian():
+    raw = codec.serialize_bytes([b"ab", b"", b"\xff"])
+    assert raw == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 0) + struct.pack("<I", 1) + b"\xff"
+    assert list(codec.deserialize_bytes(raw, 3, "f")) == [b"ab", b"", b"\xff"]
+
+
+def test_bytes_typed_contents():
+    msg = pb.ModelInferRequest(model_name="m")
+    entry = msg.inputs.add(name="text", datatype="BYTES", shape=[2])
+    entry.contents.bytes_contents.extend([b"hello", b"world"])
+    assert list(codec.request_from_proto(msg).input("text").data) == [b"hello", b"world"]
+
+
+@pytest.mark.parametrize(
+    "mutate, error, field",
+    [
+        (lambda m: m.inputs[0].__setattr__("datatype", "FP33"), InvalidArgument, "inputs[x].datatype"),
+        (lambda m: m.inputs[0].shape.__setitem__(0, -1), InvalidArgument, "inputs[x].shape"),
+        (lambda m: m.inputs[0].shape.__setitem__(0, 2**40), ResourceExhausted, "inputs[x].shape"),
+        (lambda m: m.inputs[0].shape.extend([1] * 20), InvalidArgument, "inputs[x].shape"),
+        (lambda m: m.raw_input_contents.__setitem__(0, b"\x00" * 7), InvalidArgument, "inputs[x]"),
+        (lambda m: m.raw_input_contents.append(b""), InvalidArgument, "raw_input_contents"),
+        (lambda m: m.__setattr__("model_name", ""), InvalidArgument, "model_name"),
+        (lambda m: (m.inputs.add(name="x", datatype="FP32", shape=[1]), m.raw_input_contents.append(bytes(4))),
+         InvalidArgument, "inputs[x]"),
+        (lambda m: m.outputs.add(name=""), InvalidArgument, "outputs[0]"),
+    ],
+    ids=["unknown-dtype", "negative-dim", "huge-dim", "rank", "byte-size", "raw-count", "no-model", "duplicate",
+         "unnamed-output"],
+)
+def test_structural_errors_name_the_field(mutate, error, field):
+    msg = codec.request_to_proto(_request(Tensor("x", "FP32", (2,), np.zeros(2, np.float32))))
+    mutate(msg)
+    with pytest.raises(error) as info:
+        codec.request_from_proto(msg)
+    assert info.value.message.startswith(field), info.value.message
+
+
+def test_element_count_must_match_typed_contents():
+    msg = pb.ModelInferRequest(model_name="m")
+    entry = msg.inputs.add(name="x", datatype="FP32", shape=[4])
+    entry.contents.fp32_contents.extend([1.0, 2.0, 3.0])
+    with pytest.raises(InvalidArgument, match=r"inputs\[x\]: 3 elements .* needs 4"):
+        codec.request_from_proto(msg)
+
+
+def test_typed_contents_in_the_wrong_field_is_rejected():
+    msg = pb.ModelInferRequest(model_name="m")
+    entry = msg.inputs.add(name="x", datatype="FP32", shape=[1])
+    entry.contents.int_contents.append(1)
+    with pytest.raises(InvalidArgument, match="int_contents"):
+        codec.request_from_proto(msg)
+
+
+def test_fp16_must_travel_raw():
+    msg = pb.ModelInferRequest(model_name="m")
+    msg.inputs.add(name="x", datatype="FP16", shape=[0])
+    with pytest.raises(InvalidArgument, match="raw_input_contents"):
+        codec.request_from_proto(msg)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (struct.pack("<I", 5) + b"abc", "past the end"),
+        (struct.pack("<I", 1) + b"a", "fewer than"),
+        (codec.serialize_bytes([b"a", b"b"]) + b"zz", "beyond"),
+    ],
+)
+def test_malformed_bytes_framing(raw, message):
+    with pytest.raises(InvalidArgument, match=message):
+        codec.deserialize_bytes(raw, 2 if message != "beyond" else 2, "inputs[text]")
+
+
+def test_bytes_element_over_limit_is_resource_exhausted():
+    limits = RequestLimits(max_bytes_element=4)
+    with pytest.raises(ResourceExhausted, match="element 0"):
+        codec.deserialize_bytes(codec.serialize_bytes([b"12345"]), 1, "inputs[t]", limits)
+
+
+def test_too_many_inputs_is_resource_exhausted():
+    msg = pb.ModelInferRequest(model_name="m")
+    for index in range(3):
+        msg.inputs.add(name=f"x{index}", datatype="FP32", shape=[0])
+    with pytest.raises(ResourceExhausted, match="inputs"):
+        codec.request_from_proto(msg, RequestLimits(max_inputs=2))
+
+
+def test_response_round_trip_raw():
+    emb = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    response = InferResponse("m", [Tensor("e", "FP32", emb.shape, emb)], model_version="1",
+                             parameters={"variant": "int8"})
+    decoded = codec.response_from_proto(codec.response_to_proto(response))
+    np.testing.assert_array_equal(decoded.output("e").data, emb)
+    assert decoded.parameters == {"variant": "int8"} and decoded.model_version == "1"
+
+
+_DTYPES = st.sampled_from(["BOOL", "UINT8", "INT16", "INT32", "INT64", "UINT64", "FP16", "FP32", "FP64"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), datatype=_DTYPES)
+def test_property_raw_round_trip(data, datatype):
+    from edgecloud.datatypes import DATATYPES
+
+    dtype = DATATYPES[datatype].numpy_dtype
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4))
+    array = data.draw(hnp.arrays(dtype, shape, elements=hnp.from_dtype(dtype, allow_nan=False)))
+    msg = codec.request_to_proto(_request(Tensor("x", datatype, shape, array)))
+    decoded = codec.request_from_proto(pb.ModelInferRequest.FromString(msg.SerializeToString()))
+    np.testing.assert_array_equal(decoded.input("x").data, array)
+    assert decoded.input("x").shape == shape
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=10))
+def test_property_bytes_round_trip(items):
+    assert list(codec.deserialize_bytes(codec.serialize_bytes(items), len(items), "f")) == items
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=8))
+def test_property_arbitrary_bytes_never_crash_the_decoder(raw, count):
+    try:
+        codec.deserialize_bytes(raw, count, "f")
+    except (InvalidArgument, ResourceExhausted):
+        pass

@@ -1,0 +1,29 @@
+"""``edgecloud up``: the whole stack from one command, a sample call, a clean stop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecloud.stack import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir):
+    url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there: the in-process cache is used
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgecloud", "up", "--model-dir", str(model_dir), "--random-ports",
+         "--exit-after-ready", "--redis-url", url],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "edgecloud is up" in out and "tritonclient" in out and "curl" in out
+    assert "using the in-process LRU cache" in out
+    assert "sample call: embedding [1, 384] served by edge" in out
+    assert out.rstrip().endswith("stopped")

@@ -1,0 +1,285 @@
+"""Fixtures for the cache tests: real ``redis-server`` processes on free ports (never the
+machine's own Redis), fake compute functions, and cache metrics on a private registry.
+
+- ``redis_server(*args)``: starts a ``redis-server`` (no persistence) on a free port and waits
+  until it answers; the returned ``RedisProcess`` can ``kill()`` (SIGKILL), ``pause()`` /
+  ``resume()`` (SIGSTOP / SIGCONT) and ``restart()`` on the same port. Every process started is
+  stopped at teardown, by its pid.
+- ``Computes``: a fake ``compute`` that counts calls and answers like a backend would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edgecloud.codec import serialize_bytes
+from edgecloud.stack import free_port
+from gateway.cache_api import CacheRequest, Served
+from gateway.metrics import CacheMetrics
+from protos import inference_pb2 as pb
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class RedisProcess:
+    port: int
+    args: list[str]
+    workdir: Path
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path = self.workdir / f"redis-{self.port}.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.workdir), *self.args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-server did not start")
+            time.sleep(0.02)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                if "--tls-port" in self.args:
+                    return True  # listening is all a plain socket can tell of a TLS port
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                return sock.recv(64)[:1] in (b"+", b"-")  # -NOAUTH / TLS-less replies still mean "up"
+        except OSError:
+            return False
+
+    def connected_clients(self) -> int | None:
+        """Clients connected now, not counting the one asking; None when it cannot be asked."""
+        if "--tls-port" in self.args or "--requirepass" in self.args or not self.alive():
+            return None
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n")
+                reply = b""
+                while b"connected_clients:" not in reply or not reply.endswith(b"\r\n"):
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        return None
+                    reply += chunk
+        except OSError:
+            return None
+        line = reply.split(b"connected_clients:", 1)[1].split(b"\r\n", 1)[0]
+        return int(line) - 1
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.alive():
+            self._signal(signal.SIGCONT)
+            self._signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.alive():
+            self._signal(signal.SIGCONT)
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path) -> Callable[..., RedisProcess]:
+    started: list[RedisProcess] = []
+
+    def start(*args: str, port: int | None = None) -> RedisProcess:
+        server = RedisProcess(port or free_port(), list(args), tmp_path)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    leaked = {}
+    for server in started:
+        deadline = time.monotonic() + 2.0
+        while (clients := server.connected_clients()) and time.monotonic() < deadline:
+            time.sleep(0.02)  # a client closed just now may take a moment to be gone
+        if clients:
+            leaked[server.port] = clients
+        server.stop()
+    assert not leaked, f"connections left open to redis-server(s): {leaked}"
+
+
+@pytest.fixture
+def cache_metrics() -> CacheMetrics:
+    return CacheMetrics(CollectorRegistry())
+
+
+def counter(metric, *labels: str) -> float:
+    child = metric.labels(*labels) if labels else metric
+    return child._value.get()
+
+
+def text_msg(texts: list[str], *, model: str = MODEL, request_id: str = "", **params) -> pb.ModelInferRequest:
+    msg = pb.ModelInferRequest(model_name=model, id=request_id)
+    msg.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
+    msg.raw_input_contents.append(serialize_bytes([t.encode() for t in texts]))
+    for name, value in params.items():
+        slot = msg.parameters[name]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        else:
+            slot.string_param = str(value)
+    return msg
+
+
+def cache_request(msg: pb.ModelInferRequest, *, tenant: str = "default", version: str = "1",
+                  require_cloud: bool = False, bypass: bool = False) -> CacheRequest:
+    return CacheRequest(msg, tenant, version, require_cloud, bypass)
+
+
+def embedding_response(msg: pb.ModelInferRequest, seed: int) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(model_name=msg.model_name, model_version="1", id=msg.id)
+    response.outputs.add(name="embedding", datatype="FP32", shape=[1, 384])
+    values = np.random.default_rng(seed).standard_normal(384).astype("<f4")
+    response.raw_output_contents.append(values.tobytes())
+    return response
+
+
+@dataclass
+class Computes:
+    """A fake ``compute``: counts calls, answers after ``delay_s`` as ``served_by``, or raises ``error``."""
+
+    served_by: str = "edge"
+    delay_s: float = 0.0
+    error: BaseException | None = None
+    clock: object | None = None
+    """A ``FakeClock`` the compute advances by ``cost_s`` (the compute time XFetch sees)."""
+    cost_s: float = 0.0
+    calls: int = 0
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, msg: pb.ModelInferRequest) -> Callable[[], object]:
+        async def compute() -> Served:
+            self.calls += 1
+            self.started.set()
+            if self.clock is not None:
+                self.clock.advance(self.cost_s)
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.error is not None:
+                raise self.error
+            return Served(embedding_response(msg, self.calls), self.served_by, "edge_fast")
+
+        return compute
+
+
+@pytest.fixture
+async def start_cache(cache_metrics):
+    """``await start_cache(settings_dict, **cache_kwargs)``: a started ``GatewayCache``, stopped at teardown."""
+    from gateway.cache import CacheSettings, GatewayCache
+
+    caches: list[GatewayCache] = []
+
+    async def start(config: dict | None = None, **kwargs) -> GatewayCache:
+        settings = CacheSettings.model_validate({"enabled": True, **(config or {})})
+        cache = GatewayCache(settings, cache_metrics, **kwargs)
+        caches.append(cache)
+        await cache.start()
+        return cache
+
+    yield start
+    for cache in caches:
+        await cache.stop()
+    assert_no_cache_tasks()
+
+
+def assert_no_cache_tasks() -> None:
+    """Teardown invariant: a stopped cache leaves no fill, write, probe or reconnect task behind."""
+    left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("cache-") and not t.done()]
+    assert not left, left
+
+
+TEST_REDIS_TIMEOUTS = {"connect_timeout_ms": 500, "socket_timeout_ms": 500}
+"""Redis timeouts of the in-process test gateways. The products' defaults (50/30 ms) assume a
+process of its own; here the gateway shares one event loop with the load generator, so a
+reply that already arrived can wait tens of ms to be read and would count as a timeout. Tests
+of the short bounds themselves set their own."""
+
+
+@pytest.fixture
+async def start_cached_gateway():
+    """``await start_cached_gateway(edge, workers, cache={...}, **routing)``: an in-process
+    gateway on port 0 with a ``cache`` section (``enabled`` defaults to true); stopped at teardown."""
+    from gateway.config import GatewayConfig
+    from gateway.server import GatewayServer
+
+    servers: list[GatewayServer] = []
+
+    async def start(edge: str | None, workers: list[str], cache: dict | None = None, **routing) -> GatewayServer:
+        routing.setdefault("probe_interval_ms", 100)
+        cache = dict(cache or {})
+        if "redis" in cache:  # generous unless the test sets its own (see TEST_REDIS_TIMEOUTS)
+            cache["redis"] = {**TEST_REDIS_TIMEOUTS, **cache["redis"]}
+        config = GatewayConfig.model_validate({
+            "server": {"port": 0, "http_port": None, "grace_s": 1},
+            "edge": {"address": edge},
+            "cloud": {"workers": workers},
+            "routing": routing,
+            "cache": {"enabled": True, **cache},
+        })
+        server = GatewayServer(config)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(0.5)
+    assert_no_cache_tasks()
+
+
+async def run_repeating_load(address: str, texts: list[str], *, duration_s: float, concurrency: int,
+                             timeout_s: float = 10.0, on_tick=None):
+    """Like ``tests.gateway.conftest.run_load``, but every client cycles through the same ``texts``
+    (so most requests are cache hits); returns its ``Outcome`` list."""
+    from bench.load import closed_loop
+
+    return await closed_loop(address, duration_s=duration_s, concurrency=concurrency, timeout_s=timeout_s,
+                             make_request=lambda index, n: text_msg([texts[(index + n) % len(texts)]]),
+                             events=on_tick)

@@ -1,0 +1,130 @@
+"""The cache inside a real gateway, with real edge and cloud processes and a real Redis: hits
+are bit-identical and say where they came from; 200 concurrent identical requests cause one
+inference; Redis killed or frozen under load fails no request, and the cache works again once
+Redis is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from gateway.cache import BreakerState
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc as pb_grpc
+from tests.gateway.cache.conftest import MODEL, counter, run_repeating_load, text_msg
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def decisions(gateway) -> float:
+    return sum(sample.value for metric in gateway.core.metrics.decisions.collect() for sample in metric.samples
+               if sample.name.endswith("_total"))
+
+
+async def test_hits_are_bit_identical_and_say_where_they_came_from(edge_process, shared_cloud, redis_server,
+                                                                   start_cached_gateway):
+    server = redis_server()
+    gateway = await start_cached_gateway(edge_process.address, [shared_cloud.address],
+                                         cache={"redis": {"url": server.url}})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stored = lambda: counter(gateway.core.metrics.cache.writes, "stored")  # noqa: E731
+        first = await stub.ModelInfer(text_msg(["a cached sentence"], request_id="1"), timeout=10)
+        await wait_until(lambda: stored() == 1)  # the write is off the request's path
+        second = await stub.ModelInfer(text_msg(["a cached sentence"], request_id="2"), timeout=10)
+        assert first.parameters["served_by"].string_param == "edge"
+        assert second.parameters["served_by"].string_param == "cache"
+        assert second.parameters["route_reason"].string_param == "cache_hit"
+        assert second.parameters["cache_source"].string_param == "edge"
+        assert (first.id, second.id) == ("1", "2")
+        assert list(second.raw_output_contents) == list(first.raw_output_contents)
+        assert list(second.outputs[0].shape) == [1, 384]
+
+        typed = pb.ModelInferRequest(model_name=MODEL)  # the same tensor as typed contents: same key
+        typed.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"a cached sentence")
+        assert (await stub.ModelInfer(typed, timeout=10)).parameters["served_by"].string_param == "cache"
+
+        bypass = await stub.ModelInfer(text_msg(["a cached sentence"], no_cache=True), timeout=10)
+        assert bypass.parameters["served_by"].string_param == "edge"
+
+        cloud = await stub.ModelInfer(text_msg(["a cached sentence"], quality="cloud"), timeout=30)
+        assert cloud.parameters["served_by"].string_param == "cloud"  # an edge entry is not cloud quality
+        await wait_until(lambda: stored() == 2)
+        upgraded = await stub.ModelInfer(text_msg(["a cached sentence"]), timeout=10)
+        assert upgraded.parameters["served_by"].string_param == "cache"
+        assert upgraded.parameters["cache_source"].string_param == "cloud"
+        assert list(upgraded.raw_output_contents) == list(cloud.raw_output_contents)
+    exposition, _ = gateway.core.metrics.exposition()
+    assert b'edgecloud_gateway_cache_lookups_total{result="hit"} 3.0' in exposition
+    assert b'edgecloud_gateway_served_total{reason="cache_hit",served_by="cache"} 3.0' in exposition
+
+
+async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy, redis_server,
+                                                                     start_cached_gateway):
+    server = redis_server()
+    # The edge answers after 0.5 s, so all 200 arrive while the one computation is in flight (on a
+    # busy machine, sending them can take a while), and enough connections that no GET is "busy".
+    gateway = await start_cached_gateway(f"127.0.0.1:{edge_proxy.port}", [], cache={
+        "redis": {"url": server.url, "max_connections": 256}})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=10)  # not part of the count
+        before = decisions(gateway)
+        edge_proxy.set_delay(0.5)
+        responses = await asyncio.gather(*(stub.ModelInfer(text_msg(["one stampede"], request_id=str(i)), timeout=20)
+                                           for i in range(200)))
+    assert decisions(gateway) - before == 1  # one routed inference for 200 requests
+    assert counter(gateway.core.metrics.cache.flights, "leader") == 1
+    assert counter(gateway.core.metrics.cache.flights, "follower") == 199
+    assert [r.id for r in responses] == [str(i) for i in range(200)]
+    assert len({bytes(r.raw_output_contents[0]) for r in responses}) == 1
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_back(fault, edge_process, redis_server,
+                                                                                   start_cached_gateway):
+    server = redis_server()
+    # 200 ms bounds: a busy loop reading a reply late is not a timeout, a frozen Redis costs <= 0.4 s.
+    gateway = await start_cached_gateway(edge_process.address, [], cache={
+        "redis": {"url": server.url, "connect_timeout_ms": 200, "socket_timeout_ms": 200},
+        "breaker": {"open_ms": 300}})
+    texts = [f"load sentence {i}" for i in range(20)]
+    fault_at, back_at, duration = 1.0, 2.5, 6.0
+
+    marks = {}
+
+    async def scenario(t0):
+        # Windows are judged from when the fault really happened: a busy loop may run this late.
+        await asyncio.sleep(fault_at)
+        server.kill() if fault == "sigkill" else server.pause()
+        marks["fault"] = time.monotonic() - t0
+        await asyncio.sleep(back_at - fault_at)
+        if fault == "sigkill":
+            await asyncio.to_thread(server.start)  # it waits for Redis to answer: off the loop
+        else:
+            server.resume()
+        marks["back"] = time.monotonic() - t0
+
+    try:
+        outcomes = await run_repeating_load(f"127.0.0.1:{gateway.grpc_port}", texts, duration_s=duration,
+                                            concurrency=8, on_tick=scenario)
+    finally:
+        server.resume()
+    errors = [o for o in outcomes if o.error]
+    assert not errors, errors[:3]
+    before = [o for o in outcomes if 0.5 < o.started < fault_at - 0.1]
+    during = [o for o in outcomes if marks["fault"] + 0.2 < o.started < marks["back"]]
+    after = [o for o in outcomes if o.started > marks["back"] + 1.5]
+    assert before and all(o.served_by == "cache" for o in before), [o for o in before if o.served_by != "cache"][:5]
+    # Computed, not failed. A request that joins a fill whose write to the dead Redis is still
+    # pending gets that fill's answer as a hit (single-flight): possible, but not the rule.
+    assert during and {o.served_by for o in during} <= {"edge", "cache"}
+    assert sum(o.served_by == "edge" for o in during) > len(during) / 2, marks
+    assert max(o.latency for o in during) < 1.0
+    assert gateway.core.cache.breaker.state is BreakerState.CLOSED
+    assert len(after) >= 20 and sum(o.served_by == "cache" for o in after) / len(after) > 0.8, \
+        {s: sum(o.served_by == s for o in after) for s in ("cache", "edge")}

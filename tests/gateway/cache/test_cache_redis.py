@@ -1,0 +1,154 @@
+"""``GatewayCache`` over a real ``redis-server``: fail-open when Redis dies, freezes or returns
+garbage; the breaker stops asking and probes it back; LRU fallback at start and the move to
+Redis once it answers; a request cancelled mid-GET leaves the pool correct."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from edgecloud.fault_proxy import FaultProxy
+from gateway.cache import BreakerState, LruBackend, RedisBackend, cache_key
+from tests.gateway.cache.conftest import Computes, cache_request, counter, text_msg
+from tests.support.waiting import wait_until
+
+FAST_BREAKER = {"consecutive_failures": 3, "open_ms": 100}
+
+
+async def serve(cache, computes, text, **kwargs):
+    msg = text_msg([text], **kwargs)
+    return await cache.serve(cache_request(msg), computes(msg))
+
+
+async def serve_until(cache, computes, predicate, timeout=5.0):
+    """Keep serving requests (they trigger the breaker's probes) until ``predicate()``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await serve(cache, computes, "probe")
+        await asyncio.sleep(0.02)
+
+
+async def test_hits_from_redis_and_real_ttl_expiry(redis_server, start_cache):
+    server = redis_server()
+    cache = await start_cache({"redis": {"url": server.url}, "ttl_ms": 1000, "early_refresh_beta": 0})
+    assert isinstance(cache.backend, RedisBackend)
+    computes = Computes()
+    first = await serve(cache, computes, "x")
+    await wait_until(lambda: counter(cache._metrics.writes, "stored") == 1)
+    hit = await serve(cache, computes, "x")
+    assert hit.served_by == "cache" and hit.response.raw_output_contents == first.response.raw_output_contents
+    await asyncio.sleep(1.05)
+    assert (await serve(cache, computes, "x")).served_by == "edge" and computes.calls == 2
+
+
+async def test_garbage_under_a_key_is_a_miss_and_a_metric(redis_server, start_cache, cache_metrics):
+    server = redis_server()
+    cache = await start_cache({"redis": {"url": server.url}})
+    msg = text_msg(["x"])
+    key = cache.settings.key_prefix + cache_key(cache_request(msg)).hex()
+    await cache.backend.client.set(key, b"\x00\x01 not an entry")
+    computes = Computes()
+    assert (await cache.serve(cache_request(msg), computes(msg))).served_by == "edge"
+    assert counter(cache_metrics.lookups, "corrupt") == 1 and counter(cache_metrics.errors, "get", "corrupt") == 1
+    assert cache.breaker.state is BreakerState.CLOSED  # garbage is not a sick Redis
+
+
+async def test_killed_redis_fails_open_fast_and_the_breaker_probes_it_back(redis_server, start_cache, cache_metrics,
+                                                                           caplog):
+    server = redis_server()
+    cache = await start_cache({"redis": {"url": server.url}, "breaker": FAST_BREAKER})
+    computes = Computes()
+    await serve(cache, computes, "warm")
+    await wait_until(lambda: counter(cache_metrics.writes, "stored") == 1)  # the write is in the background
+    server.kill()
+    caplog.set_level(logging.WARNING, "gateway.cache")
+    for i in range(10):
+        start = time.monotonic()
+        assert (await serve(cache, computes, f"dead {i}")).served_by == "edge"
+        assert time.monotonic() - start < 0.5  # refused at once, no retries with backoff
+    assert cache.breaker.state is not BreakerState.CLOSED
+    assert counter(cache_metrics.lookups, "breaker_open") >= 5  # it stopped asking
+    assert counter(cache_metrics.breaker_state, "open") + counter(cache_metrics.breaker_state, "half_open") == 1
+    server.start()  # same port
+    await serve_until(cache, computes, lambda: cache.breaker.state is BreakerState.CLOSED)
+    await serve(cache, computes, "back")
+    await wait_until(lambda: counter(cache_metrics.writes, "stored") >= 2)
+    assert (await serve(cache, computes, "back")).served_by == "cache"
+    lines = [r.getMessage() for r in caplog.records if "breaker" in r.getMessage()]
+    assert any("closed -> open" in line for line in lines) and any("-> closed" in line for line in lines)
+
+
+async def test_frozen_redis_costs_at_most_the_time_bound_then_nothing(redis_server, start_cache):
+    server = redis_server()
+    cache = await start_cache({"redis": {"url": server.url}, "breaker": FAST_BREAKER})
+    computes = Computes()
+    await serve(cache, computes, "warm")
+    await wait_until(lambda: counter(cache._metrics.writes, "stored") == 1)  # the write is in the background
+    server.pause()
+    try:
+        latencies = []
+        for i in range(8):
+            start = time.monotonic()
+            assert (await serve(cache, computes, f"frozen {i}")).served_by == "edge"
+            latencies.append(time.monotonic() - start)
+            if i == 3:
+                asked = counter(cache._metrics.lookups, "error")
+                skipped = counter(cache._metrics.lookups, "breaker_open")
+        bound = cache.settings.redis.operation_timeout_s
+        assert max(latencies) < bound + 0.5  # slack for a busy machine; a frozen GET alone would hang
+        # Breaker open: the last four never asked Redis (counted, so a busy machine cannot fool it).
+        assert counter(cache._metrics.lookups, "error") == asked
+        assert counter(cache._metrics.lookups, "breaker_open") == skipped + 4
+    finally:
+        server.resume()
+    await serve_until(cache, computes, lambda: cache.breaker.state is BreakerState.CLOSED)
+    assert (await serve(cache, computes, "warm")).served_by == "cache"
+
+
+async def test_unreachable_at_start_uses_the_lru_then_moves_to_redis(redis_server, start_cache, caplog):
+    from edgecloud.stack import free_port
+
+    port = free_port()
+    caplog.set_level(logging.INFO, "gateway.cache")
+    cache = await start_cache({"redis": {"url": f"redis://127.0.0.1:{port}", "reconnect_interval_ms": 50},
+                               "lru": {"max_entries": 7}})
+    assert isinstance(cache.backend, LruBackend)
+    assert f"cache: Redis at redis://127.0.0.1:{port} unreachable at start" in caplog.text
+    assert "using the in-process LRU cache (max 7 entries" in caplog.text
+    computes = Computes()
+    await serve(cache, computes, "x")
+    await asyncio.sleep(0)
+    assert (await serve(cache, computes, "x")).served_by == "cache"  # the LRU serves meanwhile
+    redis_server(port=port)
+    await wait_until(lambda: isinstance(cache.backend, RedisBackend))
+    assert "reachable now" in caplog.text
+
+
+async def test_a_request_cancelled_mid_get_leaves_the_pool_correct(redis_server, start_cache):
+    server = redis_server()
+    proxy = FaultProxy("127.0.0.1", server.port)
+    await proxy.start()
+    try:
+        cache = await start_cache({"redis": {"url": f"redis://127.0.0.1:{proxy.port}", "max_connections": 1,
+                                             "socket_timeout_ms": 1000, "connect_timeout_ms": 1000}})
+        computes = Computes()
+        texts = [f"text {i}" for i in range(5)]
+        first = {}
+        for n, t in enumerate(texts, 1):  # one connection: let each write finish before the next read
+            first[t] = await serve(cache, computes, t)
+            await wait_until(lambda: counter(cache._metrics.writes, "stored") == n)
+        proxy.set_delay(0.06)
+        for t in texts[:3]:
+            task = asyncio.create_task(serve(cache, computes, t))
+            await asyncio.sleep(0.04)  # mid-GET: sent, reply held by the proxy
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        proxy.set_delay(0.0)
+        for t in texts:  # every hit carries its own key's answer
+            hit = await serve(cache, computes, t)
+            assert hit.served_by == "cache"
+            assert hit.response.raw_output_contents == first[t].response.raw_output_contents
+    finally:
+        await proxy.stop()

@@ -1,0 +1,94 @@
+"""Real edge agent and cloud worker processes, a fault proxy in front of the edge, and an
+in-process gateway on port 0 — plus a bounded load generator."""
+
+from __future__ import annotations
+
+import time
+import pytest
+
+from bench.load import Outcome, closed_loop
+from edgecloud.fault_proxy import FaultProxy
+from edgecloud.stack import cloud_config, edge_config, free_port, launch, wait_ready
+from gateway.config import GatewayConfig
+from gateway.server import GatewayServer
+
+
+
+@pytest.fixture(scope="module")
+def stack_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="module")
+def edge_process(model_dir, stack_dir):
+    service = launch("edge", edge_config(model_dir, free_port(), threads=1), stack_dir)
+    try:
+        wait_ready(service, 60)
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def start_cloud_workers(stack_dir):
+    started = []
+
+    def start(count: int, **kwargs):
+        services = [launch("cloud", cloud_config(free_port(), threads=1, **kwargs), stack_dir,
+                           name=f"cloud-{len(started) + i}-{time.monotonic_ns()}") for i in range(count)]
+        started.extend(services)
+        for service in services:
+            wait_ready(service, 120)
+        return services
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_cloud(stack_dir):
+    service = launch("cloud", cloud_config(free_port(), threads=1), stack_dir, name="cloud-shared")
+    try:
+        wait_ready(service, 120)
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+async def edge_proxy(edge_process):
+    host, port = edge_process.address.rsplit(":", 1)
+    proxy = FaultProxy(host, int(port))
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def start_gateway():
+    servers = []
+
+    async def start(edge: str | None, workers: list[str], **routing) -> GatewayServer:
+        routing.setdefault("probe_interval_ms", 100)
+        config = GatewayConfig.model_validate({
+            "server": {"port": 0, "http_port": None, "grace_s": 1},
+            "edge": {"address": edge},
+            "cloud": {"workers": workers, "attempt_timeout_ms": routing.pop("cloud_attempt_timeout_ms", 2000)},
+            "routing": routing,
+        })
+        server = GatewayServer(config)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(0.5)
+
+
+async def run_load(address: str, *, duration_s: float, concurrency: int, timeout_s: float = 10.0,
+                   on_tick=None) -> list[Outcome]:
+    """``concurrency`` closed-loop clients for ``duration_s``; every outcome recorded."""
+    return await closed_loop(address, duration_s=duration_s, concurrency=concurrency, timeout_s=timeout_s,
+                             events=on_tick)

@@ -1,0 +1,195 @@
+"""The gateway with a real edge agent process, real cloud worker processes and a fault proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from protos import inference_pb2 as pb
+from protos import inference_pb2_grpc as pb_grpc
+from bench.load import text_request
+from tests.gateway.conftest import run_load
+
+pytestmark = pytest.mark.slow
+
+
+async def _infer(address: str, msg, timeout: float = 10.0):
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(msg, timeout=timeout)
+
+
+async def test_serves_from_the_edge_and_says_so(edge_proxy, shared_cloud, start_gateway):
+    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address])
+    address = f"127.0.0.1:{gateway.grpc_port}"
+    response = await _infer(address, text_request(["hello gateway"]))
+    assert response.parameters["served_by"].string_param == "edge"
+    assert response.parameters["route_reason"].string_param == "edge_fast"
+    assert response.parameters["variant"].string_param == "int8"
+    assert list(response.outputs[0].shape) == [1, 384]
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="all-MiniLM-L6-v2"))
+        assert meta.inputs[0].name == "text" and (await stub.ServerReady(pb.ServerReadyRequest())).ready
+    exposition, _ = gateway.core.metrics.exposition()
+    assert b'edgecloud_gateway_route_decisions_total{reason="edge_fast",route="edge"}' in exposition
+
+
+async def test_bad_input_is_refused_at_the_gateway(edge_proxy, shared_cloud, start_gateway):
+    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address])
+    address = f"127.0.0.1:{gateway.grpc_port}"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _infer(address, text_request(["x"], model="nope"))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "model_name" in info.value.details()
+    bad = text_request(["x"])
+    bad.inputs[0].datatype = "FP32"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await _infer(address, bad)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("inputs[text]")
+    assert gateway.core.metrics.retries.labels("allowed")._value.get() == 0  # never retried
+
+
+async def test_slow_edge_moves_traffic_to_cloud_and_back_without_flapping(edge_proxy, shared_cloud, start_gateway):
+    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address],
+                                  threshold_ms=400, recover_probes=5, probe_interval_ms=100)
+    marks = {}
+
+    async def scenario(t0):
+        # Windows below are judged from when each fault really happened (a busy loop may be late).
+        # The threshold leaves a loaded CI machine's edge room; the slowdown is far past it, so an
+        # unhedged request could not meet the bound below.
+        await asyncio.sleep(2.0)
+        edge_proxy.set_delay(1.5)
+        marks["slow"] = time.monotonic() - t0
+        await asyncio.sleep(4.0)
+        edge_proxy.set_delay(0.0)
+        marks["recovered"] = time.monotonic() - t0
+
+    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=12.0, concurrency=4, on_tick=scenario)
+    errors = [o for o in outcomes if o.error]
+    assert not errors, errors[:3]
+    # Before the slowdown: the edge. A second after it starts: steady state on the cloud.
+    slow, recovered = marks["slow"], marks["recovered"]
+    assert all(o.served_by == "edge" for o in outcomes if o.started < slow - 0.1)
+    steady_cloud = [o for o in outcomes if slow + 1.2 < o.started < recovered - 0.1]
+    assert steady_cloud and all(o.served_by == "cloud" for o in steady_cloud), \
+        [(round(o.started, 2), o.served_by, o.reason) for o in steady_cloud if o.served_by != "cloud"][:5]
+    # No request waited much longer than the threshold: hedging bounds the slow ones.
+    slow_phase = [o for o in outcomes if slow <= o.started < recovered]
+    assert max(o.latency for o in slow_phase) < 0.4 + 0.8  # without hedging: >= 1.5 s
+    # Back on the edge within 5 s of recovery, and it stays there.
+    late = [o for o in outcomes if o.started > recovered + 5.0]
+    assert late and all(o.served_by == "edge" for o in late)
+    assert gateway.core.policy.transitions == 2  # edge -> cloud -> edge, no flapping
+
+
+async def test_edge_stall_is_bounded_by_hedging(edge_proxy, shared_cloud, start_gateway):
+    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address],
+                                  threshold_ms=200, hedge_after_ms=150)
+    address = f"127.0.0.1:{gateway.grpc_port}"
+    await _infer(address, text_request(["warm"]))
+    edge_proxy.stall()
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        response = await _infer(address, text_request(["stalled edge"]), timeout=5)
+        elapsed = loop.time() - start
+        # The losing edge call is cancelled, not left waiting on the stalled link.
+        for _ in range(50):
+            if gateway.core.edge.outstanding == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert gateway.core.edge.outstanding == 0
+    finally:
+        edge_proxy.unstall()
+    assert response.parameters["served_by"].string_param == "cloud"
+    assert response.parameters["route_reason"].string_param == "hedge_won"
+    assert elapsed < 0.15 + 1.0
+
+
+async def test_dead_edge_fails_over_to_cloud_with_zero_failures(edge_proxy, shared_cloud, start_gateway):
+    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address])
+
+    marks = {}
+
+    async def scenario(t0):
+        await asyncio.sleep(1.0)
+        edge_proxy.cut()
+        marks["cut"] = time.monotonic() - t0  # judged from when it really happened
+
+    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=3.5, concurrency=8, on_tick=scenario)
+    assert not [o for o in outcomes if o.error]
+    after = [o for o in outcomes if o.started > marks["cut"] + 1.0]
+    assert after and {o.served_by for o in after} == {"cloud"}
+    edge_proxy.restore()
+
+
+async def test_both_down_is_unavailable_with_a_clear_message(edge_proxy, start_gateway):
+    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", ["127.0.0.1:9"])
+    address = f"127.0.0.1:{gateway.grpc_port}"
+    await _infer(address, text_request(["metadata gets cached"]))
+    edge_proxy.cut()
+    for _ in range(3):
+        try:
+            await _infer(address, text_request(["x"]), timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            last = exc
+    assert last.code() == grpc.StatusCode.UNAVAILABLE
+    assert "127.0.0.1" not in last.details() and ("unavailable" in last.details())
+    edge_proxy.restore()
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+async def test_cloud_worker_failure_under_load_loses_no_request(fault, start_cloud_workers, start_gateway):
+    workers = start_cloud_workers(2)
+    gateway = await start_gateway(None, [w.address for w in workers], cloud_attempt_timeout_ms=1000)
+    victim = workers[0]
+
+    async def scenario(t0):
+        await asyncio.sleep(1.5)
+        if fault == "sigkill":
+            victim.kill()
+        else:
+            victim.pause()
+
+    try:
+        outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=5.0, concurrency=16,
+                                  on_tick=scenario)
+    finally:
+        victim.resume()
+    errors = [o for o in outcomes if o.error]
+    assert not errors, errors[:3]
+    assert len(outcomes) > 50
+    assert all(o.served_by == "cloud" for o in outcomes)
+
+
+async def test_embedded_edge_in_the_gateway_process(model_dir, shared_cloud):
+    """The device profile: the edge agent runs inside the gateway, the cloud stays remote."""
+    from gateway.config import GatewayConfig
+    from gateway.server import GatewayServer
+
+    config = GatewayConfig.model_validate({
+        "server": {"port": 0},
+        "edge": {"address": None, "embedded": {"models": [{"path": str(model_dir), "intra_op_threads": 1}]}},
+        "cloud": {"workers": [shared_cloud.address]},
+    })
+    gateway = GatewayServer(config)
+    await gateway.start()
+    try:
+        address = f"127.0.0.1:{gateway.grpc_port}"
+        response = await _infer(address, text_request(["embedded edge"]))
+        assert response.parameters["served_by"].string_param == "edge"
+        assert response.parameters["variant"].string_param == "int8"
+        bad = text_request(["x"])
+        bad.inputs[0].datatype = "INT8"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _infer(address, bad)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        cloud = text_request(["cloud quality"])
+        cloud.parameters["quality"].string_param = "cloud"
+        assert (await _infer(address, cloud)).parameters["served_by"].string_param == "cloud"
+    finally:
+        await gateway.stop(0.5)

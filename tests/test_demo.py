@@ -1,0 +1,77 @@
+"""``edgecloud demo``: its summary on known outcomes, and a short real run on its own stack."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+
+import pytest
+
+from edgecloud import demo
+from edgecloud.demo import DemoResult, Outcome
+
+
+def _result(pattern: list[tuple[str, int]]) -> DemoResult:
+    """One request every 0.1 s; ``pattern`` gives who served the next ``n`` of them."""
+    outcomes, at = [], 0.0
+    for served_by, count in pattern:
+        for _ in range(count):
+            phase = 0 if at < 4 else 1 if at < 8 else 2
+            outcomes.append(Outcome(at, 0.3 if served_by == "cloud" else 0.01, served_by, phase))
+            at += 0.1
+    return DemoResult(12.0, ((0, 4), (4, 8), (8, 12)), outcomes, threshold_ms=200)
+
+
+def test_the_summary_shows_the_phases_and_the_path_the_traffic_took():
+    result = _result([("edge", 42), ("cloud", 1), ("edge", 1), ("cloud", 40), ("cache", 3), ("edge", 33)])
+    assert [p.dominant for p in result.phases()] == ["edge", "cloud", "edge"]
+    assert result.path() == ["edge", "cloud", "edge"]  # a one-bucket blip is not a move
+    text = result.summary()
+    assert text.splitlines()[0] == "summary: 12 s, 120 requests, 0 failed, threshold 200 ms"
+    rows = text.splitlines()[2:5]
+    assert [row.split()[-1] for row in rows] == ["edge", "cloud", "edge"]
+    assert rows[1].startswith("edge slowed") and "0-4 s" in rows[0]
+    assert "traffic moved: edge -> cloud -> edge" in text and "cache hit ratio: 2%" in text
+
+
+def test_failures_are_counted():
+    result = _result([("edge", 10)])
+    result.outcomes.append(Outcome(1.05, 10.0, None, 0, "Unavailable: no backend"))
+    assert result.failed == 1 and "1 failed" in result.summary()
+
+
+def test_the_workload_repeats_popular_sentences():
+    pick = demo.sentences(0.5, random.Random(1))
+    texts = [pick(n) for n in range(200)]
+    popular = [t for t in texts if t in demo.POPULAR]
+    assert 60 < len(popular) < 140 and len(set(texts) - set(demo.POPULAR)) == len(texts) - len(popular)
+
+
+def run_demo_cli(*argv: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="edgecloud demo")
+    demo.add_arguments(parser)
+    out = io.StringIO()
+    return demo.run(parser.parse_args(argv), out), out.getvalue()
+
+
+def test_bad_options_exit_2(capsys):
+    assert run_demo_cli("--duration", "1")[0] == 2
+    assert run_demo_cli("--gateway", "127.0.0.1:9")[0] == 2
+    assert "--edge HOST:PORT and --proxy-port" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_short_demo_moves_traffic_edge_cloud_edge_with_no_failures(model_dir):
+    # A higher threshold and a bigger slowdown than the defaults keep the phases clear of the noise
+    # of a busy shared CPU box (tens of ms of scheduling delay); 10 requests/s keeps the load modest.
+    status, out = run_demo_cli("--duration", "12", "--rate", "10", "--slow-ms", "800", "--threshold-ms", "300",
+                               "--model-dir", str(model_dir), "--no-live")
+    assert status == 0, out
+    summary = out[out.index("summary:"):].splitlines()
+    assert ", 0 failed" in summary[0]
+    assert [row.split()[-1] for row in summary[2:5]] == ["edge", "cloud", "edge"], "\n".join(summary)
+    path = next(line for line in summary if line.startswith("traffic moved:"))
+    moves = path.removeprefix("traffic moved: ").split(" -> ")
+    assert moves[0] == "edge" and "cloud" in moves and moves[-1] == "edge", path
