@@ -244,14 +244,16 @@ of the short bounds themselves set their own."""
 
 @pytest.fixture
 async def start_cached_gateway():
-    """``await start_cached_gateway(edge, workers, cache={...}, **routing)``: an in-process
-    gateway on port 0 with a ``cache`` section (``enabled`` defaults to true); stopped at teardown."""
+    """``await start_cached_gateway(edge, workers, cache={...}, cloud={...}, **routing)``: an
+    in-process gateway on port 0 with a ``cache`` section (``enabled`` defaults to true) and extra
+    ``cloud`` settings; stopped at teardown."""
     from gateway.config import GatewayConfig
     from gateway.server import GatewayServer
 
     servers: list[GatewayServer] = []
 
-    async def start(edge: str | None, workers: list[str], cache: dict | None = None, **routing) -> GatewayServer:
+    async def start(edge: str | None, workers: list[str], cache: dict | None = None, cloud: dict | None = None,
+                    **routing) -> GatewayServer:
         routing.setdefault("probe_interval_ms", 100)
         cache = dict(cache or {})
         if "redis" in cache:  # generous unless the test sets its own (see TEST_REDIS_TIMEOUTS)
@@ -259,7 +261,7 @@ async def start_cached_gateway():
         config = GatewayConfig.model_validate({
             "server": {"port": 0, "http_port": None, "grace_s": 1},
             "edge": {"address": edge},
-            "cloud": {"workers": workers},
+            "cloud": {"workers": workers, **(cloud or {})},
             "routing": routing,
             "cache": {"enabled": True, **cache},
         })

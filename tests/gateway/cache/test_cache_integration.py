@@ -66,17 +66,24 @@ async def test_hits_are_bit_identical_and_say_where_they_came_from(edge_process,
 async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy, redis_server,
                                                                      start_cached_gateway):
     server = redis_server()
-    # The edge answers after 0.5 s, so all 200 arrive while the one computation is in flight (on a
-    # busy machine, sending them can take a while), and enough connections that no GET is "busy".
+    # The edge is held (its proxy stalls) until all 199 followers have joined the one computation,
+    # however long a busy machine takes to send them; keepalive pings slow enough that the held
+    # connection is not closed meanwhile, and enough Redis connections that no GET is "busy".
     gateway = await start_cached_gateway(f"127.0.0.1:{edge_proxy.port}", [], cache={
-        "redis": {"url": server.url, "max_connections": 256}})
+        "redis": {"url": server.url, "max_connections": 256}}, cloud={"keepalive_time_ms": 600_000})
+    followers = lambda: counter(gateway.core.metrics.cache.flights, "follower")  # noqa: E731
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=10)  # not part of the count
         before = decisions(gateway)
-        edge_proxy.set_delay(0.5)
-        responses = await asyncio.gather(*(stub.ModelInfer(text_msg(["one stampede"], request_id=str(i)), timeout=20)
-                                           for i in range(200)))
+        edge_proxy.stall()
+        try:
+            calls = [asyncio.ensure_future(stub.ModelInfer(text_msg(["one stampede"], request_id=str(i)), timeout=60))
+                     for i in range(200)]
+            await wait_until(lambda: followers() == 199, timeout=45)
+        finally:
+            edge_proxy.unstall()
+        responses = await asyncio.gather(*calls)
     assert decisions(gateway) - before == 1  # one routed inference for 200 requests
     assert counter(gateway.core.metrics.cache.flights, "leader") == 1
     assert counter(gateway.core.metrics.cache.flights, "follower") == 199

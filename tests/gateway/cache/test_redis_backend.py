@@ -41,9 +41,9 @@ async def backends():
 
 async def test_set_get_and_real_ttl_expiry(redis_server, backends):
     backend = await backends(settings(redis_server().url))
-    await backend.set("k", b"\x00value", 0.2)
+    await backend.set("k", b"\x00value", 1.0)
     assert await backend.get("k") == b"\x00value" and await backend.get("missing") is None
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.2)
     assert await backend.get("k") is None
 
 
@@ -55,7 +55,7 @@ async def test_commands_against_a_frozen_redis_fail_fast(redis_server, backends)
         start = time.monotonic()
         with pytest.raises(BackendError) as info:
             await backend.get("k")
-        assert info.value.kind == "timeout" and time.monotonic() - start < 0.5
+        assert info.value.kind == "timeout" and time.monotonic() - start < 1.5  # one 30 ms bound, no retries
     finally:
         server.resume()
     assert await backend.get("k") is None  # the timed-out connection was discarded; a fresh one works
@@ -70,7 +70,7 @@ async def test_commands_against_a_dead_redis_fail_fast(redis_server, backends):
         with pytest.raises(BackendError) as info:
             await backend.get("k")
         assert info.value.kind in ("connection", "timeout")
-    assert time.monotonic() - start < 0.5  # no retries with backoff
+    assert time.monotonic() - start < 1.5  # no retries with backoff (which would take seconds)
 
 
 @pytest.mark.parametrize("how", ["cancel", "time_bound"])
@@ -215,17 +215,17 @@ async def test_a_real_three_node_cluster(redis_server, backends):
 
 async def test_all_connections_busy_is_a_fast_busy_error_not_a_wait(redis_server, backends):
     server = redis_server()
-    backend = await backends(settings(server.url, max_connections=1, socket_timeout_ms=200))
+    backend = await backends(settings(server.url, max_connections=1, socket_timeout_ms=5000))
     server.pause()
     try:
         first = asyncio.create_task(backend.get("a"))  # holds the only connection until its timeout
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
         start = time.monotonic()
         with pytest.raises(BackendError) as info:
             await backend.get("b")
         assert info.value.kind == "busy" and not info.value.counts_against_backend
-        assert time.monotonic() - start < 0.05
-        with pytest.raises(BackendError):
-            await first
+        assert time.monotonic() - start < 2.5  # not the 5 s wait for the connection's timeout
+        server.resume()
+        assert await first is None  # the held GET completes once Redis runs again
     finally:
         server.resume()
