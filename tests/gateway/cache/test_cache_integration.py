@@ -70,7 +70,8 @@ async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy,
     # however long a busy machine takes to send them; keepalive pings slow enough that the held
     # connection is not closed meanwhile, and enough Redis connections that no GET is "busy".
     gateway = await start_cached_gateway(f"127.0.0.1:{edge_proxy.port}", [], cache={
-        "redis": {"url": server.url, "max_connections": 256}}, cloud={"keepalive_time_ms": 600_000})
+        "redis": {"url": server.url, "max_connections": 256}}, cloud={"keepalive_time_ms": 600_000},
+        probe_interval_ms=600_000)  # no probe times out on the held edge meanwhile
     followers = lambda: counter(gateway.core.metrics.cache.flights, "follower")  # noqa: E731
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -95,35 +96,42 @@ async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy,
 async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_back(fault, edge_process, redis_server,
                                                                                    start_cached_gateway):
     server = redis_server()
-    # 200 ms bounds: a busy loop reading a reply late is not a timeout, a frozen Redis costs <= 0.4 s.
+    # 500 ms bounds: a busy loop reading a reply late is not a timeout, a frozen Redis costs <= 1 s.
     gateway = await start_cached_gateway(edge_process.address, [], cache={
-        "redis": {"url": server.url, "connect_timeout_ms": 200, "socket_timeout_ms": 200},
+        "redis": {"url": server.url, "connect_timeout_ms": 500, "socket_timeout_ms": 500},
         "breaker": {"open_ms": 300}})
     texts = [f"load sentence {i}" for i in range(20)]
-    fault_at, back_at, duration = 1.0, 2.5, 6.0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for text in texts:  # every text cached before the load: the "before" window is all hits
+            await stub.ModelInfer(text_msg([text]), timeout=20)
+    await wait_until(lambda: counter(gateway.core.metrics.cache.writes, "stored") == len(texts), timeout=20)
 
     marks = {}
 
     async def scenario(t0):
-        # Windows are judged from when the fault really happened: a busy loop may run this late.
-        await asyncio.sleep(fault_at)
+        # Windows are judged from when each fault really happened (a busy loop may run this late),
+        # and the load lasts until the scenario ends, so a late restart still leaves an "after".
+        await asyncio.sleep(1.0)
         server.kill() if fault == "sigkill" else server.pause()
         marks["fault"] = time.monotonic() - t0
-        await asyncio.sleep(back_at - fault_at)
+        await asyncio.sleep(4.0)
         if fault == "sigkill":
             await asyncio.to_thread(server.start)  # it waits for Redis to answer: off the loop
         else:
             server.resume()
         marks["back"] = time.monotonic() - t0
+        await asyncio.sleep(4.0)
+        marks["end"] = time.monotonic() - t0
 
     try:
-        outcomes = await run_repeating_load(f"127.0.0.1:{gateway.grpc_port}", texts, duration_s=duration,
+        outcomes = await run_repeating_load(f"127.0.0.1:{gateway.grpc_port}", texts, duration_s=None,
                                             concurrency=8, on_tick=scenario)
     finally:
         server.resume()
     errors = [o for o in outcomes if o.error]
     assert not errors, errors[:3]
-    before = [o for o in outcomes if 0.5 < o.started < fault_at - 0.1]
+    before = [o for o in outcomes if o.started < marks["fault"] - 0.1]
     during = [o for o in outcomes if marks["fault"] + 0.2 < o.started < marks["back"]]
     after = [o for o in outcomes if o.started > marks["back"] + 1.5]
     assert before and all(o.served_by == "cache" for o in before), [o for o in before if o.served_by != "cache"][:5]
@@ -131,7 +139,8 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
     # pending gets that fill's answer as a hit (single-flight): possible, but not the rule.
     assert during and {o.served_by for o in during} <= {"edge", "cache"}
     assert sum(o.served_by == "edge" for o in during) > len(during) / 2, marks
-    assert max(o.latency for o in during) < 1.0
+    # Bounded by the 500 ms Redis bounds (plus a busy machine's slack), not by the 4 s fault.
+    assert max(o.latency for o in during) < 3.0
     assert gateway.core.cache.breaker.state is BreakerState.CLOSED
     assert len(after) >= 20 and sum(o.served_by == "cache" for o in after) / len(after) > 0.8, \
         {s: sum(o.served_by == s for o in after) for s in ("cache", "edge")}

@@ -34,8 +34,10 @@ class LiveOutcome:
 class LiveRun:
     outcomes: list[LiveOutcome]
     stall_s: float
-    """The longest this process's event loop was late while the pattern played (scheduling
-    stalls of a busy machine: they delay every request in flight, which no trace can predict)."""
+    """The longest stall of a busy machine while the pattern played: how late this process's
+    event loop ran, or how long the slowest request sent while no delay was added took (then any
+    route answers in tens of ms, so a slower one was held by scheduling, in whichever process).
+    Stalls delay every request in flight, which no trace can predict."""
 
 
 def live_summary(outcomes: list[LiveOutcome], transitions: int) -> Summary:
@@ -108,4 +110,15 @@ async def play(address: str, proxy: FaultProxy, pattern: Pattern, *, rate: float
         proxy.set_delay(0.0)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-    return LiveRun(outcomes, max(lags))
+    return LiveRun(outcomes, max(max(lags), _slowest_undelayed(outcomes, pattern)))
+
+
+def _slowest_undelayed(outcomes: list[LiveOutcome], pattern: Pattern, settle_s: float = 0.1) -> float:
+    """The longest latency of a request sent during a no-added-delay phase (after ``settle_s``,
+    when the previous phase's held replies are out)."""
+    windows, at = [], 0.0
+    for delay_ms, seconds in pattern:
+        if delay_ms == 0:
+            windows.append((at + settle_s, at + seconds))
+        at += seconds
+    return max((o.latency_s for o in outcomes if any(a <= o.started < b for a, b in windows)), default=0.0)
