@@ -21,6 +21,9 @@ import grpc
 async def slow(request, context):
     if request == b"fail":
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad request")
+    if request.startswith(b"!"):  # announce that this call reached the handler
+        request = request[1:]
+        print("started", flush=True)
     try:
         await asyncio.sleep(float(request or b"0.05"))
     except asyncio.CancelledError:
@@ -78,8 +81,9 @@ async def test_a_cancelled_caller_cancels_the_rpc_on_the_server_at_once(server):
     proc, address = server
     async with grpc.aio.insecure_channel(address) as channel:
         method = channel.unary_unary("/t.S/M")
-        task = asyncio.create_task(unary(method(b"30", timeout=60)))
-        await asyncio.sleep(0.3)
+        task = asyncio.create_task(unary(method(b"!30", timeout=60)))
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout=30)
+        assert line.strip() == "started"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -95,8 +99,8 @@ async def test_cancelling_thousands_of_calls_in_flight_does_not_grow_memory(serv
         method = channel.unary_unary("/t.S/M")
 
         async def cancelled_in_flight() -> None:
-            task = asyncio.ensure_future(unary(method(b"0.05" + b" " * 2000, timeout=10)))
-            await asyncio.sleep(0.005)
+            task = asyncio.ensure_future(unary(method(b"10" + b" " * 2000, timeout=10)))
+            await asyncio.sleep(0.005)  # sent (or not yet: cancelled either way, never answered)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
