@@ -55,7 +55,7 @@ def request(text: str) -> pb.ModelInferRequest:
 
 
 class Stack:
-    def __init__(self, workdir: Path, threshold_ms: float, cache_ttl_s: float):
+    def __init__(self, workdir: Path, threshold_ms: float, cache_ttl_s: float, cloud_attempt_timeout_ms: float):
         self.workdir = workdir
         self.redis = launch_redis(workdir, free_port())
         wait_redis(self.redis)
@@ -68,7 +68,7 @@ class Stack:
                                       stdout=subprocess.DEVNULL)
         self.gateway_cfg = gateway_config(free_port(), f"127.0.0.1:{self.proxy_port}", [c.address for c in self.cloud],
                                           routing={"threshold_ms": threshold_ms, "probe_interval_ms": 100})
-        self.gateway_cfg["cloud"]["attempt_timeout_ms"] = 1000
+        self.gateway_cfg["cloud"]["attempt_timeout_ms"] = cloud_attempt_timeout_ms
         self.gateway_cfg["cache"] = {"enabled": True, "redis": {"url": f"redis://{self.redis.address}"},
                                      "ttl_ms": cache_ttl_s * 1000}
         self.gateway = launch("gateway", self.gateway_cfg, workdir)
@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold-ms", type=float, default=200)
     parser.add_argument("--cache-ttl-s", type=float, default=60,
                         help="cache TTL: Redis reaches its steady size after one TTL (warm-up is >= 2 TTLs)")
+    parser.add_argument("--cloud-attempt-timeout-ms", type=float, default=1000,
+                        help="the gateway's bound on one cloud attempt (a frozen worker costs this much)")
     parser.add_argument("--name", default="soak")
     parser.add_argument("--results-dir", type=Path, default=None, help="where the JSON goes (default bench/results)")
     args = parser.parse_args(argv)
@@ -241,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         from edge_agent.build.pipeline import build_model_dir
 
         build_model_dir(MODEL_DIR)
-    stack = Stack(Path(tempfile.mkdtemp(prefix="soak-")), args.threshold_ms, args.cache_ttl_s)
+    stack = Stack(Path(tempfile.mkdtemp(prefix="soak-")), args.threshold_ms, args.cache_ttl_s,
+                  args.cloud_attempt_timeout_ms)
     try:
         run = asyncio.run(soak(stack, args.duration_s, args.fault_every_s, args.concurrency))
     finally:

@@ -11,6 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# No per-example time limit: property tests check results, and a busy CI machine may stop the
+# process for longer than Hypothesis' 200 ms default deadline at any moment.
+hypothesis_settings.register_profile("edgecloud", deadline=None)
+hypothesis_settings.load_profile("edgecloud")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = Path(os.environ.get("EDGECLOUD_TEST_MODEL_DIR", REPO_ROOT / "models" / "all-MiniLM-L6-v2"))

@@ -40,8 +40,10 @@ async def held(start_worker, connect):
 
 async def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_the_model(held):
     worker, stub, runtime, _ = held
+    call = stub.ModelInfer(text_request(["too slow"]), timeout=2)
+    await until(lambda: worker.models[0].batcher.queued == 1)  # queued before its deadline passes
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ModelInfer(text_request(["too slow"]), timeout=0.3)
+        await call
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await until(lambda: worker.models[0].batcher.queued == 0)
     runtime.release()

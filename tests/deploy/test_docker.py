@@ -495,13 +495,13 @@ def health_server():
 def test_healthcheck_passes_only_while_serving(healthcheck, health_server, capsys):
     address, servicer = health_server
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    assert healthcheck.main([address]) == 0
+    assert healthcheck.main([address, "--timeout", "20"]) == 0
     servicer.set("inference.GRPCInferenceService", health_pb2.HealthCheckResponse.SERVING)
-    assert healthcheck.main([address, "--service", "inference.GRPCInferenceService"]) == 0
+    assert healthcheck.main([address, "--timeout", "20", "--service", "inference.GRPCInferenceService"]) == 0
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert healthcheck.main([address]) == 1
+    assert healthcheck.main([address, "--timeout", "20"]) == 1
     assert "NOT_SERVING" in capsys.readouterr().err
-    assert healthcheck.main([address, "--service", "no.such.Service"]) == 1
+    assert healthcheck.main([address, "--timeout", "20", "--service", "no.such.Service"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
 
 

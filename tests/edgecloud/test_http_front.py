@@ -359,7 +359,7 @@ async def test_deadline_header_bounds_the_call(http, agent, serve):
     started = time.monotonic()
     status, _, body = await post(http, url, text_body(["x"]), {**JSON_TYPE, TIMEOUT_HEADER: "150"})
     assert status == 504 and json.loads(body)["error"] == f"{TIMEOUT_HEADER}: no answer within 150 ms"
-    assert 0.14 < time.monotonic() - started < 2
+    assert 0.14 < time.monotonic() - started < 10  # the 150 ms bound, not the gate (never opened)
 
 
 async def test_graceful_stop_drains_the_request_in_flight(http, agent):
@@ -388,7 +388,7 @@ async def test_stop_gives_up_on_requests_after_the_grace(http, agent):
     await asyncio.wait_for(gated.entered.wait(), 5)
     started = time.monotonic()
     await front.stop(grace=0.2)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # the grace, not the stuck request (never released)
     with pytest.raises(aiohttp.ClientError):
         await asyncio.wait_for(in_flight, 5)
     await front.stop(0)  # stopping twice is a no-op

@@ -12,6 +12,7 @@ from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 from bench.load import text_request
 from tests.gateway.conftest import run_load
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -93,27 +94,24 @@ async def test_slow_edge_moves_traffic_to_cloud_and_back_without_flapping(edge_p
 
 
 async def test_edge_stall_is_bounded_by_hedging(edge_proxy, shared_cloud, start_gateway):
+    # The edge stays preferred (a threshold no busy machine reaches); hedging alone bounds the stall.
     gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address],
-                                  threshold_ms=200, hedge_after_ms=150)
+                                  threshold_ms=60_000, hedge_after_ms=150)
     address = f"127.0.0.1:{gateway.grpc_port}"
     await _infer(address, text_request(["warm"]))
     edge_proxy.stall()
     try:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        response = await _infer(address, text_request(["stalled edge"]), timeout=5)
+        response = await _infer(address, text_request(["stalled edge"]), timeout=10)
         elapsed = loop.time() - start
         # The losing edge call is cancelled, not left waiting on the stalled link.
-        for _ in range(50):
-            if gateway.core.edge.outstanding == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert gateway.core.edge.outstanding == 0
+        await wait_until(lambda: gateway.core.edge.outstanding == 0)
     finally:
         edge_proxy.unstall()
     assert response.parameters["served_by"].string_param == "cloud"
     assert response.parameters["route_reason"].string_param == "hedge_won"
-    assert elapsed < 0.15 + 1.0
+    assert elapsed < 0.15 + 4.0  # the stall itself is unbounded: only the hedge ends this call
 
 
 async def test_dead_edge_fails_over_to_cloud_with_zero_failures(edge_proxy, shared_cloud, start_gateway):
@@ -125,8 +123,9 @@ async def test_dead_edge_fails_over_to_cloud_with_zero_failures(edge_proxy, shar
         await asyncio.sleep(1.0)
         edge_proxy.cut()
         marks["cut"] = time.monotonic() - t0  # judged from when it really happened
+        await asyncio.sleep(2.5)  # the load lasts until then
 
-    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=3.5, concurrency=8, on_tick=scenario)
+    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=None, concurrency=8, on_tick=scenario)
     assert not [o for o in outcomes if o.error]
     after = [o for o in outcomes if o.started > marks["cut"] + 1.0]
     assert after and {o.served_by for o in after} == {"cloud"}

@@ -136,7 +136,7 @@ def redis_server(tmp_path) -> Callable[..., RedisProcess]:
     yield start
     leaked = {}
     for server in started:
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 10.0
         while (clients := server.connected_clients()) and time.monotonic() < deadline:
             time.sleep(0.02)  # a client closed just now may take a moment to be gone
         if clients:

@@ -75,10 +75,10 @@ def test_the_deadline_bounds_all_attempts_with_real_sleeps(scripted):
     """Each attempt fails slowly; with real backoff the call still ends within its deadline."""
     server = scripted(always=UNAVAILABLE, delay_s=0.1)
     policy = RetryPolicy(max_attempts=50, initial_backoff_s=0.05, jitter=Jitter.NONE)
-    with Client(server.address, retry=policy, timeout_s=0.5) as client:
+    with Client(server.address, retry=policy, timeout_s=2.0) as client:
         start = time.monotonic()
         with pytest.raises((Unavailable, DeadlineExceeded)):
             client.infer("m", {"x": ["a"]})
         elapsed = time.monotonic() - start
-    assert elapsed < 0.5 + 1.0  # the deadline plus scheduling slack, not 50 attempts (>= 5 s)
+    assert elapsed < 2.0 + 2.5  # the deadline plus a busy machine's slack, not 50 attempts (>= 7.5 s)
     assert 2 <= server.servicer.calls < 50

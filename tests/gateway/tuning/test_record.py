@@ -89,12 +89,23 @@ async def test_records_from_the_gateways_real_http_front():
             first_poll.set()
             return answer
 
+        recorded = threading.Event()
+        reads_after_recording = []
+
+        def recording_clock() -> float:
+            """Stands still until the samples are in, and ends the recording only from its second
+            read after that, so a poll always follows them (however slowly this machine runs)."""
+            if recorded.is_set():
+                reads_after_recording.append(True)
+            return 10.0 if len(reads_after_recording) >= 2 else 0.0
+
         recording = asyncio.create_task(asyncio.to_thread(
-            record_trace, f"127.0.0.1:{port}", 0.6, poll_s=0.2, fetch=fetch))
+            record_trace, f"127.0.0.1:{port}", 0.6, poll_s=0.05, fetch=fetch, clock=recording_clock))
         await asyncio.to_thread(first_poll.wait, 10)
         clock.advance(1.0)
         core.monitor.record("edge", 0.020, probe=True)
         core.monitor.record("cloud@127.0.0.1:8201", 0.050)
+        recorded.set()
         trace = await recording
     finally:
         await front.stop(0)
