@@ -96,9 +96,10 @@ async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy,
 async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_back(fault, edge_process, redis_server,
                                                                                    start_cached_gateway):
     server = redis_server()
-    # 500 ms bounds: a busy loop reading a reply late is not a timeout, a frozen Redis costs <= 1 s.
+    # 2 s bounds: this process (the gateway's too) stopped for a second by a busy machine does not
+    # time a Redis reply out; a frozen Redis costs a request a few seconds, far less than the fault.
     gateway = await start_cached_gateway(edge_process.address, [], cache={
-        "redis": {"url": server.url, "connect_timeout_ms": 500, "socket_timeout_ms": 500},
+        "redis": {"url": server.url, "connect_timeout_ms": 2000, "socket_timeout_ms": 2000},
         "breaker": {"open_ms": 300}})
     texts = [f"load sentence {i}" for i in range(20)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
@@ -108,6 +109,7 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
     await wait_until(lambda: counter(gateway.core.metrics.cache.writes, "stored") == len(texts), timeout=20)
 
     marks = {}
+    redis_hits = lambda: counter(gateway.core.metrics.cache.lookups, "hit")  # noqa: E731
 
     async def scenario(t0):
         # Windows are judged from when each fault really happened (a busy loop may run this late),
@@ -115,13 +117,16 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
         await asyncio.sleep(1.0)
         server.kill() if fault == "sigkill" else server.pause()
         marks["fault"] = time.monotonic() - t0
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(0.5)  # replies Redis had sent before it stopped are read by now
+        marks["redis_hits_after_fault"] = redis_hits()
+        await asyncio.sleep(7.5)
+        marks["redis_hits_before_back"] = redis_hits()
         if fault == "sigkill":
             await asyncio.to_thread(server.start)  # it waits for Redis to answer: off the loop
         else:
             server.resume()
         marks["back"] = time.monotonic() - t0
-        await asyncio.sleep(4.0)
+        await asyncio.sleep(5.0)
         marks["end"] = time.monotonic() - t0
 
     try:
@@ -133,14 +138,16 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
     assert not errors, errors[:3]
     before = [o for o in outcomes if o.started < marks["fault"] - 0.1]
     during = [o for o in outcomes if marks["fault"] + 0.2 < o.started < marks["back"]]
-    after = [o for o in outcomes if o.started > marks["back"] + 1.5]
+    after = [o for o in outcomes if o.started > marks["back"] + 2.0]
     assert before and all(o.served_by == "cache" for o in before), [o for o in before if o.served_by != "cache"][:5]
-    # Computed, not failed. A request that joins a fill whose write to the dead Redis is still
-    # pending gets that fill's answer as a hit (single-flight): possible, but not the rule.
+    # Computed, not failed: no answer came from Redis while it was down, the edge computed them.
+    # (A request that joins another's fill gets that fill's answer, labelled a cache hit: with
+    # 8 clients cycling 20 texts and GETs waiting out their bound, that is common here.)
     assert during and {o.served_by for o in during} <= {"edge", "cache"}
-    assert sum(o.served_by == "edge" for o in during) > len(during) / 2, marks
-    # Bounded by the 500 ms Redis bounds (plus a busy machine's slack), not by the 4 s fault.
-    assert max(o.latency for o in during) < 3.0
+    assert marks["redis_hits_before_back"] == marks["redis_hits_after_fault"], marks
+    assert any(o.served_by == "edge" for o in during), marks
+    # Bounded by the 2 s Redis bounds (plus a busy machine's slack), not by the 8 s fault.
+    assert max(o.latency for o in during) < 6.0
     assert gateway.core.cache.breaker.state is BreakerState.CLOSED
     assert len(after) >= 20 and sum(o.served_by == "cache" for o in after) / len(after) > 0.8, \
         {s: sum(o.served_by == s for o in after) for s in ("cache", "edge")}
