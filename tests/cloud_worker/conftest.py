@@ -94,7 +94,7 @@ async def connect():
         await channel.close()
 
 
-BLOCKED_LOOP_CPU_S = 0.3
+BLOCKED_LOOP_CPU_S = 0.5
 """CPU time one event-loop callback may take on the loop's thread (inference belongs elsewhere)."""
 BLOCKED_LOOP_WALL_S = 3.0
 """Wall time one callback may take (a blocking wait): generous, since a busy machine may stop the

@@ -40,7 +40,7 @@ async def held(start_worker, connect):
 
 async def test_a_request_whose_deadline_passes_in_the_queue_never_reaches_the_model(held):
     worker, stub, runtime, _ = held
-    call = stub.ModelInfer(text_request(["too slow"]), timeout=2)
+    call = stub.ModelInfer(text_request(["too slow"]), timeout=5)
     await until(lambda: worker.models[0].batcher.queued == 1)  # queued before its deadline passes
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import numpy as np
@@ -66,16 +67,21 @@ async def test_async_api_runs_off_the_event_loop(model_dir):
 
         stop = asyncio.Event()
         beat = asyncio.create_task(heartbeat(stop))
-        loop_cpu, process_cpu = time.thread_time(), time.process_time()
-        vectors = await agent.aembed(texts)
-        loop_cpu, process_cpu = time.thread_time() - loop_cpu, time.process_time() - process_cpu
+        gc.collect()
+        gc.disable()  # a collection on this thread would count as loop work
+        try:
+            loop_cpu, process_cpu = time.thread_time(), time.process_time()
+            vectors = await agent.aembed(texts)
+            loop_cpu, process_cpu = time.thread_time() - loop_cpu, time.process_time() - process_cpu
+        finally:
+            gc.enable()
         stop.set()
         await beat
         assert vectors.shape == (256, 384)
         # The model's CPU time was spent on another thread, and the loop kept ticking meanwhile. A
         # blocking call would put nearly all of it on the loop's thread. CPU time, not wall time: a
         # busy machine may stop the process for a while, and that says nothing about the loop.
-        assert loop_cpu < 0.2 * process_cpu, (loop_cpu, process_cpu)
+        assert loop_cpu < 0.5 * process_cpu, (loop_cpu, process_cpu)  # measured: ~0 vs ~1.0 blocking
         assert ticks >= 3
 
 

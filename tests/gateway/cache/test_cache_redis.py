@@ -67,7 +67,7 @@ async def test_killed_redis_fails_open_fast_and_the_breaker_probes_it_back(redis
     for i in range(10):
         start = time.monotonic()
         assert (await serve(cache, computes, f"dead {i}")).served_by == "edge"
-        assert time.monotonic() - start < 1.5  # refused at once, no retries with backoff (seconds)
+        assert time.monotonic() - start < 3.0  # refused at once, no retries with backoff (many seconds)
     assert cache.breaker.state is not BreakerState.CLOSED
     assert counter(cache_metrics.lookups, "breaker_open") >= 5  # it stopped asking
     assert counter(cache_metrics.breaker_state, "open") + counter(cache_metrics.breaker_state, "half_open") == 1
@@ -98,7 +98,7 @@ async def test_frozen_redis_costs_at_most_the_time_bound_then_nothing(redis_serv
                 asked = counter(cache._metrics.lookups, "error")
                 skipped = counter(cache._metrics.lookups, "breaker_open")
         bound = cache.settings.redis.operation_timeout_s
-        assert max(latencies) < bound + 1.5  # slack for a busy machine; a frozen GET alone would hang
+        assert max(latencies) < bound + 3.0  # slack for a busy machine; a frozen GET alone would hang
         # Breaker open: the last four never asked Redis (counted, so a busy machine cannot fool it).
         assert counter(cache._metrics.lookups, "error") == asked
         assert counter(cache._metrics.lookups, "breaker_open") == skipped + 4

@@ -57,7 +57,7 @@ async def test_commands_against_a_frozen_redis_fail_fast(redis_server, backends)
         start = time.monotonic()
         with pytest.raises(BackendError) as info:
             await backend.get("k")
-        assert info.value.kind == "timeout" and time.monotonic() - start < 1.5  # one 30 ms bound, no retries
+        assert info.value.kind == "timeout" and time.monotonic() - start < 3.0  # one 30 ms bound, no retries
     finally:
         server.resume()
     assert await _despite_timeouts(backend.get, "k") is None  # the timed-out connection was discarded
@@ -72,7 +72,7 @@ async def test_commands_against_a_dead_redis_fail_fast(redis_server, backends):
         with pytest.raises(BackendError) as info:
             await backend.get("k")
         assert info.value.kind in ("connection", "timeout")
-    assert time.monotonic() - start < 1.5  # no retries with backoff (which would take seconds)
+    assert time.monotonic() - start < 3.0  # no retries with backoff (which would take many seconds)
 
 
 @pytest.mark.parametrize("how", ["cancel", "time_bound"])

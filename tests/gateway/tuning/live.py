@@ -35,9 +35,14 @@ class LiveRun:
     outcomes: list[LiveOutcome]
     stall_s: float
     """The longest stall of a busy machine while the pattern played: how late this process's
-    event loop ran, or how long the slowest request sent while no delay was added took (then any
-    route answers in tens of ms, so a slower one was held by scheduling, in whichever process).
-    Stalls delay every request in flight, which no trace can predict."""
+    event loop ran, or how much longer than ``UNDELAYED_NORMAL_S`` the slowest request sent while
+    no delay was added took (then any route answers in tens of ms, so a much slower one was held
+    by scheduling, in whichever process). Stalls delay every request in flight, which no trace
+    can predict."""
+
+
+UNDELAYED_NORMAL_S = 0.3
+"""The most a request sent while no delay is added may take on a busy machine without a stall."""
 
 
 def live_summary(outcomes: list[LiveOutcome], transitions: int) -> Summary:
@@ -110,15 +115,16 @@ async def play(address: str, proxy: FaultProxy, pattern: Pattern, *, rate: float
         proxy.set_delay(0.0)
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-    return LiveRun(outcomes, max(max(lags), _slowest_undelayed(outcomes, pattern)))
+    return LiveRun(outcomes, max(max(lags), _slowest_undelayed(outcomes, pattern) - UNDELAYED_NORMAL_S))
 
 
 def _slowest_undelayed(outcomes: list[LiveOutcome], pattern: Pattern, settle_s: float = 0.1) -> float:
-    """The longest latency of a request sent during a no-added-delay phase (after ``settle_s``,
-    when the previous phase's held replies are out)."""
-    windows, at = [], 0.0
+    """The longest latency of a request sent during a no-added-delay phase, from ``settle_s``
+    after the previous phase's delay (when its held replies are out)."""
+    windows, at, previous_delay_s = [], 0.0, 0.0
     for delay_ms, seconds in pattern:
         if delay_ms == 0:
-            windows.append((at + settle_s, at + seconds))
+            windows.append((at + previous_delay_s + settle_s, at + seconds))
+        previous_delay_s = delay_ms / 1000.0
         at += seconds
     return max((o.latency_s for o in outcomes if any(a <= o.started < b for a, b in windows)), default=0.0)
