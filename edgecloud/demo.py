@@ -11,9 +11,10 @@ whose ``summary()`` is the closing table: per phase, requests and shares by back
 failures, and the path the traffic took (e.g. ``edge -> cloud -> edge``).
 
 By default (``start_stack``) it starts its own stack on free ports with ``edgecloud.stack``: an
-edge agent, a cloud worker, a ``FaultProxy`` in front of the edge (in this process) and a gateway
-whose edge address is the proxy (result cache on when the gateway supports one); all are stopped
-at the end, children by pid. Against a running stack, give the gateway's address and either the
+edge agent, a cloud worker, an ``edgecloud proxy`` process in front of the edge (its own process,
+so a busy demo client never delays what the gateway sees of the edge) and a gateway whose edge
+address is the proxy (result cache on when the gateway supports one); all are stopped at the end,
+children by pid. Against a running stack, give the gateway's address and either the
 edge agent's address and a port for the proxy (the gateway's ``edge.address`` must be that
 proxy), or the pid of a running ``edgecloud proxy`` (SIGUSR1 slows it, SIGUSR2 restores it).
 """
