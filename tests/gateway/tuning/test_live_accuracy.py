@@ -13,8 +13,9 @@ box, or a quiet one).
 A busy shared machine can stop this process, or the edge agent's, for a second, delaying every
 request in flight; no trace predicts that. A comparison that misses the 10% during which this
 process's event loop was late, or a request sent while no delay was added took longer, than
-``STALL_LIMIT_S`` is made again (record, recommend, measure); one that misses without such a
-stall fails; if every attempt stalled, the test is skipped and says so.
+``STALL_LIMIT_S`` is made again (record, recommend, measure), and so is a recording so stalled
+that no setting meets the goal; one that misses without such a stall fails; if every attempt
+stalled, the test is skipped and says so.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ async def test_recommended_settings_behave_live_as_simulated(edge_proxy, cloud_a
         status = await asyncio.to_thread(
             tune, "recommend", "--trace", str(trace), "--goal", GOAL, "--max-hedge-rate", "0.1",
             "--yaml", str(snippet), "--plot", str(tmp_path / "tune.png"), "--json", str(results))
-        assert status == 0, "the goal should be reachable on this pattern"
+        if status != 0:  # a stall in the recording puts second-long RTTs in the trace: no setting helps
+            assert recording.stall_s > STALL_LIMIT_S, "the goal should be reachable on this pattern"
+            stalls.append(recording.stall_s)
+            continue
         assert (tmp_path / "tune.png").stat().st_size > 10_000
         recommended = load_gateway_config(snippet).routing  # the snippet is a valid gateway config
         simulated = json.loads(results.read_text())["recommended"]["summary"]
