@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import numpy as np
 from bench.common import print_table, summarize, write_result
 from bench.load import Outcome, closed_loop
 from edgecloud.codec import serialize_bytes
-from edgecloud.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
+from edgecloud.stack import cloud_config, edge_config, free_port, gateway_config, launch, launch_proxy, wait_ready
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
@@ -101,14 +100,12 @@ def main() -> int:
         edge = launch("edge", edge_config(MODEL_DIR.resolve(), free_port(), threads=1), workdir)
         cloud = launch("cloud", cloud_config(free_port(), threads=1), workdir)
         services += [edge, cloud]
-        proxy_port = free_port()
-        proxy = subprocess.Popen([sys.executable, "-m", "edgecloud.fault_proxy", "--target", edge.address,
-                                  "--port", str(proxy_port), "--delay-ms", "300"], stdout=subprocess.DEVNULL)
+        proxy = launch_proxy(edge.address, free_port(), workdir, delay_ms=300)
         routing = {"threshold_ms": args.threshold_ms, "probe_interval_ms": 100}
         # (a) measures a gateway wired straight to the edge; (b) one whose edge link runs through the proxy.
         gateway = launch("gateway", gateway_config(free_port(), edge.address, [cloud.address], routing=routing),
                          workdir, name="gateway-direct")
-        faulty = launch("gateway", gateway_config(free_port(), f"127.0.0.1:{proxy_port}", [cloud.address],
+        faulty = launch("gateway", gateway_config(free_port(), proxy.address, [cloud.address],
                                                   routing=routing), workdir, name="gateway-via-proxy")
         services += [gateway, faulty]
         for service in services:
@@ -134,9 +131,9 @@ def main() -> int:
 
         async def faults(t0):
             await asyncio.sleep(slow_at)
-            proxy.send_signal(signal.SIGUSR1)
+            proxy.send(signal.SIGUSR1)
             await asyncio.sleep(recover_at - slow_at)
-            proxy.send_signal(signal.SIGUSR2)
+            proxy.send(signal.SIGUSR2)
 
         print(f"\n(b) failover: edge +300 ms at t={slow_at:.0f}s, restored at t={recover_at:.0f}s, concurrency 8")
         outcomes = asyncio.run(closed_loop(faulty.address, duration_s=args.failover_s, concurrency=8,
@@ -176,8 +173,7 @@ def main() -> int:
         return 0
     finally:
         if proxy is not None:
-            proxy.terminate()
-            proxy.wait(timeout=10)
+            proxy.stop()
         for service in reversed(services):
             service.stop()
 

@@ -21,7 +21,6 @@ import asyncio
 import json
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from edgecloud.stack import (
     free_port,
     gateway_config,
     launch,
+    launch_proxy,
     launch_redis,
     redis_reply,
     rss_bytes,
@@ -62,11 +62,8 @@ class Stack:
         self.edge = launch("edge", edge_config(MODEL_DIR.resolve(), free_port(), threads=1), workdir)
         self.cloud = [launch("cloud", cloud_config(free_port(), threads=1), workdir, name=f"cloud-{i}")
                       for i in range(2)]
-        self.proxy_port = free_port()
-        self.proxy = subprocess.Popen([sys.executable, "-m", "edgecloud.fault_proxy", "--target", self.edge.address,
-                                       "--port", str(self.proxy_port), "--delay-ms", "300"],
-                                      stdout=subprocess.DEVNULL)
-        self.gateway_cfg = gateway_config(free_port(), f"127.0.0.1:{self.proxy_port}", [c.address for c in self.cloud],
+        self.proxy = launch_proxy(self.edge.address, free_port(), workdir, delay_ms=300)
+        self.gateway_cfg = gateway_config(free_port(), self.proxy.address, [c.address for c in self.cloud],
                                           routing={"threshold_ms": threshold_ms, "probe_interval_ms": 100})
         self.gateway_cfg["cloud"]["attempt_timeout_ms"] = cloud_attempt_timeout_ms
         self.gateway_cfg["cache"] = {"enabled": True, "redis": {"url": f"redis://{self.redis.address}"},
@@ -93,9 +90,7 @@ class Stack:
         wait_redis(self.redis)
 
     def stop(self) -> None:
-        self.proxy.terminate()
-        self.proxy.wait(timeout=10)
-        for service in [self.gateway, *self.cloud, self.edge, self.redis]:
+        for service in [self.proxy, self.gateway, *self.cloud, self.edge, self.redis]:
             service.stop()
 
 
@@ -107,9 +102,9 @@ async def inject(stack: Stack, fault: str, hold_s: float, log: list) -> None:
     entry = {"t": time.monotonic(), "fault": fault}
     log.append(entry)
     if fault == "edge_slow":
-        stack.proxy.send_signal(signal.SIGUSR1)
+        stack.proxy.send(signal.SIGUSR1)
         await asyncio.sleep(hold_s)
-        stack.proxy.send_signal(signal.SIGUSR2)
+        stack.proxy.send(signal.SIGUSR2)
     elif fault == "cloud_kill_restart":
         stack.cloud[0].kill()
         await asyncio.sleep(hold_s / 2)

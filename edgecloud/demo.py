@@ -28,8 +28,6 @@ import math
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -328,38 +326,10 @@ def _gateway_supports_cache() -> bool:
     return "cache" in GatewayConfig.model_fields
 
 
-def _start_proxy_process(edge_port: int, proxy_port: int, slow_ms: float, workdir: Path) -> subprocess.Popen:
-    """``edgecloud proxy`` in a process of its own, listening once this returns: the demo's client
-    (this process) may be slow on a busy machine without delaying what the gateway sees of the edge."""
-    log = open(workdir / "proxy.log", "w")  # noqa: SIM115 - the process holds it; closed with the stack
-    proc = subprocess.Popen([sys.executable, "-m", "edgecloud.fault_proxy", "--target", f"127.0.0.1:{edge_port}",
-                             "--port", str(proxy_port), "--delay-ms", str(slow_ms)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", proxy_port), timeout=1):
-                return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the fault proxy did not start: {(workdir / 'proxy.log').read_text()[-500:]}")
-            time.sleep(0.05)
-
-
-def _stop_process(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextlib.asynccontextmanager
 async def _own_stack(options: DemoOptions, out: TextIO) -> AsyncIterator[_Stack]:
-    from edgecloud.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
+    from edgecloud.stack import (cloud_config, edge_config, free_port, gateway_config, launch, launch_proxy,
+                                 wait_ready)
 
     model_dir = Path(options.model_dir).resolve()
     if not (model_dir / "model.json").exists():
@@ -370,9 +340,10 @@ async def _own_stack(options: DemoOptions, out: TextIO) -> AsyncIterator[_Stack]
     workdir = Path(tempfile.mkdtemp(prefix="edgecloud-demo-"))
     edge_port, cloud_port, grpc_port, http_port, proxy_port = (free_port() for _ in range(5))
     services = []
-    proxy = None
     try:
-        proxy = await asyncio.to_thread(_start_proxy_process, edge_port, proxy_port, options.slow_ms, workdir)
+        proxy = await asyncio.to_thread(launch_proxy, f"127.0.0.1:{edge_port}", proxy_port, workdir,
+                                        delay_ms=options.slow_ms)
+        services.append(proxy)
         print(f"starting an edge agent, a cloud worker and a gateway (logs in {workdir}) ...", file=out, flush=True)
         edge = launch("edge", edge_config(model_dir, edge_port, threads=1), workdir)
         services.append(edge)
@@ -380,21 +351,19 @@ async def _own_stack(options: DemoOptions, out: TextIO) -> AsyncIterator[_Stack]
         services.append(cloud)
         await asyncio.gather(asyncio.to_thread(wait_ready, edge, 120), asyncio.to_thread(wait_ready, cloud, 180))
         routing = {} if options.threshold_ms is None else {"threshold_ms": options.threshold_ms}
-        config = gateway_config(grpc_port, f"127.0.0.1:{proxy_port}", [cloud.address], http_port=http_port,
+        config = gateway_config(grpc_port, proxy.address, [cloud.address], http_port=http_port,
                                 routing=routing)
         if _gateway_supports_cache():
             config["cache"] = {"enabled": True}
         gateway = launch("gateway", config, workdir)
         services.append(gateway)
         await asyncio.to_thread(wait_ready, gateway, 60)
-        print(f"  gateway 127.0.0.1:{grpc_port} (http {http_port}) -> edge via fault proxy 127.0.0.1:{proxy_port} "
+        print(f"  gateway 127.0.0.1:{grpc_port} (http {http_port}) -> edge via fault proxy {proxy.address} "
               f"-> {edge.address}; cloud {cloud.address}", file=out, flush=True)
         yield _Stack(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}", EdgeFault(proxy_pid=proxy.pid))
     finally:
         for service in reversed(services):
             await asyncio.to_thread(service.stop)
-        if proxy is not None:
-            await asyncio.to_thread(_stop_process, proxy)
 
 
 @contextlib.asynccontextmanager

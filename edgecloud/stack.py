@@ -154,6 +154,32 @@ def launch_redis(workdir: Path, port: int, *, name: str = "redis") -> ServicePro
     return ServiceProcess(name, proc, f"127.0.0.1:{port}", workdir / "redis.conf", log_path)
 
 
+def launch_proxy(target: str, port: int, workdir: Path, *, delay_ms: float = 300.0, name: str = "proxy",
+                 timeout: float = 30.0) -> ServiceProcess:
+    """An ``edgecloud proxy`` process on loopback ``port`` forwarding to ``target``, listening once
+    this returns (SIGUSR1 adds ``delay_ms`` to every answer, SIGUSR2 restores a clean link). A
+    process of its own, so a busy load generator never delays what the proxied link looks like."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgecloud.fault_proxy", "--target", target, "--port", str(port),
+             "--delay-ms", str(delay_ms)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    service = ServiceProcess(name, proc, f"127.0.0.1:{port}", log_path, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return service
+        except OSError:
+            if not service.alive() or time.monotonic() > deadline:
+                service.stop()
+                raise RuntimeError(f"the fault proxy on {service.address} did not start\n{service.log_tail()}")
+            time.sleep(0.05)
+
+
 def redis_reply(address: str, command: bytes, timeout: float = 0.5) -> bytes | None:
     """The first bytes of a Redis server's reply to one inline ``command`` (``b"PING"``), or None
     when it does not answer (no client library: this is for tools that watch a throwaway server)."""

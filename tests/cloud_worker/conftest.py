@@ -122,5 +122,4 @@ def fail_when_the_loop_blocks(monkeypatch):
 
     monkeypatch.setattr(asyncio.events.Handle, "_run", timed_run)
     yield
-    monkeypatch.undo()
     assert not slow, f"the event loop was blocked: {slow}"

@@ -65,23 +65,31 @@ async def edge_proxy(edge_process):
     await proxy.stop()
 
 
+def in_process_gateway_config(edge: str | None, workers: list[str], *, cloud: dict | None = None,
+                              cache: dict | None = None, **routing) -> GatewayConfig:
+    """An in-process test gateway's config: gRPC on port 0, no HTTP front, probes every 100 ms and
+    — routing not being what most tests are about — a threshold no busy machine reaches (tests of
+    routing set their own); ``cloud`` adds cloud pool settings, ``cache`` a cache section."""
+    routing.setdefault("probe_interval_ms", 100)
+    routing.setdefault("threshold_ms", 60_000)
+    sections = {
+        "server": {"port": 0, "http_port": None, "grace_s": 1},
+        "edge": {"address": edge},
+        "cloud": {"workers": workers, **(cloud or {})},
+        "routing": routing,
+    }
+    if cache is not None:
+        sections["cache"] = cache
+    return GatewayConfig.model_validate(sections)
+
+
 @pytest.fixture
 async def start_gateway():
     servers = []
 
     async def start(edge: str | None, workers: list[str], cloud: dict | None = None, **routing) -> GatewayServer:
-        """An in-process gateway on port 0; ``cloud`` adds cloud pool settings, the rest is ``routing``."""
-        routing.setdefault("probe_interval_ms", 100)
-        # Routing is not what most tests are about: a threshold no busy machine reaches keeps the
-        # edge on the edge (tests of routing set their own).
-        routing.setdefault("threshold_ms", 60_000)
-        config = GatewayConfig.model_validate({
-            "server": {"port": 0, "http_port": None, "grace_s": 1},
-            "edge": {"address": edge},
-            "cloud": {"workers": workers, "attempt_timeout_ms": 2000, **(cloud or {})},
-            "routing": routing,
-        })
-        server = GatewayServer(config)
+        """An in-process gateway (``in_process_gateway_config``); stopped at teardown."""
+        server = GatewayServer(in_process_gateway_config(edge, workers, cloud=cloud, **routing))
         await server.start()
         servers.append(server)
         return server

@@ -254,27 +254,17 @@ def with_test_timeouts(cache: dict | None) -> dict:
 @pytest.fixture
 async def start_cached_gateway():
     """``await start_cached_gateway(edge, workers, cache={...}, cloud={...}, **routing)``: an
-    in-process gateway on port 0 with a ``cache`` section (``enabled`` defaults to true) and extra
-    ``cloud`` settings; stopped at teardown."""
-    from gateway.config import GatewayConfig
+    in-process gateway (``in_process_gateway_config``) with a ``cache`` section (``enabled``
+    defaults to true); stopped at teardown."""
     from gateway.server import GatewayServer
+    from tests.gateway.conftest import in_process_gateway_config
 
     servers: list[GatewayServer] = []
 
     async def start(edge: str | None, workers: list[str], cache: dict | None = None, cloud: dict | None = None,
                     **routing) -> GatewayServer:
-        routing.setdefault("probe_interval_ms", 100)
-        # Routing is not what most tests are about: a threshold no busy machine reaches keeps the
-        # edge on the edge (tests of routing set their own).
-        routing.setdefault("threshold_ms", 60_000)
-        cache = with_test_timeouts(cache)
-        config = GatewayConfig.model_validate({
-            "server": {"port": 0, "http_port": None, "grace_s": 1},
-            "edge": {"address": edge},
-            "cloud": {"workers": workers, **(cloud or {})},
-            "routing": routing,
-            "cache": {"enabled": True, **cache},
-        })
+        config = in_process_gateway_config(edge, workers, cloud=cloud,
+                                           cache={"enabled": True, **with_test_timeouts(cache)}, **routing)
         server = GatewayServer(config)
         await server.start()
         servers.append(server)
