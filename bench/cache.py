@@ -39,7 +39,7 @@ import numpy as np
 
 from bench.common import print_table, summarize, write_result
 from edgecloud.codec import serialize_bytes
-from edgecloud.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
+from edgecloud_tools.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.common import print_table, ratio, summarize, write_result
 from bench.load import Outcome, closed_loop, open_loop, text_request
-from edgecloud.stack import edge_config, free_port, gateway_config, launch, wait_ready
+from edgecloud_tools.stack import edge_config, free_port, gateway_config, launch, wait_ready
 from protos import inference_pb2 as pb
 
 MODEL_DIR = Path("models/all-MiniLM-L6-v2")

@@ -31,7 +31,7 @@ import yaml
 
 from bench.common import print_table, summarize, write_result
 from bench.load import closed_loop, text_request
-from edgecloud.stack import (
+from edgecloud_tools.stack import (
     cloud_config,
     edge_config,
     free_port,

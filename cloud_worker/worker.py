@@ -12,7 +12,6 @@ it had started. Workers share nothing, so several (processes) can stand behind o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,8 +27,8 @@ from edgecloud import __version__
 from edgecloud.config import ConfigError
 from edgecloud.admission import Admission
 from edgecloud.dataplane import Dataplane
-from edgecloud.grpc_server import GrpcServer, inference_server
 from edgecloud.model import ModelRepository
+from edgecloud.server import InferenceServer, Resource
 from edgecloud.types import ServerMetadata
 
 log = logging.getLogger(__name__)
@@ -82,49 +81,33 @@ class CloudWorker:
         )
         self.port: int | None = None
         self.metrics_port: int | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._grace = self.config.server.grace_s
+        self._server: InferenceServer | None = None
 
     async def start(self) -> int:
-        if self._stack is not None:
+        if self._server is not None and self._server.running:
             return self.port
         server = self.config.server
-        stack = contextlib.AsyncExitStack()
-        try:
-            for model in self.models:
-                await model.load()
-                stack.push_async_callback(model.unload)
-            if server.metrics_port is not None:
-                metrics_server = MetricsServer(self.metrics, server.host, server.metrics_port)
-                self.metrics_port = await metrics_server.start()
-                stack.push_async_callback(metrics_server.stop)
-            self.dataplane.set_ready(True)
-            stack.callback(self.dataplane.set_ready, False)
-            grpc_server = inference_server(self.dataplane, host=server.host, port=server.port,
-                                           max_message_bytes=server.max_message_bytes,
-                                           credentials=server.tls.grpc_credentials() if server.tls else None)
-            self.port = await grpc_server.start()
-            stack.push_async_callback(self._stop_grpc, grpc_server)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
+        resources = [Resource(f"model {m.metadata.name}", m.load, m.unload) for m in self.models]
+        if server.metrics_port is not None:
+            metrics_server = MetricsServer(self.metrics, server.host, server.metrics_port)
+            resources.append(Resource("metrics endpoint", self._start_metrics(metrics_server), metrics_server.stop))
+        self._server = InferenceServer("cloud worker", self.dataplane, server, resources=resources)
+        self.port = await self._server.start()
         log.info("cloud worker serving %s on %s:%d (metrics port %s; batching %s, max batch %d)",
                  ", ".join(f"{m.metadata.name} ({m.runtime.variant})" for m in self.models), server.host,
                  self.port, self.metrics_port, "on" if self.config.batching.enabled else "off",
                  max((batch_limit(m.runtime, self.config.batching) for m in self.models), default=0))
         return self.port
 
-    async def _stop_grpc(self, grpc_server: GrpcServer) -> None:
-        self.dataplane.set_ready(False)
-        await grpc_server.stop(self._grace)
+    def _start_metrics(self, metrics_server: MetricsServer):
+        async def start() -> None:
+            self.metrics_port = await metrics_server.start()
+
+        return start
 
     async def stop(self, grace: float | None = None) -> None:
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return
-        self._grace = self.config.server.grace_s if grace is None else grace
-        await stack.aclose()
+        if self._server is not None:
+            await self._server.stop(grace)
 
     async def __aenter__(self) -> CloudWorker:
         await self.start()

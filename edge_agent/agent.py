@@ -11,7 +11,7 @@ Contract:
 
       async with EdgeAgent.from_model_dir(path) as agent:
           vectors = await agent.aembed(["hello"])
-          response = await agent.infer(request)           # InferRequest or pb.ModelInferRequest
+          response = await agent.infer(request)           # InferRequest -> InferResponse
 
 Requests are validated exactly as the gRPC server validates them (same ``Dataplane``); bad input
 raises the typed ``edgecloud.errors`` exceptions without running the model. Blocking compute in
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecloud import codec
 from edgecloud.codec import bytes_array
 from edgecloud.admission import Admission
 from edgecloud.dataplane import Dataplane
@@ -133,11 +132,7 @@ class EdgeAgent:
         assert isinstance(model, OnnxModel)
         return self.dataplane.finish(request, model.infer_blocking(request))
 
-    async def infer(self, request):
-        """Run an ``InferRequest`` (returns ``InferResponse``) or a ``pb.ModelInferRequest``
-        (returns ``pb.ModelInferResponse``)."""
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Run a request (validated as the servers validate it) off the event loop."""
         await self.aload()
-        if isinstance(request, InferRequest):
-            return await self.dataplane.infer(request)
-        decoded = codec.request_from_proto(request, self.dataplane.limits)
-        return codec.response_to_proto(await self.dataplane.infer(decoded))
+        return await self.dataplane.infer(request)

@@ -7,6 +7,10 @@ Contract:
 - ``response_to_proto`` writes outputs as ``raw_output_contents`` (what Triton does, and what
   ``tritonclient`` reads fastest).
 - BYTES elements travel raw as a 4-byte little-endian length followed by the bytes.
+- The ``*_wire`` functions work on serialized messages: ``request_from_wire`` / ``response_from_wire``
+  keep the bytes they decoded on the result (``wire``), and ``request_to_wire`` / ``response_to_wire``
+  reuse them (see ``InferRequest.wire`` / ``InferResponse.wire``), so a message that passes through
+  unchanged is never encoded again. Bytes that are not a valid message are ``InvalidArgument``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import struct
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from edgecloud.datatypes import DATATYPES, DatatypeInfo
 from edgecloud.errors import InvalidArgument, ResourceExhausted
@@ -336,3 +341,63 @@ def model_metadata_from_proto(msg: pb.ModelMetadataResponse) -> ModelMetadata:
 
 def server_metadata_to_proto(meta: ServerMetadata) -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=list(meta.extensions))
+
+
+# ---------------------------------------------------------------------------------------------
+# serialized messages
+
+
+def _parse(message_class, data: bytes, field: str):
+    try:
+        return message_class.FromString(data)
+    except DecodeError:
+        raise InvalidArgument("is not a valid Open Inference Protocol message", field=field) from None
+
+
+def request_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
+    """Decode a serialized ``ModelInferRequest``, keeping ``data`` as the request's ``wire``."""
+    request = request_from_proto(_parse(pb.ModelInferRequest, data, "request"), limits)
+    request.wire = data
+    return request
+
+
+def request_to_wire(request: InferRequest) -> bytes:
+    """The serialized request: its ``wire`` when it has one, else freshly encoded."""
+    if request.wire is not None:
+        return request.wire
+    return request_to_proto(request).SerializeToString()
+
+
+def response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> InferResponse:
+    """Decode a serialized ``ModelInferResponse``, keeping ``data`` as the response's ``wire``."""
+    response = response_from_proto(_parse(pb.ModelInferResponse, data, "response"), limits)
+    response.wire = data
+    return response
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+# ``id`` written explicitly even when empty, so it replaces whatever id the reused bytes carry.
+_RESPONSE_ID_TAG = _varint(pb.ModelInferResponse.DESCRIPTOR.fields_by_name["id"].number << 3 | 2)
+
+
+def response_to_wire(response: InferResponse) -> bytes:
+    """The serialized response. With a ``wire``, those bytes followed by the response's ``id`` and
+    ``parameters`` (protobuf merges a message's later fields over its earlier ones: scalars are
+    replaced, map entries added or replaced), so the outputs are never encoded again."""
+    if response.wire is None:
+        return response_to_proto(response).SerializeToString()
+    head = pb.ModelInferResponse()
+    parameters_to_proto(response.parameters, head.parameters)
+    ident = response.id.encode("utf-8")
+    return b"".join((response.wire, _RESPONSE_ID_TAG, _varint(len(ident)), ident, head.SerializeToString()))

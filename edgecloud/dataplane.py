@@ -1,11 +1,18 @@
 """The transport-independent core every server's gRPC and HTTP fronts call.
 
-Contract: ``infer`` resolves the model (NOT_FOUND), validates the request against its metadata
-(INVALID_ARGUMENT) before the model sees it, runs it, and returns only the requested outputs (all
-when none are named). Errors are ``InferenceError``s; fronts map them with ``edgecloud.status``.
+Contract of an ``InferenceDataplane`` (the edge agent's and the cloud worker's ``Dataplane``, the
+gateway's ``GatewayDataplane``): it takes and returns edgecloud's own types, never protobuf or
+JSON. ``infer`` resolves the model (NOT_FOUND), validates the request against its metadata
+(INVALID_ARGUMENT) before anything runs, and returns only the requested outputs (all when none
+are named). Failures are ``InferenceError``s, which the fronts map with ``edgecloud.status``.
+``set_ready`` is how the server's lifecycle says it accepts requests (after start, until stop).
+
+``Dataplane`` is the implementation over a ``ModelRepository`` (edge agent, cloud worker).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from edgecloud.admission import Admission
 from edgecloud.limits import RequestLimits
@@ -13,10 +20,35 @@ from edgecloud.model import Model, ModelRepository
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 from edgecloud.validation import validate_request
 
+__all__ = ["Dataplane", "InferenceDataplane", "PROTOCOL_EXTENSIONS"]
+
 PROTOCOL_EXTENSIONS = ("model_repository_readonly",)
 
 
+class InferenceDataplane(Protocol):
+    """What the shared fronts (``edgecloud.grpc_server``, ``edgecloud.http_front``) serve."""
+
+    limits: RequestLimits
+    """Bounds the fronts apply while decoding, before the dataplane sees a request."""
+
+    def set_ready(self, ready: bool) -> None: ...
+
+    def live(self) -> bool: ...
+
+    def ready(self) -> bool: ...
+
+    def server_metadata(self) -> ServerMetadata: ...
+
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
+
+    async def model_ready(self, name: str, version: str = "") -> bool: ...
+
+    async def infer(self, request: InferRequest, /) -> InferResponse: ...
+
+
 class Dataplane:
+    """``InferenceDataplane`` over the models of one process."""
+
     def __init__(self, repository: ModelRepository, server: ServerMetadata, limits: RequestLimits,
                  admission: Admission | None = None):
         self.repository = repository
@@ -37,10 +69,10 @@ class Dataplane:
     def server_metadata(self) -> ServerMetadata:
         return self.server
 
-    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         return self.repository.get(name, version).metadata
 
-    def model_ready(self, name: str, version: str = "") -> bool:
+    async def model_ready(self, name: str, version: str = "") -> bool:
         return self._ready and self.repository.get(name, version).ready()
 
     def prepare(self, request: InferRequest) -> Model:
@@ -55,6 +87,7 @@ class Dataplane:
         if request.outputs:
             wanted = {output.name for output in request.outputs}
             response.outputs = [tensor for tensor in response.outputs if tensor.name in wanted]
+            response.wire = None
         response.id = request.id
         return response
 

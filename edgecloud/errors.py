@@ -9,6 +9,7 @@ module imports no transport or web framework.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class ErrorKind(enum.Enum):
@@ -25,6 +26,45 @@ class ErrorKind(enum.Enum):
     UNIMPLEMENTED = "unimplemented"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTERNAL = "internal"
+
+    @property
+    def retryable(self) -> bool:
+        """Another backend (or a later attempt) may answer what failed with this kind."""
+        return KIND_TRAITS[self].retryable
+
+    @property
+    def backend_fault(self) -> bool:
+        """The failure says something is wrong with the backend itself: it counts against that
+        backend's health (marked down, outlier ejection), not against the request."""
+        return KIND_TRAITS[self].backend_fault
+
+
+@dataclass(frozen=True, slots=True)
+class KindTraits:
+    retryable: bool
+    backend_fault: bool
+
+
+KIND_TRAITS: dict[ErrorKind, KindTraits] = {
+    # The request itself is at fault: every backend would answer the same.
+    ErrorKind.INVALID_ARGUMENT: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.NOT_FOUND: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.RESOURCE_EXHAUSTED: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.FAILED_PRECONDITION: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.UNAUTHENTICATED: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.PERMISSION_DENIED: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.UNIMPLEMENTED: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: KindTraits(retryable=False, backend_fault=False),
+    # A healthy backend that is busy: try another, but do not hold it against this one.
+    ErrorKind.OVERLOADED: KindTraits(retryable=True, backend_fault=False),
+    ErrorKind.CANCELLED: KindTraits(retryable=True, backend_fault=False),
+    # The backend failed, could not be reached, or did not answer in time.
+    ErrorKind.UNAVAILABLE: KindTraits(retryable=True, backend_fault=True),
+    ErrorKind.DEADLINE_EXCEEDED: KindTraits(retryable=True, backend_fault=True),
+    ErrorKind.INTERNAL: KindTraits(retryable=True, backend_fault=True),
+}
+"""Whether each kind may be retried elsewhere and whether it counts against a backend: the one
+place routing and failover ask (never a set of status codes)."""
 
 
 MAX_ECHO = 256
@@ -45,6 +85,14 @@ class InferenceError(Exception):
         self.field = field
         self.retry_after_s = retry_after_s
         super().__init__(self.message)
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind.retryable
+
+    @property
+    def backend_fault(self) -> bool:
+        return self.kind.backend_fault
 
 
 class InvalidArgument(InferenceError):
@@ -121,6 +169,6 @@ _BY_KIND: dict[ErrorKind, type[InferenceError]] = {
 }
 
 
-def error_for_kind(kind: ErrorKind, message: str) -> InferenceError:
+def error_for_kind(kind: ErrorKind, message: str, *, retry_after_s: float | None = None) -> InferenceError:
     """Build the typed error for a kind (used when translating an upstream status)."""
-    return _BY_KIND[kind](message)
+    return _BY_KIND[kind](message, retry_after_s=retry_after_s)

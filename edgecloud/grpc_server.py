@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -20,8 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgecloud import codec
-from edgecloud.dataplane import Dataplane
+from edgecloud.dataplane import InferenceDataplane
 from edgecloud.errors import InferenceError, InvalidArgument
+from edgecloud.rpc_errors import RETRY_AFTER_KEY
 from edgecloud.status import grpc_code
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
@@ -29,6 +30,7 @@ from protos import inference_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 MAX_DEADLINE_S = 86_400.0
+DEFAULT_TENANT = "default"
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
@@ -38,6 +40,8 @@ class Undecodable:
 
 
 UNDECODABLE = Undecodable()
+RAW_METHODS = frozenset({"ModelInfer"})
+"""Methods whose handlers take and return serialized messages (decoded once, by the codec)."""
 
 
 def _safe_deserializer(message_class) -> Callable[[bytes], object]:
@@ -52,18 +56,27 @@ def _safe_deserializer(message_class) -> Callable[[bytes], object]:
 
 def add_inference_servicer(servicer: pb_grpc.GRPCInferenceServiceServicer, server: grpc.aio.Server) -> None:
     """Register the Open Inference Protocol methods of ``servicer`` (what the generated
-    ``add_GRPCInferenceServiceServicer_to_server`` does, with decode failures kept in our hands)."""
+    ``add_GRPCInferenceServiceServicer_to_server`` does, with decoding kept in our hands: the
+    ``RAW_METHODS`` handlers get the request's bytes and return the response's bytes)."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {}
     for method in service.methods:
-        request_class = getattr(pb, method.input_type.name)
-        response_class = getattr(pb, method.output_type.name)
+        handler = getattr(servicer, method.name)
+        if method.name in RAW_METHODS:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler)
+            continue
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
-            request_deserializer=_safe_deserializer(request_class),
-            response_serializer=response_class.SerializeToString,
+            handler,
+            request_deserializer=_safe_deserializer(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: InferenceError) -> None:
+    """End the call with ``exc``'s status, message and retry hint (trailer ``retry-after``)."""
+    metadata = ((RETRY_AFTER_KEY, f"{exc.retry_after_s:.3f}"),) if exc.retry_after_s else ()
+    await context.abort(grpc_code(exc.kind), exc.message, trailing_metadata=metadata)
 
 
 def translate_errors(method: Callable) -> Callable:
@@ -76,8 +89,7 @@ def translate_errors(method: Callable) -> Callable:
                 raise InvalidArgument("is not a valid Open Inference Protocol message", field="request")
             return await method(self, request, context)
         except InferenceError as exc:
-            metadata = (("retry-after", f"{exc.retry_after_s:.3f}"),) if exc.retry_after_s else ()
-            await context.abort(grpc_code(exc.kind), exc.message, trailing_metadata=metadata)
+            await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
@@ -94,11 +106,24 @@ def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + min(remaining, MAX_DEADLINE_S)
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Open Inference Protocol over gRPC; holds no logic of its own."""
+Authenticate = Callable[[Mapping[str, str]], str]
+"""Credentials (request headers / gRPC metadata) -> tenant; raises ``Unauthenticated``."""
 
-    def __init__(self, dataplane: Dataplane):
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Open Inference Protocol over gRPC for any ``InferenceDataplane``; holds no logic of its own.
+
+    With ``authenticate``, every method but the two server health checks needs credentials, and
+    the tenant they name travels with each request."""
+
+    def __init__(self, dataplane: InferenceDataplane, authenticate: Authenticate | None = None):
         self.dataplane = dataplane
+        self._authenticate = authenticate
+
+    def _tenant(self, context: grpc.aio.ServicerContext) -> str:
+        if self._authenticate is None:
+            return DEFAULT_TENANT
+        return self._authenticate(dict(context.invocation_metadata() or ()))
 
     @translate_errors
     async def ServerLive(self, request, context):
@@ -110,22 +135,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @translate_errors
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+        self._tenant(context)
+        return pb.ModelReadyResponse(ready=await self.dataplane.model_ready(request.name, request.version))
 
     @translate_errors
     async def ServerMetadata(self, request, context):
+        self._tenant(context)
         return codec.server_metadata_to_proto(self.dataplane.server_metadata())
 
     @translate_errors
     async def ModelMetadata(self, request, context):
-        return codec.model_metadata_to_proto(self.dataplane.model_metadata(request.name, request.version))
+        self._tenant(context)
+        return codec.model_metadata_to_proto(await self.dataplane.model_metadata(request.name, request.version))
 
     @translate_errors
-    async def ModelInfer(self, request, context):
-        decoded = codec.request_from_proto(request, self.dataplane.limits)
+    async def ModelInfer(self, request: bytes, context):
+        tenant = self._tenant(context)
+        decoded = codec.request_from_wire(request, self.dataplane.limits)
         decoded.deadline = request_deadline(context)
-        response = await self.dataplane.infer(decoded)
-        return codec.response_to_proto(response)
+        decoded.tenant = tenant
+        return codec.response_to_wire(await self.dataplane.infer(decoded))
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -200,9 +229,10 @@ class GrpcServer:
             await self._server.wait_for_termination()
 
 
-def inference_server(dataplane: Dataplane, **kwargs) -> GrpcServer:
+def inference_server(dataplane: InferenceDataplane, *, authenticate: Authenticate | None = None,
+                     **kwargs) -> GrpcServer:
     """A ``GrpcServer`` serving the Open Inference Protocol over ``dataplane``."""
-    servicer = InferenceServicer(dataplane)
+    servicer = InferenceServicer(dataplane, authenticate)
     return GrpcServer(
         lambda server: add_inference_servicer(servicer, server),
         [INFERENCE_SERVICE],

@@ -22,12 +22,10 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
@@ -41,11 +39,11 @@ from edgecloud.errors import (
     ResourceExhausted,
     UnsupportedMediaType,
 )
-from edgecloud.limits import RequestLimits
+from edgecloud.dataplane import InferenceDataplane
 from edgecloud.status import http_status
-from edgecloud.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
+from edgecloud.types import InferResponse
 
-__all__ = ["DataplaneLike", "RestFront", "TIMEOUT_HEADER"]
+__all__ = ["RestFront", "TIMEOUT_HEADER"]
 
 log = logging.getLogger(__name__)
 
@@ -55,29 +53,6 @@ TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 """Request header: how long the client will wait, in milliseconds."""
 _INFER_TYPES = frozenset({JSON, OCTET_STREAM})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class DataplaneLike(Protocol):
-    """What the REST front needs from the core (``edgecloud.dataplane.Dataplane`` is one)."""
-
-    limits: RequestLimits
-
-    def live(self) -> bool: ...
-
-    def ready(self) -> bool: ...
-
-    def server_metadata(self) -> ServerMetadata: ...
-
-    def model_metadata(self, name: str, version: str = "") -> ModelMetadata | Awaitable[ModelMetadata]: ...
-
-    def model_ready(self, name: str, version: str = "") -> bool | Awaitable[bool]: ...
-
-    async def infer(self, request: InferRequest, /) -> InferResponse: ...
-
-
-async def _resolve(value):
-    """Dataplanes may answer metadata synchronously (edge, cloud) or asynchronously (gateway)."""
-    return await value if inspect.isawaitable(value) else value
 
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
@@ -147,7 +122,7 @@ class RestFront:
 
     def __init__(
         self,
-        dataplane: DataplaneLike,
+        dataplane: InferenceDataplane,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -208,6 +183,10 @@ class RestFront:
         self.port = site.port
         return self.port
 
+    def set_stopping(self) -> None:
+        """Report not ready from now on (the server is about to stop)."""
+        self._stopping = True
+
     async def stop(self, grace: float = 5.0) -> None:
         """Not ready, stop accepting, drain in-flight requests for ``grace`` seconds, close."""
         runner, self._runner = self._runner, None
@@ -242,7 +221,7 @@ class RestFront:
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         match = request.match_info
-        ready = await _resolve(self.dataplane.model_ready(match["name"], match.get("version", "")))
+        ready = await self.dataplane.model_ready(match["name"], match.get("version", ""))
         return _flag(not self._stopping and ready)
 
     async def _server_metadata(self, request: web.Request) -> web.Response:
@@ -251,7 +230,7 @@ class RestFront:
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
         match = request.match_info
-        meta = await _resolve(self.dataplane.model_metadata(match["name"], match.get("version", "")))
+        meta = await self.dataplane.model_metadata(match["name"], match.get("version", ""))
         return web.Response(body=json_codec.model_metadata_to_json(meta), content_type=JSON)
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -1,8 +1,14 @@
-"""Running servers until a signal: the one owner of SIGINT/SIGTERM.
+"""Starting and stopping a server's parts in order, and running until a signal.
 
-Contract: ``run_until_signal(components, grace_s)`` starts each component in order (each has
-``async start()`` and ``async stop(grace)``), waits for SIGINT or SIGTERM (or ``stop_event``), then
-stops them in reverse order; a failure stopping one is logged and the others still stop.
+Contract:
+- ``Lifecycle`` starts steps in order (``await lifecycle.start(name, start, stop)``); when a start
+  fails, the steps already started are stopped in reverse and the failure propagates.
+  ``stop(grace)`` stops every started step in reverse order, each one even when an earlier one
+  failed, and then raises what failed (one error as itself, several as an ``ExceptionGroup``).
+  Each step's ``stop`` takes the grace period in seconds. Stopping twice does nothing.
+- ``run_until_signal(components, grace_s)`` starts each component (``async start()`` /
+  ``async stop(grace)``), waits for SIGINT or SIGTERM (or ``stop_event``), then stops them in
+  reverse: the one owner of the signal handlers.
 """
 
 from __future__ import annotations
@@ -10,10 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+__all__ = ["Component", "Lifecycle", "configure_logging", "run_until_signal"]
+
 log = logging.getLogger(__name__)
+
+Stop = Callable[[float], Awaitable[None]]
 
 
 class Component(Protocol):
@@ -22,12 +32,47 @@ class Component(Protocol):
     async def stop(self, grace: float) -> None: ...
 
 
-async def stop_all(components: Sequence[Component], grace_s: float) -> None:
-    for component in reversed(components):
+class Lifecycle:
+    def __init__(self, name: str):
+        self.name = name
+        self._started: list[tuple[str, Stop]] = []
+
+    @property
+    def started(self) -> bool:
+        return bool(self._started)
+
+    async def start(self, step: str, start: Callable[[], Awaitable[object]], stop: Stop) -> object:
+        """Run ``start``; once it succeeded, ``stop`` belongs to the lifecycle. A failed start
+        undoes every step before it (with no grace) and re-raises."""
         try:
-            await component.stop(grace_s)
-        except Exception:
-            log.exception("error while stopping %s", type(component).__name__)
+            result = await start()
+        except BaseException:
+            try:
+                await self.stop(0.0)
+            except Exception:
+                log.exception("%s: undoing a failed start of %s failed too", self.name, step)
+            raise
+        self._started.append((step, stop))
+        return result
+
+    def add(self, step: str, stop: Stop) -> None:
+        """A step with nothing to start, only something to stop (a flag to lower, ...)."""
+        self._started.append((step, stop))
+
+    async def stop(self, grace: float) -> None:
+        errors: list[Exception] = []
+        while self._started:
+            step, stop = self._started.pop()
+            try:
+                await stop(grace)
+            except Exception as exc:
+                log.error("%s: stopping %s failed: %s: %s", self.name, step, type(exc).__name__, exc)
+                exc.add_note(f"while stopping {self.name}: {step}")
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup(f"stopping {self.name}", errors)
 
 
 async def run_until_signal(components: Sequence[Component], grace_s: float, *,
@@ -37,11 +82,10 @@ async def run_until_signal(components: Sequence[Component], grace_s: float, *,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    started: list[Component] = []
+    lifecycle = Lifecycle("process")
     try:
         for component in components:
-            await component.start()
-            started.append(component)
+            await lifecycle.start(type(component).__name__, component.start, component.stop)
         if on_started is not None:
             on_started()
         await stop.wait()
@@ -49,7 +93,7 @@ async def run_until_signal(components: Sequence[Component], grace_s: float, *,
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await stop_all(started, grace_s)
+        await lifecycle.stop(grace_s)
 
 
 def configure_logging(level: str = "INFO") -> None:

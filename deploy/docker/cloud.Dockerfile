@@ -26,6 +26,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos/ protos/
 COPY edgecloud/ edgecloud/
+COPY edgecloud_tools/ edgecloud_tools/
 COPY edge_agent/ edge_agent/
 COPY cloud_worker/ cloud_worker/
 COPY gateway/ gateway/

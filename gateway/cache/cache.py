@@ -6,7 +6,7 @@ Contract (``GatewayCache.serve(request, compute)``):
   breaker, corrupt or foreign value, or even a bug in key building, degrades to ``compute()``;
   errors a request gets are only ever ``compute()``'s own (or UNAVAILABLE while the gateway stops
   with the request's shared compute still running).
-- Hit: one GET, the envelope checked, ``ModelInferResponse`` parsed; the answer is returned with
+- Hit: one GET, the envelope checked, the response decoded; the answer is returned with
   ``served_by="cache"``, reason ``cache_hit``, the caller's request ``id``, and the
   ``cache_source`` parameter (``edge`` or ``cloud``). Outputs are bit-identical to the stored answer.
 - Quality: a request asking for ``quality="cloud"`` treats an entry the edge produced as a miss;
@@ -17,7 +17,9 @@ Contract (``GatewayCache.serve(request, compute)``):
   a refresh never downgrades an entry to an edge answer. A new model version reads no old entry:
   the resolved version is part of the key.
 - Single-flight: concurrent identical misses (same key and quality) in this process cause one
-  ``compute()``; the others wait for it. The compute runs as its own task, so the leader's client
+  ``compute()``; the others wait for it and are answered with the leader's ``served_by`` and
+  ``route_reason="coalesced"`` (a request that joins a flight already finished, whose answer is
+  being stored, is answered as a hit). The compute runs as its own task, so the leader's client
   leaving does not cancel it and the followers still get the answer. Followers share the leader's
   outcome, error included — except ``DeadlineExceeded``, which is the leader's deadline, not
   theirs: followers then run one more flight with their own ``compute`` (and their own deadline).
@@ -37,11 +39,14 @@ Contract (``GatewayCache.serve(request, compute)``):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+
+from edgecloud.codec import response_from_wire, response_to_wire
 
 from edgecloud.clock import Clock, MonotonicClock
 from edgecloud.errors import DeadlineExceeded, Unavailable
@@ -53,18 +58,19 @@ from gateway.cache.keys import EXCLUDED_PARAMETERS, cache_key, uncacheable
 from gateway.cache.lru import LruBackend
 from gateway.cache.redis_backend import RedisBackend
 from gateway.cache.settings import CacheSettings
-from gateway.cache.singleflight import SingleFlight
+from gateway.singleflight import SingleFlight
 from gateway.cache.writer import BackgroundWriter
-from gateway.cache_api import CACHE_SOURCE, CacheRequest, Served
+from gateway.cache.api import CACHE_SOURCE, CacheRequest, Served
 from gateway.metrics import CacheMetrics
-from protos import inference_pb2 as pb
 
-__all__ = ["CACHE_HIT", "GatewayCache"]
+__all__ = ["CACHE_HIT", "COALESCED", "GatewayCache"]
 
 log = logging.getLogger(__name__)
 
 CACHE_HIT = "cache_hit"
 """``route_reason`` of an answer served from the cache."""
+COALESCED = "coalesced"
+"""``route_reason`` of an answer shared from another request's computation, still in flight."""
 SERVED_BY_CACHE = "cache"
 
 Compute = Callable[[], Awaitable[Served]]
@@ -72,20 +78,20 @@ Compute = Callable[[], Awaitable[Served]]
 
 @dataclass(frozen=True, slots=True)
 class _Computed:
-    """One flight's outcome: the leader's ``Served`` and its serialized response."""
+    """One flight's outcome: the leader's ``Served`` and its serialized response (without an id)."""
 
     served: Served
     body: bytes
     provenance: Provenance | None
 
-    def for_follower(self, msg: pb.ModelInferRequest, finished: bool) -> Served:
+    def for_follower(self, request_id: str, finished: bool) -> Served:
         """A private copy for another request; one that joined after the compute ended is a hit."""
-        response = pb.ModelInferResponse.FromString(self.body)
-        response.id = msg.id
+        response = response_from_wire(self.body)
+        response.id = request_id
         if finished and self.provenance is not None:
-            response.parameters[CACHE_SOURCE].string_param = self.provenance.label
+            response.parameters[CACHE_SOURCE] = self.provenance.label
             return Served(response, SERVED_BY_CACHE, CACHE_HIT)
-        return Served(response, self.served.served_by, self.served.reason)
+        return Served(response, self.served.served_by, COALESCED)
 
 
 class GatewayCache:
@@ -253,11 +259,11 @@ class GatewayCache:
 
     async def serve(self, request: CacheRequest, compute: Compute) -> Served:
         backend = self._backend
-        msg = request.msg
+        decoded = request.request
         settings = self.settings
-        if backend is None or not settings.model_enabled(msg.model_name):
+        if backend is None or not settings.model_enabled(decoded.model_name):
             return await compute()
-        if request.bypass or uncacheable(msg):
+        if request.bypass or uncacheable(request):
             self._m_bypass.inc()
             return await compute()
         try:
@@ -281,8 +287,8 @@ class GatewayCache:
                             entry.provenance is Provenance.EDGE or request.require_cloud):
                         self._refresh(key, digest, request, compute)
                     response = entry.response
-                    response.id = msg.id
-                    response.parameters[CACHE_SOURCE].string_param = entry.provenance.label
+                    response.id = decoded.id
+                    response.parameters[CACHE_SOURCE] = entry.provenance.label
                     return Served(response, SERVED_BY_CACHE, CACHE_HIT)
         return await self._compute_shared(key, digest, request, compute)
 
@@ -339,7 +345,7 @@ class GatewayCache:
 
     async def _compute_shared(self, key: str, digest: bytes, request: CacheRequest, compute: Compute) -> Served:
         flight_key = (digest, request.require_cloud)
-        ttl_s = self.settings.ttl_s(request.msg.model_name)
+        ttl_s = self.settings.ttl_s(request.request.model_name)
         for attempt in (1, 2):
             task, leader = self._flights.join(flight_key, lambda: self._fill(flight_key, key, digest, ttl_s, compute))
             finished = task.done()
@@ -355,13 +361,13 @@ class GatewayCache:
                 if task.cancelled() and current is not None and not current.cancelling():
                     raise Unavailable("the gateway is shutting down") from None
                 raise
-            return computed.served if leader else computed.for_follower(request.msg, finished)
+            return computed.served if leader else computed.for_follower(request.request.id, finished)
         raise AssertionError("unreachable")
 
     def _refresh(self, key: str, digest: bytes, request: CacheRequest, compute: Compute) -> None:
         """Start one background recompute of a hot entry near expiry (XFetch)."""
         flight_key = (digest, request.require_cloud)
-        ttl_s = self.settings.ttl_s(request.msg.model_name)
+        ttl_s = self.settings.ttl_s(request.request.model_name)
         _, leader = self._flights.join(flight_key, lambda: self._fill(flight_key, key, digest, ttl_s, compute))
         if leader:
             self._metrics.early_refreshes.inc()
@@ -371,7 +377,7 @@ class GatewayCache:
         started = self._clock.now()
         served = await compute()
         compute_s = self._clock.now() - started
-        body = served.response.SerializeToString()
+        body = response_to_wire(dataclasses.replace(served.response, id=""))
         provenance = Provenance.of(served.served_by)
         computed = _Computed(served, body, provenance)
 

@@ -28,9 +28,9 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
-from protos import inference_pb2 as pb
+from edgecloud.codec import response_from_wire
+from edgecloud.errors import InferenceError
+from edgecloud.types import InferResponse
 
 __all__ = ["HEADER", "MAGIC", "VERSION", "CorruptEntry", "Entry", "Provenance", "decode", "encode"]
 
@@ -64,7 +64,8 @@ class CorruptEntry(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    response: pb.ModelInferResponse
+    response: InferResponse
+    """Decoded, with the stored bytes as its ``wire`` (a front sends them without encoding again)."""
     provenance: Provenance
     created_at: float
     expires_at: float
@@ -92,13 +93,13 @@ def decode(value: bytes, digest: bytes) -> Entry:
         raise CorruptEntry(f"unknown provenance {provenance}")
     if length != len(value) - HEADER.size:
         raise CorruptEntry(f"body is {len(value) - HEADER.size} bytes, header says {length}")
-    body = memoryview(value)[HEADER.size:]
+    body = value[HEADER.size:]
     if zlib.crc32(body) != crc:
         raise CorruptEntry("body checksum mismatch")
     if owner != digest[:8]:
         raise CorruptEntry("entry was written under another key")
     try:
-        response = pb.ModelInferResponse.FromString(body)
-    except DecodeError as exc:
-        raise CorruptEntry(f"body is not a ModelInferResponse: {exc}") from None
+        response = response_from_wire(body)
+    except InferenceError as exc:
+        raise CorruptEntry(f"body is not a valid ModelInferResponse: {exc.message}") from None
     return Entry(response, Provenance(provenance), created_at, expires_at, compute_s)

@@ -4,12 +4,12 @@ the answer.
 Contract for ``cache_key(request, ignored)``:
 - Covered: the tenant, model name, the *resolved* model version (``CacheRequest.model_version``,
   so a new version never reads an older version's entries), every input's name, datatype, shape
-  and raw bytes, every input's parameters, the requested outputs in request order with their
-  parameters, and the request parameters.
-- Canonical: inputs are taken in name order (names are unique; order does not change the answer);
-  typed ``contents`` are converted to the protocol's raw little-endian form, so a tensor sent typed
-  and the same tensor sent in ``raw_input_contents`` share a key; integers are keyed by value
-  whether sent as int64 or uint64; parameters are keyed in name order.
+  and data, every input's parameters, the keyed outputs (``CacheRequest.keyed_outputs``) in
+  request order with their parameters, and the request parameters.
+- Canonical: computed from the decoded tensors, so a tensor sent as typed contents, as raw bytes
+  or as JSON shares a key; numeric data is hashed in its little-endian storage form, BYTES elements
+  as the protocol's length-prefixed raw form; inputs are taken in name order (names are unique;
+  order does not change the answer); parameters are keyed in name order, integers by value.
 - Unambiguous: every variable-length field is prefixed by its length and every list by its count,
   so no two different requests encode to the same byte string (``[2, 3]`` and ``[3, 2]`` over the
   same bytes differ, as do ``"ab" + "c"`` and ``"a" + "bc"``).
@@ -19,7 +19,7 @@ Contract for ``cache_key(request, ignored)``:
   ``binary_data``, ``binary_data_output``: how tensors travel, not what they are); and the
   scheduling-only ``priority`` and ``timeout``. Any other parameter is part of the key, so an
   unknown parameter can only cost hits, never return a wrong answer.
-- ``uncacheable(msg)`` is true for stateful (sequence) requests, whose answer depends on state
+- ``uncacheable(request)`` is true for stateful (sequence) requests, whose answer depends on state
   the key cannot see.
 ``InvalidArgument``-class problems were refused before the cache is asked; this module assumes a
 validated request.
@@ -33,15 +33,14 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from edgecloud.codec import serialize_bytes
 from edgecloud.datatypes import DATATYPES
 from edgecloud.json_codec import TRANSPORT_PARAMETERS
-from gateway.cache_api import NO_CACHE_PARAMETER, QUALITY_PARAMETER, CacheRequest
-from protos import inference_pb2 as pb
+from edgecloud.types import ParameterValue
+from gateway.cache.api import NO_CACHE_PARAMETER, QUALITY_PARAMETER, CacheRequest
 
-__all__ = ["EXCLUDED_PARAMETERS", "KEY_DOMAIN", "SEQUENCE_PARAMETERS", "cache_key", "canonical_raw", "uncacheable"]
+__all__ = ["EXCLUDED_PARAMETERS", "KEY_DOMAIN", "SEQUENCE_PARAMETERS", "cache_key", "uncacheable"]
 
-KEY_DOMAIN = b"edgecloud/result-cache-key/v1"
+KEY_DOMAIN = b"edgecloud/result-cache-key/v2"
 """Versions the encoding: changing the encoding changes this, so old and new keys never meet."""
 CACHE_CONTROL_PARAMETERS = frozenset({NO_CACHE_PARAMETER, QUALITY_PARAMETER})
 SCHEDULING_PARAMETERS = frozenset({"priority", "timeout"})
@@ -53,87 +52,84 @@ SEQUENCE_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end"
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
+_NO_PARAMETERS = _U32.pack(0)
 
 
-def _put(parts: list[bytes], data: bytes) -> None:
-    parts.append(_U64.pack(len(data)))
-    parts.append(data)
+def _update(digest, data: bytes) -> None:
+    digest.update(_U64.pack(len(data)))
+    digest.update(data)
 
 
-def _put_str(parts: list[bytes], text: str) -> None:
-    _put(parts, text.encode("utf-8"))
+def _update_str(digest, text: str) -> None:
+    _update(digest, text.encode("utf-8"))
 
 
-def _parameter_value(value: pb.InferParameter) -> bytes:
-    choice = value.WhichOneof("parameter_choice")
-    if choice == "bool_param":
-        return b"b\x01" if value.bool_param else b"b\x00"
-    if choice == "int64_param":
-        return b"i" + str(value.int64_param).encode()
-    if choice == "uint64_param":
-        return b"i" + str(value.uint64_param).encode()
-    if choice == "double_param":
-        return b"d" + _F64.pack(value.double_param)
-    if choice == "string_param":
-        return b"s" + value.string_param.encode("utf-8")
-    return b"n"
+def _parameter_value(value: ParameterValue) -> bytes:
+    if isinstance(value, bool):
+        return b"b\x01" if value else b"b\x00"
+    if isinstance(value, int):
+        return b"i" + str(value).encode()
+    if isinstance(value, float):
+        return b"d" + _F64.pack(value)
+    return b"s" + str(value).encode("utf-8")
 
 
-def _put_parameters(parts: list[bytes], params: Mapping[str, pb.InferParameter], ignored: frozenset[str]) -> None:
+def _update_parameters(digest, params: Mapping[str, ParameterValue], ignored: frozenset[str]) -> None:
     if not params:  # the common case: no map iteration at all
-        parts.append(b"\x00\x00\x00\x00")
+        digest.update(_NO_PARAMETERS)
         return
     names = sorted(name for name in params if name not in ignored)
-    parts.append(_U32.pack(len(names)))
+    digest.update(_U32.pack(len(names)))
     for name in names:
-        _put_str(parts, name)
-        _put(parts, _parameter_value(params[name]))
+        _update_str(digest, name)
+        _update(digest, _parameter_value(params[name]))
 
 
-def canonical_raw(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
-    """The raw little-endian bytes of a tensor sent as typed ``contents`` (the protocol's raw form)."""
-    info = DATATYPES[tensor.datatype]
-    if info.contents_field is None:
-        raise ValueError(f"{tensor.datatype} has no typed contents")
-    values = getattr(tensor.contents, info.contents_field)
-    if info.name == "BYTES":
-        return serialize_bytes(values)
-    return np.asarray(values, dtype=info.numpy_dtype).tobytes()
+def _update_shape(digest, shape: Iterable[int]) -> None:
+    dims = tuple(shape)
+    digest.update(_U32.pack(len(dims)))
+    digest.update(struct.pack(f"<{len(dims)}q", *dims))
 
 
-def _put_shape(parts: list[bytes], shape: Iterable[int]) -> None:
-    dims = list(shape)
-    parts.append(_U32.pack(len(dims)))
-    parts.append(struct.pack(f"<{len(dims)}q", *dims))
+def _update_data(digest, datatype: str, data: np.ndarray) -> None:
+    if datatype == "BYTES":
+        items = data.reshape(-1)
+        digest.update(_U64.pack(sum(4 + len(item) for item in items)))
+        for item in items:
+            digest.update(_U32.pack(len(item)))
+            digest.update(item)
+        return
+    storage = DATATYPES[datatype].numpy_dtype
+    array = data if data.dtype == storage and data.flags.c_contiguous else np.ascontiguousarray(data, storage)
+    digest.update(_U64.pack(array.nbytes))
+    digest.update(memoryview(array).cast("B"))
 
 
 def cache_key(request: CacheRequest, ignored: frozenset[str] = EXCLUDED_PARAMETERS) -> bytes:
     """The 32-byte SHA-256 digest that identifies ``request``'s answer (see the module contract)."""
-    msg = request.msg
-    parts: list[bytes] = [KEY_DOMAIN]
-    _put_str(parts, request.tenant)
-    _put_str(parts, msg.model_name)
-    _put_str(parts, request.model_version)
-    raw = msg.raw_input_contents
-    inputs = msg.inputs
-    order = range(len(inputs)) if len(inputs) == 1 else sorted(range(len(inputs)), key=lambda i: inputs[i].name)
-    parts.append(_U32.pack(len(inputs)))
-    for index in order:
-        tensor = inputs[index]
-        _put_str(parts, tensor.name)
-        _put_str(parts, tensor.datatype)
-        _put_shape(parts, tensor.shape)
-        _put_parameters(parts, tensor.parameters, ignored)
-        _put(parts, raw[index] if raw else canonical_raw(tensor))
-    parts.append(_U32.pack(len(msg.outputs)))
-    for output in msg.outputs:
-        _put_str(parts, output.name)
-        _put_parameters(parts, output.parameters, ignored)
-    _put_parameters(parts, msg.parameters, ignored)
-    return hashlib.sha256(b"".join(parts)).digest()
+    decoded = request.request
+    digest = hashlib.sha256(KEY_DOMAIN)
+    _update_str(digest, decoded.tenant)
+    _update_str(digest, decoded.model_name)
+    _update_str(digest, request.model_version)
+    inputs = decoded.inputs
+    ordered = inputs if len(inputs) == 1 else sorted(inputs, key=lambda tensor: tensor.name)
+    digest.update(_U32.pack(len(inputs)))
+    for tensor in ordered:
+        _update_str(digest, tensor.name)
+        _update_str(digest, tensor.datatype)
+        _update_shape(digest, tensor.shape)
+        _update_parameters(digest, tensor.parameters, ignored)
+        _update_data(digest, tensor.datatype, tensor.data)
+    digest.update(_U32.pack(len(request.keyed_outputs)))
+    for output in request.keyed_outputs:
+        _update_str(digest, output.name)
+        _update_parameters(digest, output.parameters, ignored)
+    _update_parameters(digest, decoded.parameters, ignored)
+    return digest.digest()
 
 
-def uncacheable(msg: pb.ModelInferRequest) -> bool:
+def uncacheable(request: CacheRequest) -> bool:
     """True when the answer depends on state outside the request (sequence/stateful models)."""
-    params = msg.parameters
+    params = request.request.parameters
     return bool(params) and any(name in params for name in SEQUENCE_PARAMETERS)

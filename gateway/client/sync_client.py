@@ -20,7 +20,7 @@ from gateway.client.calls import REFERENCE_MODEL, Call, Calls
 from gateway.client.inputs import InputValue
 from gateway.client.results import EmbedResult, InferResult
 from gateway.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
-from gateway.client.rpc_errors import translate_rpc_errors
+from edgecloud.rpc_errors import translate_rpc_errors
 from gateway.client.settings import DEFAULT_MAX_MESSAGE_BYTES, ClientSettings, MetadataArg
 from gateway.client.tls import TlsOptions
 from protos import inference_pb2_grpc as pb_grpc

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from cloud_worker.config import CloudConfig
-from cloud_worker.testing import KeepLoaded
+from tests.support.cloud_fakes import KeepLoaded
 from cloud_worker.worker import CloudWorker
 from protos import inference_pb2_grpc as pb_grpc
 

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud_worker.testing import Gated, embedding_of, text_request
+from tests.support.cloud_fakes import Gated, embedding_of, text_request
 from edgecloud.codec import serialize_bytes
 from protos import inference_pb2 as pb
 

@@ -120,7 +120,7 @@ def test_a_valid_manifest(tmp_path):
 
 
 def test_two_models_with_one_name_and_version_are_refused():
-    from cloud_worker.testing import FakeEmbeddingRuntime
+    from tests.support.cloud_fakes import FakeEmbeddingRuntime
     from cloud_worker.worker import CloudWorker
 
     with pytest.raises(ConfigError) as info:

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud_worker.testing import FakeEmbeddingRuntime, embedding_of, fake_embedding, text_request
+from tests.support.cloud_fakes import FakeEmbeddingRuntime, embedding_of, fake_embedding, text_request
 
 MODEL = "all-MiniLM-L6-v2"
 

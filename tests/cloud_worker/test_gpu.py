@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud_worker.testing import embedding_of, text_request
+from tests.support.cloud_fakes import embedding_of, text_request
 
 TEXTS = ["The cloud worker runs on a GPU.", "hi", "A longer sentence to pad the batch a little more than the others."]
 

@@ -17,7 +17,7 @@ import pytest
 
 import cloud_worker
 from cloud_worker.main import serve
-from cloud_worker.testing import embedding_of, text_request
+from tests.support.cloud_fakes import embedding_of, text_request
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 

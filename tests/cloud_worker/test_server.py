@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cloud_worker.testing import KeepLoaded, embedding_of, text_request
+from tests.support.cloud_fakes import KeepLoaded, embedding_of, text_request
 from protos import inference_pb2 as pb
 
 MODEL = "all-MiniLM-L6-v2"
@@ -136,7 +136,7 @@ async def test_metrics_endpoint_serves_the_worker_s_registry(reference_worker, c
 
 
 async def test_graceful_stop_drains_in_flight_then_refuses(start_worker, connect):
-    from cloud_worker.testing import FakeEmbeddingRuntime
+    from tests.support.cloud_fakes import FakeEmbeddingRuntime
 
     runtime = FakeEmbeddingRuntime(gated=True)
     worker = await start_worker(runtimes=[runtime])
@@ -160,7 +160,7 @@ async def test_graceful_stop_drains_in_flight_then_refuses(start_worker, connect
 
 async def test_workers_share_nothing(start_worker, connect):
     """Scale-out: two workers in one process (own ports, metrics, queues) answer alike."""
-    from cloud_worker.testing import FakeEmbeddingRuntime
+    from tests.support.cloud_fakes import FakeEmbeddingRuntime
 
     a = await start_worker(runtimes=[FakeEmbeddingRuntime()])
     b = await start_worker(runtimes=[FakeEmbeddingRuntime()])
@@ -177,7 +177,7 @@ async def test_workers_share_nothing(start_worker, connect):
 async def test_model_work_never_runs_on_the_event_loop_thread(start_worker, connect):
     import threading
 
-    from cloud_worker.testing import FakeEmbeddingRuntime
+    from tests.support.cloud_fakes import FakeEmbeddingRuntime
 
     threads: dict[str, set[int]] = {"load": set(), "run": set()}
 

@@ -16,7 +16,7 @@ import yaml
 
 from cloud_worker import config as cloud_config
 from edge_agent import config as edge_config
-from edgecloud.cli import CONFIG_KINDS
+from edgecloud_tools.cli import CONFIG_KINDS
 from edgecloud.config import load_config, parse_config
 from gateway import config as gateway_config
 

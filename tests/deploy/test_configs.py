@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgecloud.cli import CONFIG_KINDS, main
+from edgecloud_tools.cli import CONFIG_KINDS, main
 from tests.deploy.conftest import DEPLOY, MODELS, REPO_ROOT, config_kind, load_shipped, shipped_configs
 
 CONFIGS = DEPLOY / "configs"

@@ -370,7 +370,7 @@ def test_gateway_runs_without_any_model_runtime():
     script = (
         "import sys\n"
         + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
-        + "from edgecloud.cli import main\n"
+        + "from edgecloud_tools.cli import main\n"
         "import gateway.main, gateway.server\n"
         "from gateway.config import load_gateway_config\n"
         f"for path in {configs!r}:\n"

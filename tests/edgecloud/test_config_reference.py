@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecloud.config_reference import reference_markdown
+from edgecloud_tools.config_reference import reference_markdown
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.stack import free_port
+from edgecloud_tools.stack import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir):
     url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there: the in-process cache is used
     proc = subprocess.run(
-        [sys.executable, "-m", "edgecloud", "up", "--model-dir", str(model_dir), "--random-ports",
+        [sys.executable, "-m", "edgecloud_tools", "up", "--model-dir", str(model_dir), "--random-ports",
          "--exit-after-ready", "--redis-url", url],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
     )

@@ -32,7 +32,7 @@ from edgecloud.limits import RequestLimits
 from edgecloud.types import InferRequest, ModelMetadata, TensorSpec
 from edgecloud.validation import validate_request
 from gateway.cache.keys import cache_key
-from gateway.cache_api import CacheRequest
+from gateway.cache.api import CacheRequest
 from protos import inference_pb2 as pb
 
 LIMITS = RequestLimits()
@@ -106,8 +106,7 @@ def validate(request: InferRequest, msg: pb.ModelInferRequest | None) -> None:
         except InferenceError as exc:
             _expect(frozenset({ErrorKind.INVALID_ARGUMENT}), exc, "validate_request")
             continue
-        proto = msg if msg is not None else codec.request_to_proto(request)
-        key = cache_key(CacheRequest(proto, "tenant", "1", False, False))
+        key = cache_key(CacheRequest(request, "1", tuple(request.outputs), False, False))
         if len(key) != 32:
             raise Finding(f"cache key of {len(key)} bytes")
 

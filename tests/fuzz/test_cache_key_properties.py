@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from edgecloud import codec, json_codec
 from edgecloud.datatypes import DATATYPES
 from gateway.cache.keys import EXCLUDED_PARAMETERS, cache_key
-from gateway.cache_api import CacheRequest
+from gateway.cache.api import CacheRequest
 from protos import inference_pb2 as pb
 from tests.fuzz.strategies import SMALL, requests
 
@@ -59,7 +59,10 @@ def canonical(tenant: str, version: str, msg: pb.ModelInferRequest) -> tuple:
 
 
 def key(tenant: str, version: str, msg: pb.ModelInferRequest) -> bytes:
-    return cache_key(CacheRequest(msg, tenant, version, False, False))
+    """The key the gateway computes: over the request as the codec decodes it."""
+    request = codec.request_from_proto(msg)
+    request.tenant = tenant
+    return cache_key(CacheRequest(request, version, tuple(request.outputs), False, False))
 
 
 def mutate(tenant: str, version: str, msg: pb.ModelInferRequest, how: str,

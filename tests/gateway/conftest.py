@@ -7,8 +7,8 @@ import time
 import pytest
 
 from bench.load import Outcome, closed_loop
-from edgecloud.fault_proxy import FaultProxy
-from edgecloud.stack import cloud_config, edge_config, free_port, launch, wait_ready
+from edgecloud_tools.fault_proxy import FaultProxy
+from edgecloud_tools.stack import cloud_config, edge_config, free_port, launch, wait_ready
 from gateway.config import GatewayConfig
 from gateway.server import GatewayServer
 

@@ -35,7 +35,7 @@ async def test_serves_from_the_edge_and_says_so(edge_proxy, shared_cloud, start_
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="all-MiniLM-L6-v2"))
         assert meta.inputs[0].name == "text" and (await stub.ServerReady(pb.ServerReadyRequest())).ready
-    exposition, _ = gateway.core.metrics.exposition()
+    exposition, _ = gateway.dataplane.metrics.exposition()
     assert b'edgecloud_gateway_route_decisions_total{reason="edge_fast",route="edge"}' in exposition
 
 
@@ -51,7 +51,7 @@ async def test_bad_input_is_refused_at_the_gateway(edge_proxy, shared_cloud, sta
         await _infer(address, bad)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("inputs[text]")
-    assert gateway.core.metrics.retries.labels("allowed")._value.get() == 0  # never retried
+    assert gateway.dataplane.metrics.retries.labels("allowed")._value.get() == 0  # never retried
 
 
 async def test_slow_edge_moves_traffic_to_cloud_and_back_without_flapping(edge_proxy, shared_cloud, start_gateway):
@@ -62,7 +62,7 @@ async def test_slow_edge_moves_traffic_to_cloud_and_back_without_flapping(edge_p
     gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address],
                                   cloud={"keepalive_time_ms": 600_000}, threshold_ms=3000, recover_probes=5,
                                   probe_interval_ms=100, probe_timeout_ms=30_000)
-    policy = gateway.core.policy
+    policy = gateway.dataplane.policy
     marks = {}
 
     async def scenario(t0):
@@ -112,7 +112,7 @@ async def test_edge_stall_is_bounded_by_hedging(edge_proxy, shared_cloud, start_
         response = await _infer(address, text_request(["stalled edge"]), timeout=10)
         elapsed = loop.time() - start
         # The losing edge call is cancelled, not left waiting on the stalled link.
-        await wait_until(lambda: gateway.core.edge.outstanding == 0)
+        await wait_until(lambda: gateway.dataplane.edge.outstanding == 0)
     finally:
         edge_proxy.unstall()
     assert response.parameters["served_by"].string_param == "cloud"

@@ -11,7 +11,7 @@ import grpc
 import pytest
 import yaml
 
-from edgecloud.stack import free_port, gateway_config, launch, wait_ready
+from edgecloud_tools.stack import free_port, gateway_config, launch, wait_ready
 from gateway.config import load_gateway_config
 from gateway.server import GatewayServer
 from bench.load import text_request
@@ -39,7 +39,7 @@ async def test_file_change_reloads_and_bad_config_keeps_the_old(tmp_path, edge_p
             write(path, config)
             for _ in range(100):
                 await asyncio.sleep(0.05)
-                if server.core.config.routing.threshold_ms == 350:
+                if server.dataplane.config.routing.threshold_ms == 350:
                     break
             path.write_text("routing:\n  threshold_ms: -5\n")
             await server.reload()
@@ -48,10 +48,10 @@ async def test_file_change_reloads_and_bad_config_keeps_the_old(tmp_path, edge_p
         # The load lasts until the scenario ends, however late a busy machine runs it.
         outcomes = await run_load(address, duration_s=None, concurrency=4, on_tick=change_config)
         assert outcomes and not [o for o in outcomes if o.error]
-        assert server.core.config.routing.threshold_ms == 350  # the bad file was refused
-        assert server.core.policy.settings.threshold_ms == 350
+        assert server.dataplane.config.routing.threshold_ms == 350  # the bad file was refused
+        assert server.dataplane.policy.settings.threshold_ms == 350
         assert "routing.threshold_ms" in caplog.text and "keeping the running config" in caplog.text
-        assert server.core.metrics.reloads.labels("refused")._value.get() >= 1
+        assert server.dataplane.metrics.reloads.labels("refused")._value.get() >= 1
     finally:
         await server.stop(0.5)
 

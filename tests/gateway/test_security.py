@@ -48,13 +48,13 @@ async def test_api_keys_gate_both_fronts_and_name_the_tenant(edge_proxy, shared_
                                            {"sha256": hashlib.sha256(KEY_B.encode()).hexdigest(), "tenant": "b"}]},
     })
     seen_tenants = []
-    original = gateway.core.cache.serve
+    original = gateway.dataplane.cache.serve
 
     async def spy(request, compute):
         seen_tenants.append(request.tenant)
         return await original(request, compute)
 
-    gateway.core.cache.serve = spy
+    gateway.dataplane.cache.serve = spy
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -150,7 +150,7 @@ async def test_overload_is_shed_fast_and_accepted_work_completes(edge_proxy, sha
             try:
                 calls = [asyncio.ensure_future(one(i)) for i in range(16)]
                 await wait_until(lambda: sum(c.done() for c in calls) == 12, timeout=45)
-                assert gateway.core.admission.peak == 4 and not any(c.result()[0] == "ok" for c in calls if c.done())
+                assert gateway.dataplane.admission.peak == 4 and not any(c.result()[0] == "ok" for c in calls if c.done())
             finally:
                 edge_proxy.unstall()
             results = await asyncio.gather(*calls)
@@ -158,7 +158,7 @@ async def test_overload_is_shed_fast_and_accepted_work_completes(edge_proxy, sha
         shed = [r for r in results if r[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
         assert len(accepted) == 4 and len(shed) == 12
         assert all(r[2].get("retry-after") == "0.250" for r in shed)
-        assert gateway.core.admission.peak == 4
+        assert gateway.dataplane.admission.peak == 4
     finally:
         edge_proxy.restore()
         await gateway.stop(0.5)

@@ -1,7 +1,7 @@
 """The hostile-input corpus against every server: the gateway (gRPC and HTTP), the edge agent (gRPC,
 and the shared REST front over its dataplane), and the cloud worker (gRPC).
 
-Edge, cloud and gateway run as real processes (``python -m edgecloud serve``) with the corpus's
+Edge, cloud and gateway run as real processes (``python -m edgecloud_tools serve``) with the corpus's
 limits, so their memory and logs are their own; the REST front over the edge dataplane runs in this
 process on a background loop. For every case and every target that speaks its transport:
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edgecloud.stack import ServiceProcess, cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
+from edgecloud_tools.stack import ServiceProcess, cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
 from tests.hostile import summary
 from tests.hostile.corpus import CASES, INFER_PATH, LIMITS, MAX_MESSAGE, Case, Flood, Http, RawHttp
 from tests.hostile.servers import (

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from cloud_worker.config import CloudConfig
-from cloud_worker.testing import FakeEmbeddingRuntime
+from tests.support.cloud_fakes import FakeEmbeddingRuntime
 from cloud_worker.worker import CloudWorker
 from gateway.config import GatewayConfig
 from gateway.server import GatewayServer

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgecloud.codec import serialize_bytes
-from edgecloud.stack import free_port
-from gateway.cache_api import CacheRequest, Served
+from edgecloud.codec import bytes_array
+from edgecloud.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from edgecloud_tools.stack import free_port
+from gateway.cache.api import CacheRequest, Served
 from gateway.metrics import CacheMetrics
-from protos import inference_pb2 as pb
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MODEL = "all-MiniLM-L6-v2"
@@ -155,30 +155,25 @@ def counter(metric, *labels: str) -> float:
     return child._value.get()
 
 
-def text_msg(texts: list[str], *, model: str = MODEL, request_id: str = "", **params) -> pb.ModelInferRequest:
-    msg = pb.ModelInferRequest(model_name=model, id=request_id)
-    msg.inputs.add(name="text", datatype="BYTES", shape=[len(texts)])
-    msg.raw_input_contents.append(serialize_bytes([t.encode() for t in texts]))
-    for name, value in params.items():
-        slot = msg.parameters[name]
-        if isinstance(value, bool):
-            slot.bool_param = value
-        else:
-            slot.string_param = str(value)
-    return msg
+def text_msg(texts: list[str], *, model: str = MODEL, request_id: str = "", **params) -> InferRequest:
+    """A decoded request for the text model (what a front hands the gateway's dataplane)."""
+    data = bytes_array(texts)
+    return InferRequest(model_name=model, id=request_id, inputs=[Tensor("text", "BYTES", data.shape, data)],
+                        parameters={name: value if isinstance(value, bool) else str(value)
+                                    for name, value in params.items()})
 
 
-def cache_request(msg: pb.ModelInferRequest, *, tenant: str = "default", version: str = "1",
-                  require_cloud: bool = False, bypass: bool = False) -> CacheRequest:
-    return CacheRequest(msg, tenant, version, require_cloud, bypass)
+def cache_request(request: InferRequest, *, tenant: str = "default", version: str = "1",
+                  require_cloud: bool = False, bypass: bool = False,
+                  outputs: tuple[RequestedOutput, ...] = ()) -> CacheRequest:
+    request.tenant = tenant
+    return CacheRequest(request, version, outputs, require_cloud, bypass)
 
 
-def embedding_response(msg: pb.ModelInferRequest, seed: int) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(model_name=msg.model_name, model_version="1", id=msg.id)
-    response.outputs.add(name="embedding", datatype="FP32", shape=[1, 384])
-    values = np.random.default_rng(seed).standard_normal(384).astype("<f4")
-    response.raw_output_contents.append(values.tobytes())
-    return response
+def embedding_response(request: InferRequest, seed: int) -> InferResponse:
+    values = np.random.default_rng(seed).standard_normal((1, 384)).astype("<f4")
+    return InferResponse(model_name=request.model_name, model_version="1", id=request.id,
+                         outputs=[Tensor("embedding", "FP32", values.shape, values)])
 
 
 @dataclass
@@ -194,7 +189,7 @@ class Computes:
     calls: int = 0
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def __call__(self, msg: pb.ModelInferRequest) -> Callable[[], object]:
+    def __call__(self, msg: InferRequest) -> Callable[[], object]:
         async def compute() -> Served:
             self.calls += 1
             self.started.set()
@@ -280,8 +275,8 @@ async def run_repeating_load(address: str, texts: list[str], *, duration_s: floa
                              timeout_s: float = 10.0, on_tick=None):
     """Like ``tests.gateway.conftest.run_load``, but every client cycles through the same ``texts``
     (so most requests are cache hits); returns its ``Outcome`` list."""
-    from bench.load import closed_loop
+    from bench.load import closed_loop, text_request
 
     return await closed_loop(address, duration_s=duration_s, concurrency=concurrency, timeout_s=timeout_s,
-                             make_request=lambda index, n: text_msg([texts[(index + n) % len(texts)]]),
+                             make_request=lambda index, n: text_request([texts[(index + n) % len(texts)]]),
                              events=on_tick)

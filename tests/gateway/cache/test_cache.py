@@ -10,12 +10,12 @@ import pytest
 from edgecloud.clock import FakeClock
 from edgecloud.errors import DeadlineExceeded, Unavailable
 from gateway.cache import CACHE_HIT, CacheSettings, LruBackend, cache_key
-from gateway.cache_api import CACHE_SOURCE
+from gateway.cache.api import CACHE_SOURCE
 from tests.gateway.cache.conftest import Computes, cache_request, counter, text_msg
 
 
 def outputs(served):
-    return list(served.response.raw_output_contents)
+    return [tensor.data.tobytes() for tensor in served.response.outputs]
 
 
 async def test_second_identical_request_is_a_hit_with_its_own_id(start_cache, cache_metrics):
@@ -27,7 +27,7 @@ async def test_second_identical_request_is_a_hit_with_its_own_id(start_cache, ca
     second = await cache.serve(cache_request(second_msg), computes(second_msg))
     assert computes.calls == 1
     assert (first.served_by, second.served_by, second.reason) == ("edge", "cache", CACHE_HIT)
-    assert second.response.parameters[CACHE_SOURCE].string_param == "edge"
+    assert second.response.parameters[CACHE_SOURCE] == "edge"
     assert second.response.id == "b" and outputs(second) == outputs(first)
     assert counter(cache_metrics.lookups, "hit") == 1 and counter(cache_metrics.lookups, "miss") == 1
     assert counter(cache_metrics.backend, "lru") == 1
@@ -45,7 +45,7 @@ async def test_edge_entries_do_not_satisfy_cloud_quality_and_the_cloud_answer_re
     await asyncio.sleep(0)
     for require_cloud in (False, True):  # the cloud entry now serves both
         hit = await cache.serve(cache_request(msg, require_cloud=require_cloud), edge(msg))
-        assert hit.served_by == "cache" and hit.response.parameters[CACHE_SOURCE].string_param == "cloud"
+        assert hit.served_by == "cache" and hit.response.parameters[CACHE_SOURCE] == "cloud"
     assert edge.calls == 1 and cloud.calls == 1
 
 
@@ -136,7 +136,7 @@ async def test_200_concurrent_identical_misses_compute_once(start_cache, cache_m
     served = await asyncio.gather(*(cache.serve(cache_request(m), computes(m)) for m in msgs))
     assert computes.calls == 1
     assert [s.response.id for s in served] == [str(i) for i in range(200)]
-    assert len({bytes(s.response.raw_output_contents[0]) for s in served}) == 1
+    assert len({s.response.outputs[0].data.tobytes() for s in served}) == 1
     assert counter(cache_metrics.flights, "leader") == 1 and counter(cache_metrics.flights, "follower") == 199
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def decisions(gateway) -> float:
-    return sum(sample.value for metric in gateway.core.metrics.decisions.collect() for sample in metric.samples
+    return sum(sample.value for metric in gateway.dataplane.metrics.decisions.collect() for sample in metric.samples
                if sample.name.endswith("_total"))
 
 
@@ -32,7 +32,7 @@ async def test_hits_are_bit_identical_and_say_where_they_came_from(edge_process,
                                          cache={"redis": {"url": server.url}})
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        stored = lambda: counter(gateway.core.metrics.cache.writes, "stored")  # noqa: E731
+        stored = lambda: counter(gateway.dataplane.metrics.cache.writes, "stored")  # noqa: E731
         first = await stub.ModelInfer(text_msg(["a cached sentence"], request_id="1"), timeout=10)
         await wait_until(lambda: stored() == 1)  # the write is off the request's path
         second = await stub.ModelInfer(text_msg(["a cached sentence"], request_id="2"), timeout=10)
@@ -58,7 +58,7 @@ async def test_hits_are_bit_identical_and_say_where_they_came_from(edge_process,
         assert upgraded.parameters["served_by"].string_param == "cache"
         assert upgraded.parameters["cache_source"].string_param == "cloud"
         assert list(upgraded.raw_output_contents) == list(cloud.raw_output_contents)
-    exposition, _ = gateway.core.metrics.exposition()
+    exposition, _ = gateway.dataplane.metrics.exposition()
     assert b'edgecloud_gateway_cache_lookups_total{result="hit"} 3.0' in exposition
     assert b'edgecloud_gateway_served_total{reason="cache_hit",served_by="cache"} 3.0' in exposition
 
@@ -72,7 +72,7 @@ async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy,
     gateway = await start_cached_gateway(f"127.0.0.1:{edge_proxy.port}", [], cache={
         "redis": {"url": server.url, "max_connections": 256}}, cloud={"keepalive_time_ms": 600_000},
         probe_interval_ms=600_000)  # no probe times out on the held edge meanwhile
-    followers = lambda: counter(gateway.core.metrics.cache.flights, "follower")  # noqa: E731
+    followers = lambda: counter(gateway.dataplane.metrics.cache.flights, "follower")  # noqa: E731
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=10)  # not part of the count
@@ -86,8 +86,8 @@ async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy,
             edge_proxy.unstall()
         responses = await asyncio.gather(*calls)
     assert decisions(gateway) - before == 1  # one routed inference for 200 requests
-    assert counter(gateway.core.metrics.cache.flights, "leader") == 1
-    assert counter(gateway.core.metrics.cache.flights, "follower") == 199
+    assert counter(gateway.dataplane.metrics.cache.flights, "leader") == 1
+    assert counter(gateway.dataplane.metrics.cache.flights, "follower") == 199
     assert [r.id for r in responses] == [str(i) for i in range(200)]
     assert len({bytes(r.raw_output_contents[0]) for r in responses}) == 1
 
@@ -106,10 +106,10 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for text in texts:  # every text cached before the load: the "before" window is all hits
             await stub.ModelInfer(text_msg([text]), timeout=20)
-    await wait_until(lambda: counter(gateway.core.metrics.cache.writes, "stored") == len(texts), timeout=20)
+    await wait_until(lambda: counter(gateway.dataplane.metrics.cache.writes, "stored") == len(texts), timeout=20)
 
     marks = {}
-    redis_hits = lambda: counter(gateway.core.metrics.cache.lookups, "hit")  # noqa: E731
+    redis_hits = lambda: counter(gateway.dataplane.metrics.cache.lookups, "hit")  # noqa: E731
 
     async def scenario(t0):
         # Windows are judged from when each fault really happened (a busy loop may run this late),
@@ -143,7 +143,7 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
     started_during = [o for o in outcomes if marks["fault"] + 0.2 < o.started < marks["fault_end"]]
     during = [o for o in started_during if o.started + o.latency < marks["fault_end"]]
     after = [o for o in outcomes if o.started > marks["back"] + 2.0]
-    exposition = gateway.core.metrics.exposition()[0].decode()
+    exposition = gateway.dataplane.metrics.exposition()[0].decode()
     cache_lines = [line for line in exposition.splitlines() if "cache" in line and not line.startswith("#")]
     assert before and all(o.served_by == "cache" for o in before), (
         [o for o in before if o.served_by != "cache"][:5], marks, cache_lines)
@@ -155,6 +155,6 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
     assert any(o.served_by == "edge" for o in during), marks
     # Bounded by the 2 s Redis bounds (plus a busy machine's slack), not by the 8 s fault.
     assert max(o.latency for o in started_during) < 6.0
-    assert gateway.core.cache.breaker.state is BreakerState.CLOSED
+    assert gateway.dataplane.cache.breaker.state is BreakerState.CLOSED
     assert len(after) >= 20 and sum(o.served_by == "cache" for o in after) / len(after) > 0.8, \
         {s: sum(o.served_by == s for o in after) for s in ("cache", "edge")}

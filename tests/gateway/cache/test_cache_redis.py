@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 
-from edgecloud.fault_proxy import FaultProxy
+from edgecloud_tools.fault_proxy import FaultProxy
 from gateway.cache import BreakerState, LruBackend, RedisBackend, cache_key
 from tests.gateway.cache.conftest import Computes, cache_request, counter, text_msg
 from tests.support.waiting import wait_until
@@ -110,7 +110,7 @@ async def test_frozen_redis_costs_at_most_the_time_bound_then_nothing(redis_serv
 
 
 async def test_unreachable_at_start_uses_the_lru_then_moves_to_redis(redis_server, start_cache, caplog):
-    from edgecloud.stack import free_port
+    from edgecloud_tools.stack import free_port
 
     port = free_port()
     caplog.set_level(logging.INFO, "gateway.cache")

@@ -13,8 +13,8 @@ import time
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from edgecloud.fault_proxy import FaultProxy
-from edgecloud.stack import free_port
+from edgecloud_tools.fault_proxy import FaultProxy
+from edgecloud_tools.stack import free_port
 from gateway.cache import BackendError, RedisBackend, RedisSettings, make_redis_client
 from tests.gateway.cache.conftest import TEST_REDIS_TIMEOUTS
 from tests.support.certs import make_certs

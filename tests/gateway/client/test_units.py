@@ -12,7 +12,7 @@ from edgecloud.types import InferResponse, Tensor
 from gateway.client import EmbedResult, InferResult, RetryPolicy, TlsOptions
 from gateway.client.calls import Calls
 from gateway.client.inputs import tensor_from_value
-from gateway.client.rpc_errors import translate_rpc_errors
+from edgecloud.rpc_errors import translate_rpc_errors
 from gateway.client.settings import ClientSettings, channel_options
 from protos import inference_pb2 as pb
 

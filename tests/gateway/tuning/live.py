@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgecloud.errors import InferenceError
-from edgecloud.fault_proxy import FaultProxy
+from edgecloud_tools.fault_proxy import FaultProxy
 from gateway.client import AsyncClient, RetryPolicy
 from gateway.config import GatewayConfig
 from gateway.server import GatewayServer

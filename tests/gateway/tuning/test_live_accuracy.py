@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.fault_proxy import FaultProxy
+from edgecloud_tools.fault_proxy import FaultProxy
 from gateway.config import RoutingSettings, load_gateway_config
 from gateway.tuning import Summary, cli
 from tests.gateway.tuning.live import LiveRun, live_summary, play, running_gateway
@@ -83,9 +83,9 @@ async def _measure(edge: str, cloud: str, proxy: FaultProxy, routing: RoutingSet
     """Play the pattern under ``routing``; the figures the clients saw."""
     async with running_gateway(edge, cloud, routing.model_dump()) as gateway:
         await play(f"127.0.0.1:{gateway.grpc_port}", proxy, WARM_UP, rate=RATE)
-        before = gateway.core.policy.transitions
+        before = gateway.dataplane.policy.transitions
         run = await play(f"127.0.0.1:{gateway.grpc_port}", proxy, PATTERN, rate=RATE)
-        return run, live_summary(run.outcomes, gateway.core.policy.transitions - before)
+        return run, live_summary(run.outcomes, gateway.dataplane.policy.transitions - before)
 
 
 async def test_recommended_settings_behave_live_as_simulated(edge_proxy, cloud_address, tmp_path):

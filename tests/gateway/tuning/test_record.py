@@ -12,8 +12,8 @@ import pytest
 
 from edgecloud.clock import FakeClock
 from gateway.config import GatewayConfig
-from gateway.core import GatewayCore
-from gateway.http_front import gateway_rest_front
+from gateway.dataplane import GatewayDataplane
+from gateway.server import GatewayServer
 from gateway.tuning.record import RecordError, fetch_json, record_trace, trace_url
 
 
@@ -75,11 +75,14 @@ def test_an_unusable_endpoint_fails_after_retries():
 
 
 async def test_records_from_the_gateways_real_http_front():
-    config = GatewayConfig.model_validate({"edge": {"address": "127.0.0.1:9"}, "cloud": {"workers": []}})
+    config = GatewayConfig.model_validate({"server": {"port": 0, "http_port": 0},
+                                           "edge": {"address": "127.0.0.1:9"}, "cloud": {"workers": []},
+                                           "routing": {"warmup_samples": 0}})
     clock = FakeClock(500.0)
-    core = GatewayCore(config, clock=clock)
-    front = gateway_rest_front(core, host="127.0.0.1", port=0, max_body_bytes=1 << 20)
-    port = await front.start()
+    core = GatewayDataplane(config, clock=clock)
+    front = GatewayServer(config, dataplane=core)
+    await front.start()
+    port = front.http_port
     try:
         core.monitor.record("edge", 0.010)  # before the recording starts
         first_poll = threading.Event()

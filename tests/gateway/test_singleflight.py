@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from gateway.cache.singleflight import SingleFlight
+from gateway.singleflight import SingleFlight
 
 
 async def test_concurrent_joins_share_one_task_until_forgotten():

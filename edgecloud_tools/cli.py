@@ -52,7 +52,7 @@ def _serve(args) -> int:
 
 
 def _up(args) -> int:
-    from edgecloud.up import run
+    from edgecloud_tools.up import run
 
     return run(args)
 
@@ -64,7 +64,7 @@ def _tune(args) -> int:
 
 
 def _demo(args) -> int:
-    from edgecloud.demo import run
+    from edgecloud_tools.demo import run
 
     return run(args)
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy = commands.add_parser("proxy", help="a fault-injecting TCP proxy (SIGUSR1 slows, SIGUSR2 restores)",
                                 add_help=False)
     proxy.add_argument("rest", nargs=argparse.REMAINDER)
-    proxy.set_defaults(func=lambda args: __import__("edgecloud.fault_proxy", fromlist=["main"]).main(args.rest))
+    proxy.set_defaults(func=lambda args: __import__("edgecloud_tools.fault_proxy", fromlist=["main"]).main(args.rest))
 
     config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
                                                                                      required=True)
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--kind", choices=CONFIG_KINDS, required=True)
     check.set_defaults(func=_config_check)
     reference = config.add_parser("reference", help="print the configuration reference (Markdown)")
-    reference.set_defaults(func=lambda _args: __import__("edgecloud.config_reference", fromlist=["main"]).main())
+    reference.set_defaults(func=lambda _args: __import__("edgecloud_tools.config_reference", fromlist=["main"]).main())
     return parser
 
 

@@ -2,7 +2,7 @@
 the integration tests.
 
 Contract: ``launch(component, config, workdir)`` writes ``config`` as YAML, starts
-``python -m edgecloud serve COMPONENT --config FILE`` with its output in a log file, and returns a
+``python -m edgecloud_tools serve COMPONENT --config FILE`` with its output in a log file, and returns a
 ``ServiceProcess``. ``wait_ready(address)`` polls the Open Inference Protocol ``ServerReady`` until
 it answers true. ``ServiceProcess.stop()`` sends SIGTERM, waits, then SIGKILL — only to the pid it
 started. ``pause``/``resume`` send SIGSTOP/SIGCONT (fault injection).
@@ -92,7 +92,7 @@ def launch(component: str, config: dict[str, Any], workdir: Path, *, name: str |
     address = f"{server.get('host', '127.0.0.1')}:{server['port']}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgecloud", "serve", component, "--config", str(config_path)],
+            [sys.executable, "-m", "edgecloud_tools", "serve", component, "--config", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )
@@ -163,7 +163,7 @@ def launch_proxy(target: str, port: int, workdir: Path, *, delay_ms: float = 300
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgecloud.fault_proxy", "--target", target, "--port", str(port),
+            [sys.executable, "-m", "edgecloud_tools.fault_proxy", "--target", target, "--port", str(port),
              "--delay-ms", str(delay_ms)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )

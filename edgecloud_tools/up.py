@@ -14,7 +14,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from edgecloud.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
+from edgecloud_tools.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ the gateway's own view of the edge RTT and the cache hit ratio; and it returns a
 whose ``summary()`` is the closing table: per phase, requests and shares by backend, latency and
 failures, and the path the traffic took (e.g. ``edge -> cloud -> edge``).
 
-By default (``start_stack``) it starts its own stack on free ports with ``edgecloud.stack``: an
+By default (``start_stack``) it starts its own stack on free ports with ``edgecloud_tools.stack``: an
 edge agent, a cloud worker, an ``edgecloud proxy`` process in front of the edge (its own process,
 so a busy demo client never delays what the gateway sees of the edge) and a gateway whose edge
 address is the proxy (result cache on when the gateway supports one); all are stopped at the end,
@@ -328,7 +328,7 @@ def _gateway_supports_cache() -> bool:
 
 @contextlib.asynccontextmanager
 async def _own_stack(options: DemoOptions, out: TextIO) -> AsyncIterator[_Stack]:
-    from edgecloud.stack import (cloud_config, edge_config, free_port, gateway_config, launch, launch_proxy,
+    from edgecloud_tools.stack import (cloud_config, edge_config, free_port, gateway_config, launch, launch_proxy,
                                  wait_ready)
 
     model_dir = Path(options.model_dir).resolve()
@@ -376,7 +376,7 @@ async def _running_stack(options: DemoOptions) -> AsyncIterator[_Stack]:
     if options.edge is None or options.proxy_port is None:
         raise ValueError("without --start-stack, give --edge HOST:PORT and --proxy-port N (the gateway's "
                          "edge.address must be 127.0.0.1:N), or --proxy-pid of a running `edgecloud proxy`")
-    from edgecloud.fault_proxy import FaultProxy
+    from edgecloud_tools.fault_proxy import FaultProxy
 
     host, port = options.edge.rsplit(":", 1)
     proxy = FaultProxy(host, int(port), listen_port=options.proxy_port)

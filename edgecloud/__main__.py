@@ -1,5 +1,0 @@
-import sys
-
-from edgecloud.cli import main
-
-sys.exit(main())

@@ -1,0 +1,69 @@
+"""What the dispatcher talks to: one edge or cloud backend, behind one small protocol.
+
+Contract: a ``Backend`` does I/O only — ``infer`` (a decoded request within ``timeout_s``),
+``probe`` (one small real inference, not counted as load), ``model_metadata`` and ``close`` — and
+fails only with ``InferenceError``s (``DeadlineExceeded`` when ``timeout_s`` passed), whose kind
+says whether another backend may be tried and whether the failure counts against this one
+(``ErrorKind.retryable`` / ``backend_fault``). Messages never name addresses. Cancelling a call
+(a hedge's loser, a client that left) stops the work upstream.
+
+The bookkeeping the dispatcher and prober keep on each backend lives here too, the same for every
+kind: ``outstanding`` (calls in flight, for least-request balancing) and ``up``, which turns False
+after ``failures_to_down`` consecutive reachability failures and True again on any success.
+Implementations: ``gateway.grpc_backend.GrpcBackend``, ``gateway.embedded_edge.EmbeddedEdge``,
+and the fakes of the dispatcher's unit tests.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from edgecloud.types import InferRequest, InferResponse, ModelMetadata
+
+__all__ = ["Backend", "CLOUD", "EDGE"]
+
+EDGE = "edge"
+CLOUD = "cloud"
+
+
+class Backend(abc.ABC):
+    def __init__(self, name: str, role: str, *, failures_to_down: int = 2):
+        self.name = name
+        """Unique among the gateway's backends; labels metrics and latency samples."""
+        self.role = role
+        """``edge`` or ``cloud``."""
+        self.failures_to_down = failures_to_down
+        self.outstanding = 0
+        self.up = True
+        self._failures = 0
+
+    # bookkeeping -----------------------------------------------------------------------------
+
+    def mark_success(self) -> bool:
+        """It answered. True when that brought it back up."""
+        came_back = not self.up
+        self._failures = 0
+        self.up = True
+        return came_back
+
+    def mark_failure(self) -> bool:
+        """It could not be reached or failed a probe. True when that took it down."""
+        self._failures += 1
+        if self.up and self._failures >= self.failures_to_down:
+            self.up = False
+            return True
+        return False
+
+    # I/O -------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse: ...
+
+    @abc.abstractmethod
+    async def probe(self, request: InferRequest, timeout_s: float) -> None: ...
+
+    @abc.abstractmethod
+    async def model_metadata(self, name: str, version: str, timeout_s: float) -> ModelMetadata: ...
+
+    async def close(self) -> None:
+        """Release connections; the backend is not used afterwards."""

@@ -1,0 +1,265 @@
+"""The gateway's one core: the shared dataplane contract over cache, routing and dispatch.
+
+Contract for ``GatewayDataplane.infer(request)`` (an ``edgecloud.dataplane.InferenceDataplane``):
+- Past ``server.max_concurrent_requests`` in flight, shed at once (``Overloaded``, with a hint).
+- The request, decoded once by the front, is validated against the model's metadata as the
+  backends advertise it (``gateway.metadata``) before anything is cached or routed: bad input
+  never reaches a backend. ``quality`` must be ``auto`` (the default) or ``cloud``.
+- The cache answers repeats (``gateway.cache``); a miss is dispatched (``gateway.dispatch``) within
+  the client's deadline (or ``routing.default_timeout_ms``).
+- The response carries ``served_by`` (edge | cloud | cache) and ``route_reason``; metrics count
+  every answer by both, and every error by kind.
+``start()`` opens the cache and starts the probes; ``stop()`` stops them and closes every backend.
+``apply_config(config)`` switches to a reloaded config without dropping in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from edgecloud import __version__
+from edgecloud.admission import Admission
+from edgecloud.clock import Clock, MonotonicClock
+from edgecloud.dataplane import PROTOCOL_EXTENSIONS
+from edgecloud.errors import InferenceError, InvalidArgument
+from edgecloud.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, ServerMetadata
+from edgecloud.validation import validate_request
+from gateway.auth import ApiKeyAuthenticator
+from gateway.backend import CLOUD, EDGE, Backend
+from gateway.cache import NO_CACHE_PARAMETER, QUALITY_PARAMETER, CacheRequest, Served, build_cache
+from gateway.config import GatewayConfig
+from gateway.dispatch import Dispatcher, DispatchSettings, Sleep
+from gateway.grpc_backend import GrpcBackend
+from gateway.latency import LatencyMonitor
+from gateway.metadata import MetadataCache
+from gateway.metrics import GatewayMetrics
+from gateway.pool import CloudPool
+from gateway.probes import Prober
+from gateway.retry_budget import RetryBudget
+from gateway.routing import RouteState, RoutingPolicy
+
+__all__ = ["GatewayDataplane", "QUALITIES", "ROUTE_REASON", "SERVED_BY", "SERVER_METADATA"]
+
+log = logging.getLogger(__name__)
+
+SERVED_BY = "served_by"
+ROUTE_REASON = "route_reason"
+QUALITIES = ("auto", "cloud")
+"""Values of the ``quality`` request parameter."""
+SERVER_METADATA = ServerMetadata("edgecloud-gateway", __version__, PROTOCOL_EXTENSIONS)
+
+
+class GatewayDataplane:
+    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None, sleep: Sleep = asyncio.sleep,
+                 metrics: GatewayMetrics | None = None):
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.metrics = metrics or GatewayMetrics()
+        self.limits = config.limits.to_limits()
+        routing = config.routing
+        self.monitor = LatencyMonitor(self.clock, window_s=routing.window_ms / 1000.0, ewma_alpha=routing.ewma_alpha,
+                                      warmup=routing.warmup_samples)
+        self.pool = CloudPool(config.cloud, [self._make_worker(config, a) for a in config.cloud.workers],
+                              self.monitor, self.clock)
+        self.policy = RoutingPolicy(routing, self.monitor.stats(EDGE), self.clock, cloud_statistic=self._cloud_statistic)
+        self.retry_budget = RetryBudget(routing.retry_budget.ratio, routing.retry_budget.burst)
+        self.admission = Admission(config.server.max_concurrent_requests,
+                                   config.server.overload_retry_after_ms / 1000.0)
+        self.auth = ApiKeyAuthenticator(config.auth)
+        self.dispatcher = Dispatcher(edge=self._make_edge(config), pool=self.pool, policy=self.policy,
+                                     monitor=self.monitor, budget=self.retry_budget,
+                                     settings=DispatchSettings.from_config(config), clock=self.clock, sleep=sleep,
+                                     metrics=self.metrics)
+        self.prober = Prober(self.backends, self.monitor, self.policy, routing, clock=self.clock, sleep=sleep,
+                             on_round=self._update_gauges)
+        self.metadata = MetadataCache(self._metadata_sources, self.clock)
+        self.cache = build_cache(config.cache, self.metrics.cache)
+        self._ready = False
+        self._probe_task: asyncio.Task | None = None
+        self._retired: list[Backend] = []
+
+    # construction ----------------------------------------------------------------------------
+
+    def _grpc_backend(self, config: GatewayConfig, name: str, role: str, address: str, tls) -> GrpcBackend:
+        return GrpcBackend(name, role, address, limits=self.limits, max_message_bytes=config.server.max_message_bytes,
+                           keepalive_time_ms=config.cloud.keepalive_time_ms,
+                           keepalive_timeout_ms=config.cloud.keepalive_timeout_ms,
+                           failures_to_down=config.routing.failures_to_down,
+                           credentials=tls.grpc_credentials() if tls is not None else None,
+                           server_name=tls.server_name if tls is not None else None)
+
+    def _make_edge(self, config: GatewayConfig) -> Backend | None:
+        if config.edge.embedded is not None:
+            from gateway.embedded_edge import EmbeddedEdge  # onnxruntime: only a device gateway needs it
+
+            return EmbeddedEdge(EDGE, list(config.edge.embedded.models))
+        if config.edge.address is None:
+            return None
+        return self._grpc_backend(config, EDGE, EDGE, config.edge.address, config.edge.tls)
+
+    def _make_worker(self, config: GatewayConfig, address: str) -> GrpcBackend:
+        return self._grpc_backend(config, f"cloud@{address}", CLOUD, address, config.cloud.tls)
+
+    @property
+    def edge(self) -> Backend | None:
+        return self.dispatcher.edge
+
+    def backends(self) -> list[Backend]:
+        edge = self.edge
+        return ([edge] if edge is not None else []) + list(self.pool.workers)
+
+    def _cloud_statistic(self) -> float | None:
+        routing = self.config.routing
+        return self.pool.statistic(routing.statistic, routing.min_samples)
+
+    def _metadata_sources(self) -> list[Backend]:
+        """Whoever traffic goes to now first: a slow edge is not asked while the cloud serves."""
+        edge = [self.edge] if self.dispatcher.edge_up() else []
+        cloud = self.pool.candidates()
+        return cloud + edge if self.policy.state is RouteState.CLOUD_FALLBACK else edge + cloud
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.cache.start()
+        start_edge = getattr(self.edge, "start", None)
+        if start_edge is not None:  # an embedded edge loads its models before the gateway serves
+            await start_edge()
+        self._probe_task = asyncio.create_task(self.prober.run(), name="gateway-probes")
+
+    async def stop(self) -> None:
+        errors: list[BaseException] = []
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+            self._probe_task = None
+        await self.metadata.close()
+        for backend in self.backends() + self._retired:
+            try:
+                await backend.close()
+            except Exception as exc:
+                errors.append(exc)
+        self._retired.clear()
+        try:
+            await self.cache.stop()
+        except Exception as exc:
+            errors.append(exc)
+        if errors:
+            raise ExceptionGroup("stopping the gateway dataplane", errors)
+
+    async def apply_config(self, config: GatewayConfig) -> None:
+        """Switch to a new validated config; in-flight requests finish on what they hold."""
+        old = self.config
+        self.config = config
+        self.limits = config.limits.to_limits()
+        self.admission.limit = config.server.max_concurrent_requests
+        self.admission.retry_after_s = config.server.overload_retry_after_ms / 1000.0
+        self.auth = ApiKeyAuthenticator(config.auth)
+        routing = config.routing
+        self.monitor.reconfigure(routing.window_ms / 1000.0, routing.ewma_alpha, routing.warmup_samples)
+        self.policy.update_settings(routing)
+        self.prober.reconfigure(routing)
+        self.retry_budget.reconfigure(routing.retry_budget.ratio, routing.retry_budget.burst)
+        self.dispatcher.settings = DispatchSettings.from_config(config)
+        if config.edge != old.edge:
+            if self.edge is not None:
+                self._retired.append(self.edge)
+            self.dispatcher.edge = self._make_edge(config)
+            start_edge = getattr(self.edge, "start", None)
+            if start_edge is not None:
+                await start_edge()
+        current = {w.address: w for w in self.pool.workers} if config.cloud.tls == old.cloud.tls else {}
+        workers = [current.pop(a) if a in current else self._make_worker(config, a) for a in config.cloud.workers]
+        self._retired.extend(current.values())
+        self.pool.set_workers(config.cloud, workers)
+        self.metadata.clear()
+        await self.cache.reconfigure(config.cache)
+
+    # the dataplane contract ------------------------------------------------------------------
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready = ready
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._ready and (self.dispatcher.edge_up() or self.pool.available())
+
+    def server_metadata(self) -> ServerMetadata:
+        return SERVER_METADATA
+
+    async def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        return await self.metadata.get(name, version)
+
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        await self.metadata.get(name, version)
+        return self.ready()
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        try:
+            with self.admission.admit():
+                return await self._infer(request)
+        except InferenceError as exc:
+            self.metrics.errors.labels(exc.kind.value).inc()
+            raise
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
+        started = time.perf_counter()
+        meta = await self.metadata.get(request.model_name, request.model_version)
+        validate_request(request, meta, self.limits)
+        require_cloud = _require_cloud(request)
+        deadline = request.deadline
+        if deadline is None:
+            deadline = self.clock.now() + self.config.routing.default_timeout_ms / 1000.0
+        cache_request = CacheRequest(request, request.model_version or (meta.versions[0] if meta.versions else ""),
+                                     _keyed_outputs(request, meta), require_cloud,
+                                     request.parameters.get(NO_CACHE_PARAMETER) is True)
+        served = await self.cache.serve(cache_request, lambda: self._compute(request, deadline, require_cloud))
+        response = served.response
+        response.parameters[SERVED_BY] = served.served_by
+        response.parameters[ROUTE_REASON] = served.reason
+        self.metrics.served.labels(served.served_by, served.reason).inc()
+        self.metrics.latency.labels(served.served_by).observe(time.perf_counter() - started)
+        return response
+
+    def _compute(self, request: InferRequest, deadline: float, require_cloud: bool):
+        return self.dispatcher.dispatch(request, deadline, require_cloud=require_cloud)
+
+    # gauges ----------------------------------------------------------------------------------
+
+    def _update_gauges(self) -> None:
+        metrics = self.metrics
+        for name, stats in self.monitor.snapshot().items():
+            for key in ("ewma_ms", "p95_ms"):
+                if stats[key] is not None:
+                    metrics.backend_rtt.labels(name, key[:-3]).set(stats[key] / 1000.0)
+        for state in RouteState:
+            metrics.route_state.labels(state.value).set(1 if self.policy.state is state else 0)
+        edge = self.edge
+        if edge is not None:
+            metrics.backend_up.labels(edge.name).set(1 if edge.up else 0)
+        for worker in self.pool.workers:
+            up = worker.up and not self.pool.detector.is_ejected(worker.name)
+            metrics.backend_up.labels(worker.name).set(1 if up else 0)
+
+
+def _require_cloud(request: InferRequest) -> bool:
+    quality = request.parameters.get(QUALITY_PARAMETER, "auto")
+    if not isinstance(quality, str) or quality not in QUALITIES:
+        raise InvalidArgument(f"must be one of {', '.join(QUALITIES)}", field=f"parameters[{QUALITY_PARAMETER}]")
+    return quality == "cloud"
+
+
+def _keyed_outputs(request: InferRequest, meta: ModelMetadata) -> tuple[RequestedOutput, ...]:
+    """The requested outputs as they change the answer: naming every output of the model without
+    parameters asks for the same answer as naming none."""
+    outputs = request.outputs
+    if not outputs:
+        return ()
+    if not any(output.parameters for output in outputs) and \
+            {output.name for output in outputs} == {spec.name for spec in meta.outputs}:
+        return ()
+    return tuple(outputs)

@@ -1,0 +1,266 @@
+"""The dispatcher: where one routed request goes, with hedging, failover, retries and deadlines.
+
+Contract for ``Dispatcher.dispatch(request, deadline, require_cloud=False) -> Served``:
+- The routing policy decides (``require_cloud``: the cloud or nothing). Every decision is counted.
+  No backend available on either side: ``Unavailable`` at once.
+- A decision with ``hedge`` starts the first side's attempt; if it has not answered after
+  ``hedge_after_s`` (bounded by the deadline), the other side starts too. The first answer wins
+  (``route_reason`` ``hedge_won`` when the hedge did) and the loser is cancelled, which cancels its
+  RPC upstream. When both fail, the most useful error is raised (a request error over a backend
+  fault).
+- A retryable failure (``ErrorKind.retryable``) of the first side moves the request to the other
+  side, paid from the retry budget (``route_reason`` ``failover``); when the budget is spent, the
+  other side is down or the deadline passed, the first side's error is raised. Non-retryable
+  errors (INVALID_ARGUMENT and the like) are raised as they are, never retried.
+- Cloud attempts go to the worker the pool picks; a retryable failure moves to another worker,
+  each further attempt paid from the budget. A backend fault counts against the worker (outlier
+  ejection); an unreachable backend (UNAVAILABLE) against its ``up``.
+- ``deadline`` (on ``clock``) bounds every attempt: each gets what is left of it (and at most the
+  per-side attempt timeouts). Nothing starts once it has passed (``DeadlineExceeded``).
+- Edge RTTs are recorded for routing (a hedge loser's time too, as a lower bound), as are cloud
+  RTTs. Time comes from ``clock`` and waiting from ``sleep``: tests run every path on a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from edgecloud.clock import Clock
+from edgecloud.errors import DeadlineExceeded, ErrorKind, InferenceError, Unavailable
+from edgecloud.types import InferRequest, InferResponse
+from gateway.backend import CLOUD, EDGE, Backend
+from gateway.cache.api import Served
+from gateway.config import GatewayConfig
+from gateway.latency import LatencyMonitor
+from gateway.metrics import GatewayMetrics
+from gateway.pool import CloudPool
+from gateway.retry_budget import RetryBudget
+from gateway.routing import Decision, Reason, Route, RoutingPolicy
+
+__all__ = ["DispatchSettings", "Dispatcher", "Sleep"]
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSettings:
+    hedge_after_s: float
+    """When a hedged request starts on the other side too."""
+    cloud_attempt_timeout_s: float
+    """The longest one cloud attempt may take before another worker is tried."""
+    edge_attempt_timeout_s: float | None = None
+    """The longest one edge attempt may take; None: only the deadline bounds it."""
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> DispatchSettings:
+        edge_timeout = config.edge.attempt_timeout_ms
+        return cls(hedge_after_s=config.routing.hedge_after_s,
+                   cloud_attempt_timeout_s=config.cloud.attempt_timeout_ms / 1000.0,
+                   edge_attempt_timeout_s=None if edge_timeout is None else edge_timeout / 1000.0)
+
+
+class Dispatcher:
+    def __init__(self, *, edge: Backend | None, pool: CloudPool, policy: RoutingPolicy, monitor: LatencyMonitor,
+                 budget: RetryBudget, settings: DispatchSettings, clock: Clock, sleep: Sleep = asyncio.sleep,
+                 metrics: GatewayMetrics | None = None):
+        self.edge = edge
+        self.pool = pool
+        self.policy = policy
+        self.monitor = monitor
+        self.budget = budget
+        self.settings = settings
+        self.clock = clock
+        self._sleep = sleep
+        self.metrics = metrics or GatewayMetrics()
+
+    # the request's path ----------------------------------------------------------------------
+
+    def decide(self, require_cloud: bool = False) -> Decision:
+        cloud_up = self.pool.available()
+        if require_cloud:
+            decision = Decision(Route.CLOUD, Reason.QUALITY_CLOUD, False) if cloud_up else \
+                Decision(Route.NONE, Reason.NO_BACKEND, False)
+        else:
+            decision = self.policy.decide(self.edge_up(), cloud_up)
+        self.metrics.decisions.labels(decision.route.value, decision.reason).inc()
+        return decision
+
+    async def dispatch(self, request: InferRequest, deadline: float, *, require_cloud: bool = False) -> Served:
+        self.budget.on_request()
+        decision = self.decide(require_cloud)
+        if decision.route is Route.NONE:
+            if require_cloud:
+                raise Unavailable("a cloud-quality answer was requested and no cloud worker is available")
+            raise Unavailable("no backend can serve the request: the edge and every cloud worker are unavailable")
+        first, second = (EDGE, CLOUD) if decision.route is Route.EDGE else (CLOUD, EDGE)
+        if decision.hedge:
+            return await self._hedged(request, deadline, decision, first, second)
+        try:
+            response = await self._attempt(first, request, deadline)
+        except InferenceError as exc:
+            if require_cloud:
+                raise
+            return await self._fail_over(exc, second, request, deadline)
+        return Served(response, first, decision.reason)
+
+    async def _hedged(self, request: InferRequest, deadline: float, decision: Decision, first: str,
+                      second: str) -> Served:
+        primary = asyncio.ensure_future(self._attempt(first, request, deadline))
+        tasks = [primary]
+        try:
+            hedge_after = min(self.settings.hedge_after_s, self._remaining(deadline))
+            if not await self._done_within(primary, hedge_after) and self._available(second):
+                backup = asyncio.ensure_future(self._attempt(second, request, deadline))
+                tasks.append(backup)
+                winner = await self._first_success(primary, backup)
+                won_by = second if winner is backup else first
+                self.metrics.hedges.labels(won_by).inc()
+                return Served(winner.result(), won_by, Reason.HEDGE_WON if winner is backup else decision.reason)
+            try:
+                response = await primary
+            except InferenceError as exc:
+                return await self._fail_over(exc, second, request, deadline)
+            return Served(response, first, decision.reason)
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+
+    async def _done_within(self, task: asyncio.Future, timeout_s: float) -> bool:
+        if timeout_s > 0 and not task.done():
+            timer = asyncio.ensure_future(self._sleep(timeout_s))
+            try:
+                await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                timer.cancel()
+        return task.done()
+
+    @staticmethod
+    async def _first_success(*tasks: asyncio.Future) -> asyncio.Future:
+        """The first task to succeed; when all fail, the most useful failure is raised."""
+        pending = set(tasks)
+        failed: list[asyncio.Future] = []
+        while pending:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:  # in the callers' order, so ties resolve the same way every time
+                if task.done() and task not in failed:
+                    if task.exception() is None:
+                        return task
+                    failed.append(task)
+        errors = [task.exception() for task in failed]
+        for error in errors:
+            if isinstance(error, InferenceError) and not error.retryable:
+                raise error
+        raise errors[-1]
+
+    async def _fail_over(self, error: InferenceError, side: str, request: InferRequest, deadline: float) -> Served:
+        """After ``error`` on one side: the other side, when it may and can be tried."""
+        if not error.retryable:
+            raise error
+        if self._remaining(deadline) <= 0:
+            raise DeadlineExceeded("the request's deadline passed") from error
+        if not self._available(side) or not self._spend_retry():
+            raise error
+        response = await self._attempt(side, request, deadline)
+        return Served(response, side, Reason.FAILOVER)
+
+    # attempts --------------------------------------------------------------------------------
+
+    def _attempt(self, side: str, request: InferRequest, deadline: float) -> Awaitable[InferResponse]:
+        return self._edge_attempt(request, deadline) if side == EDGE else self._cloud_attempts(request, deadline)
+
+    async def _edge_attempt(self, request: InferRequest, deadline: float) -> InferResponse:
+        edge = self.edge
+        if edge is None:
+            raise Unavailable("no edge is configured")
+        timeout = self._remaining(deadline)
+        if self.settings.edge_attempt_timeout_s is not None:
+            timeout = min(timeout, self.settings.edge_attempt_timeout_s)
+        if timeout <= 0:
+            raise DeadlineExceeded("the request's deadline passed")
+        start = self.clock.now()
+        edge.outstanding += 1
+        try:
+            response = await edge.infer(request, timeout)
+        except asyncio.CancelledError:
+            elapsed = self.clock.now() - start
+            if elapsed >= self.settings.hedge_after_s:  # lost to a hedge: the edge took at least this long
+                self._record_edge(edge, elapsed)
+            raise
+        except InferenceError as exc:
+            if exc.kind is ErrorKind.DEADLINE_EXCEEDED:
+                self._record_edge(edge, self.clock.now() - start)
+            self._failed(edge, exc)
+            raise
+        finally:
+            edge.outstanding -= 1
+        self._answered(edge)
+        self._record_edge(edge, self.clock.now() - start)
+        return response
+
+    async def _cloud_attempts(self, request: InferRequest, deadline: float) -> InferResponse:
+        """Cloud workers until one answers; every attempt after the first is paid from the budget."""
+        tried: set[str] = set()
+        last: InferenceError | None = None
+        while True:
+            worker = self.pool.pick(tried)
+            if worker is None:
+                break
+            remaining = self._remaining(deadline)
+            if remaining <= 0:
+                raise DeadlineExceeded("the request's deadline passed") from last
+            if tried and not self._spend_retry():
+                break
+            tried.add(worker.name)
+            start = self.clock.now()
+            worker.outstanding += 1
+            try:
+                response = await worker.infer(request, min(self.settings.cloud_attempt_timeout_s, remaining))
+            except InferenceError as exc:
+                self._failed(worker, exc)
+                if exc.backend_fault and self.pool.on_failure(worker):
+                    self.metrics.ejections.inc()
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            finally:
+                worker.outstanding -= 1
+            self._answered(worker)
+            self.monitor.record(worker.name, self.clock.now() - start)
+            self.pool.on_success(worker)
+            return response
+        if last is not None:
+            raise last
+        raise Unavailable("no cloud worker is available")
+
+    # bookkeeping -----------------------------------------------------------------------------
+
+    def _remaining(self, deadline: float) -> float:
+        return deadline - self.clock.now()
+
+    def edge_up(self) -> bool:
+        return self.edge is not None and self.edge.up
+
+    def _available(self, side: str) -> bool:
+        return self.edge_up() if side == EDGE else self.pool.available()
+
+    def _spend_retry(self) -> bool:
+        allowed = self.budget.try_spend()
+        self.metrics.retries.labels("allowed" if allowed else "refused").inc()
+        return allowed
+
+    def _record_edge(self, edge: Backend, rtt_s: float) -> None:
+        self.monitor.record(edge.name, rtt_s)
+        self.policy.observe_edge(rtt_s)
+
+    def _answered(self, backend: Backend) -> None:
+        if backend.mark_success():
+            self.monitor.stats(backend.name).restart_warmup()
+
+    @staticmethod
+    def _failed(backend: Backend, error: InferenceError) -> None:
+        if error.kind is ErrorKind.UNAVAILABLE:
+            backend.mark_failure()

@@ -1,0 +1,125 @@
+"""A backend reached over gRPC: an edge agent, a cloud worker, or any Open Inference Protocol
+server (Triton, KServe, MLServer).
+
+Contract (see ``gateway.backend.Backend``): ``infer`` sends the request's serialized form (its
+``wire`` bytes unchanged when it came over gRPC) and returns the decoded response, keeping the
+upstream's bytes as its ``wire``. A failure is translated once (``edgecloud.rpc_errors``) into
+the typed error, its retry hint kept; for failures of the backend itself (unreachable, timed out,
+internal) grpc's details, which name addresses, go to the log and the error says only what
+failed. A response the codec rejects is the backend's fault (INTERNAL). Cancelling a call cancels
+it upstream (``edgecloud.grpc_calls.unary``). The channel is created at first use, on the running
+event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from edgecloud import codec
+from edgecloud.errors import ErrorKind, InferenceError, InternalError, error_for_kind
+from edgecloud.grpc_calls import unary
+from edgecloud.limits import RequestLimits
+from edgecloud.rpc_errors import error_from_rpc
+from edgecloud.types import InferRequest, InferResponse, ModelMetadata
+from gateway.backend import Backend
+from protos import inference_pb2 as pb
+
+__all__ = ["GrpcBackend", "channel_options"]
+
+log = logging.getLogger(__name__)
+
+_SERVICE = "/" + pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+FAULT_MESSAGES = {
+    ErrorKind.UNAVAILABLE: "a backend is unavailable",
+    ErrorKind.DEADLINE_EXCEEDED: "a backend did not answer in time",
+    ErrorKind.INTERNAL: "a backend failed",
+}
+
+
+def channel_options(max_message_bytes: int, keepalive_time_ms: int, keepalive_timeout_ms: int) -> list[tuple]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+class GrpcBackend(Backend):
+    def __init__(self, name: str, role: str, address: str, *, limits: RequestLimits,
+                 max_message_bytes: int = 64 * 1024 * 1024, keepalive_time_ms: int = 2000,
+                 keepalive_timeout_ms: int = 1000, failures_to_down: int = 2,
+                 credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None):
+        super().__init__(name, role, failures_to_down=failures_to_down)
+        self.address = address
+        self._limits = limits
+        self._options = channel_options(max_message_bytes, keepalive_time_ms, keepalive_timeout_ms)
+        if server_name:
+            self._options.append(("grpc.ssl_target_name_override", server_name))
+        self._credentials = credentials
+        self._channel: grpc.aio.Channel | None = None
+        self._infer_call: Callable | None = None
+        self._metadata_call: Callable | None = None
+
+    def _connect(self) -> None:
+        if self._credentials is not None:
+            channel = grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
+        else:
+            channel = grpc.aio.insecure_channel(self.address, options=self._options)
+        self._channel = channel
+        # Serialized messages in and out: the codec decodes each once.
+        self._infer_call = channel.unary_unary(f"{_SERVICE}/ModelInfer")
+        self._metadata_call = channel.unary_unary(
+            f"{_SERVICE}/ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadataResponse.FromString)
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            error = error_from_rpc(exc)
+            if error.kind in FAULT_MESSAGES:
+                log.info("%s (%s) failed: %s: %s", self.name, self.address, exc.code().name, exc.details())
+                error = error_for_kind(error.kind, FAULT_MESSAGES[error.kind], retry_after_s=error.retry_after_s)
+            raise error from exc
+
+    async def _send(self, request: InferRequest, timeout_s: float | None) -> bytes:
+        if self._infer_call is None:
+            self._connect()
+        with self._translated():
+            return await unary(self._infer_call(codec.request_to_wire(request), timeout=timeout_s))
+
+    async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
+        body = await self._send(request, timeout_s)
+        try:
+            return codec.response_from_wire(body, self._limits)
+        except InferenceError as exc:
+            log.warning("%s (%s) sent a malformed response: %s", self.name, self.address, exc.message)
+            raise InternalError("a backend sent a malformed response") from exc
+
+    async def probe(self, request: InferRequest, timeout_s: float) -> None:
+        await self._send(request, timeout_s)
+
+    async def model_metadata(self, name: str, version: str, timeout_s: float) -> ModelMetadata:
+        if self._metadata_call is None:
+            self._connect()
+        with self._translated():
+            msg = await unary(self._metadata_call(pb.ModelMetadataRequest(name=name, version=version),
+                                                  timeout=timeout_s))
+        return codec.model_metadata_from_proto(msg)
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        self._infer_call = self._metadata_call = None
+        if channel is not None:
+            await channel.close()

@@ -1,0 +1,103 @@
+"""Active probes: every backend answers a small real inference every ``probe_interval_ms``.
+
+Contract: ``Prober.run()`` loops until cancelled; each round starts one probe per backend that has
+none in flight (a slow backend never delays the others' probes) and then calls ``on_round``
+(gauges). A probe that answers, even with a request error (the probe model is missing there),
+marks its backend up and records its RTT (``probe=True``); a backend fault (unreachable, timed out
+after ``probe_timeout_ms``, failed) counts against its ``up``. A backend that comes back up starts
+its latency warm-up again. Edge probes drive the routing policy's recovery. Time comes from the
+injected clock and sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from edgecloud.clock import Clock
+from edgecloud.errors import InferenceError
+from edgecloud.types import InferRequest
+from gateway.backend import EDGE, Backend
+from gateway.config import RoutingSettings
+from gateway.dispatch import Sleep
+from gateway.latency import LatencyMonitor
+from gateway.routing import RoutingPolicy
+
+__all__ = ["Prober", "probe_request"]
+
+log = logging.getLogger(__name__)
+
+
+def probe_request(settings: RoutingSettings) -> InferRequest:
+    """The probe: ``probe_text`` as the BYTES [1] input ``probe_input`` of ``probe_model``."""
+    from edgecloud.codec import bytes_array, request_to_wire
+    from edgecloud.types import Tensor
+
+    data = bytes_array([settings.probe_text])
+    request = InferRequest(model_name=settings.probe_model, id="probe",
+                           inputs=[Tensor(settings.probe_input, "BYTES", data.shape, data)])
+    request.wire = request_to_wire(request)  # encoded once, sent as is by every gRPC probe
+    return request
+
+
+class Prober:
+    def __init__(self, backends: Callable[[], list[Backend]], monitor: LatencyMonitor, policy: RoutingPolicy,
+                 settings: RoutingSettings, *, clock: Clock, sleep: Sleep = asyncio.sleep,
+                 on_round: Callable[[], None] | None = None):
+        self._backends = backends
+        self.monitor = monitor
+        self.policy = policy
+        self.settings = settings
+        self.request = probe_request(settings)
+        self._clock = clock
+        self._sleep = sleep
+        self._on_round = on_round
+        self._running: dict[str, asyncio.Task] = {}
+
+    def reconfigure(self, settings: RoutingSettings) -> None:
+        self.settings = settings
+        self.request = probe_request(settings)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                for backend in self._backends():
+                    task = self._running.get(backend.name)
+                    if task is None or task.done():
+                        self._running[backend.name] = asyncio.ensure_future(self.probe(backend))
+                if self._on_round is not None:
+                    self._on_round()
+                await self._sleep(self.settings.probe_interval_ms / 1000.0)
+        finally:
+            tasks = list(self._running.values())
+            self._running.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def probe(self, backend: Backend) -> float | None:
+        """Probe ``backend`` once; its RTT in seconds, or None when it failed."""
+        start = self._clock.now()
+        rtt: float | None
+        try:
+            await backend.probe(self.request, self.settings.probe_timeout_ms / 1000.0)
+        except InferenceError as exc:
+            rtt = None if exc.backend_fault else self._clock.now() - start
+        except Exception:
+            log.exception("probe of %s failed unexpectedly", backend.name)
+            rtt = None
+        else:
+            rtt = self._clock.now() - start
+        if rtt is None:
+            if backend.mark_failure():
+                log.warning("%s is down: it failed %d probes or requests in a row", backend.name,
+                            backend.failures_to_down)
+        elif backend.mark_success():
+            log.warning("%s is up again", backend.name)
+            self.monitor.stats(backend.name).restart_warmup()
+        if rtt is not None:
+            self.monitor.record(backend.name, rtt, probe=True)
+        if backend.name == EDGE:
+            self.policy.observe_probe(rtt)
+        return rtt
