@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from edgecloud.exports import lazy_exports
 
 # Exports resolve lazily, so ``from cloud_worker.config import CloudConfig`` (config checks, the CLI)
 # does not import torch.
@@ -21,14 +21,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cloud_worker' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

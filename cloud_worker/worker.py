@@ -61,7 +61,7 @@ def _check_unique(runtimes: Sequence[Runtime]) -> None:
         seen.add(key)
 
 
-class CloudWorker:
+class CloudWorker(InferenceServer):
     def __init__(self, config: CloudConfig | None = None, *, runtimes: Sequence[Runtime] | None = None,
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic):
         """``runtimes`` replaces the configured models (tests inject fakes or wrapped runtimes)."""
@@ -75,46 +75,29 @@ class CloudWorker:
             for runtime in chosen
         ]
         server = self.config.server
-        self.dataplane = Dataplane(
+        dataplane = Dataplane(
             ModelRepository(self.models), ServerMetadata(SERVER_NAME, __version__), self.config.limits.to_limits(),
             Admission(server.max_concurrent_requests, server.overload_retry_after_ms / 1000.0),
         )
-        self.port: int | None = None
+        resources = [Resource(f"model {m.metadata.name}", m.load, m.unload) for m in self.models]
         self.metrics_port: int | None = None
-        self._server: InferenceServer | None = None
+        if server.metrics_port is not None:
+            self._metrics_server = MetricsServer(self.metrics, server.host, server.metrics_port)
+            resources.append(Resource("metrics endpoint", self._start_metrics, self._metrics_server.stop))
+        super().__init__("cloud worker", dataplane, server, resources=resources)
+
+    async def _start_metrics(self) -> None:
+        self.metrics_port = await self._metrics_server.start()
 
     async def start(self) -> int:
-        if self._server is not None and self._server.running:
+        if self.running:
             return self.port
-        server = self.config.server
-        resources = [Resource(f"model {m.metadata.name}", m.load, m.unload) for m in self.models]
-        if server.metrics_port is not None:
-            metrics_server = MetricsServer(self.metrics, server.host, server.metrics_port)
-            resources.append(Resource("metrics endpoint", self._start_metrics(metrics_server), metrics_server.stop))
-        self._server = InferenceServer("cloud worker", self.dataplane, server, resources=resources)
-        self.port = await self._server.start()
+        port = await super().start()
         log.info("cloud worker serving %s on %s:%d (metrics port %s; batching %s, max batch %d)",
-                 ", ".join(f"{m.metadata.name} ({m.runtime.variant})" for m in self.models), server.host,
-                 self.port, self.metrics_port, "on" if self.config.batching.enabled else "off",
+                 ", ".join(f"{m.metadata.name} ({m.runtime.variant})" for m in self.models), self.settings.host,
+                 port, self.metrics_port, "on" if self.config.batching.enabled else "off",
                  max((batch_limit(m.runtime, self.config.batching) for m in self.models), default=0))
-        return self.port
-
-    def _start_metrics(self, metrics_server: MetricsServer):
-        async def start() -> None:
-            self.metrics_port = await metrics_server.start()
-
-        return start
-
-    async def stop(self, grace: float | None = None) -> None:
-        if self._server is not None:
-            await self._server.stop(grace)
-
-    async def __aenter__(self) -> CloudWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.stop()
+        return port
 
 
 __all__ = ["SERVER_NAME", "CloudWorker", "build_runtimes"]

@@ -100,10 +100,21 @@ class InferenceServer:
                 raise
 
     async def _stop_fronts(self, grace: float) -> None:
-        fronts = [front for front in (self._grpc, self._rest) if front is not None]
+        """Both fronts drain at once; gRPC stops accepting in this very step (health NOT_SERVING
+        first), so no call slips in while the other front's task gets going."""
+        grpc_front, rest_front = self._grpc, self._rest
         self._grpc = self._rest = None
-        results = await asyncio.gather(*(front.stop(grace) for front in fronts), return_exceptions=True)
-        errors = [result for result in results if isinstance(result, BaseException)]
+        rest_stop = asyncio.ensure_future(rest_front.stop(grace)) if rest_front is not None else None
+        errors: list[BaseException] = []
+        try:
+            await grpc_front.stop(grace)
+        except Exception as exc:
+            errors.append(exc)
+        if rest_stop is not None:
+            try:
+                await rest_stop
+            except Exception as exc:
+                errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
         if errors:
@@ -115,11 +126,10 @@ class InferenceServer:
             await self._grpc.set_serving(True)
 
     async def _set_not_ready(self, grace: float) -> None:
+        # gRPC health goes NOT_SERVING as its front stops (``GrpcServer.stop``), in the same step.
         self.dataplane.set_ready(False)
         if self._rest is not None:
             self._rest.set_stopping()
-        if self._grpc is not None:
-            await self._grpc.set_serving(False)
 
     async def __aenter__(self) -> InferenceServer:
         await self.start()

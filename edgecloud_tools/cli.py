@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         tuning_cli.add_arguments(tune)
         tune.set_defaults(func=_tune)
 
-    from edgecloud import demo  # stdlib-only at import time
+    from edgecloud_tools import demo  # stdlib-only at import time
 
     demo_parser = commands.add_parser("demo", help="watch traffic move edge -> cloud -> edge, live")
     demo.add_arguments(demo_parser)

@@ -62,12 +62,12 @@ def _latency_trace_route(dataplane: GatewayDataplane):
     return add
 
 
-class GatewayServer:
+class GatewayServer(InferenceServer):
     def __init__(self, config: GatewayConfig, config_path: str | Path | None = None, *,
                  dataplane: GatewayDataplane | None = None):
         self.config = config
         self.config_path = Path(config_path) if config_path else None
-        self.dataplane = dataplane or GatewayDataplane(config)
+        self.dataplane: GatewayDataplane = dataplane or GatewayDataplane(config)
         self._watch_task: asyncio.Task | None = None
         self._mtime: float | None = None
         resources = [Resource("gateway dataplane", self.dataplane.start, self.dataplane.stop)]
@@ -75,22 +75,18 @@ class GatewayServer:
             resources.append(Resource("config watch", self._start_watch, self._stop_watch))
         rest = RestOptions(metrics_text=self.dataplane.metrics.exposition, response_headers=where_served_headers,
                            extra_routes=_latency_trace_route(self.dataplane))
-        self._server = InferenceServer("gateway", self.dataplane, config.server, resources=resources,
-                                       authenticate=self._authenticate, rest=rest)
+        super().__init__("gateway", self.dataplane, config.server, resources=resources,
+                         authenticate=self._authenticate, rest=rest)
 
     def _authenticate(self, headers: Mapping[str, str]) -> str:
         return self.dataplane.auth.tenant_for(headers)  # the authenticator a reload installed
 
     @property
     def grpc_port(self) -> int | None:
-        return self._server.port
-
-    @property
-    def http_port(self) -> int | None:
-        return self._server.http_port
+        return self.port
 
     async def start(self) -> int:
-        port = await self._server.start()
+        port = await super().start()
         server = self.config.server
         edge = self.config.edge
         log.info("gateway listening: grpc %s:%s%s; edge %s; cloud workers %s", server.host, port,
@@ -98,9 +94,6 @@ class GatewayServer:
                  "embedded" if edge.embedded is not None else edge.address or "none",
                  ", ".join(self.config.cloud.workers) or "none")
         return port
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self._server.stop(grace)
 
     # hot reload ------------------------------------------------------------------------------
 

@@ -3,3 +3,7 @@
 Import ``protos.inference_pb2`` / ``protos.inference_pb2_grpc`` directly. Only transports and
 ``edgecloud.codec`` import them; the rest of the code works on ``edgecloud.types``.
 """
+
+__all__ = ["inference_pb2", "inference_pb2_grpc"]
+
+from protos import inference_pb2, inference_pb2_grpc  # noqa: E402

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from edgecloud import demo
+from edgecloud_tools import demo
 from edgecloud_tools.demo import DemoResult, Outcome
 
 

@@ -102,7 +102,8 @@ def _update_data(digest, datatype: str, data: np.ndarray) -> None:
     storage = DATATYPES[datatype].numpy_dtype
     array = data if data.dtype == storage and data.flags.c_contiguous else np.ascontiguousarray(data, storage)
     digest.update(_U64.pack(array.nbytes))
-    digest.update(memoryview(array).cast("B"))
+    if array.size:
+        digest.update(memoryview(array.reshape(-1).view(np.uint8)))  # hashed in place, not copied
 
 
 def cache_key(request: CacheRequest, ignored: frozenset[str] = EXCLUDED_PARAMETERS) -> bytes:

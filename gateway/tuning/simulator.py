@@ -2,7 +2,7 @@
 
 Contract: ``simulate(workload, settings)`` builds the gateway's own ``RoutingPolicy`` on a
 ``LatencyStats`` and a ``FakeClock`` (nothing of the policy is re-implemented here) and replays,
-in time order, what ``GatewayCore`` does:
+in time order, what the gateway's dispatcher and prober do (``gateway.dispatch``, ``gateway.probes``):
 
 - each arrival asks ``policy.decide(edge_up, cloud_up=True)``;
 - an edge attempt started at ``t`` takes ``e = workload.edge.at(t)``. With ``decision.hedge`` and
@@ -11,13 +11,13 @@ in time order, what ``GatewayCore`` does:
   cloud, reason ``hedge_won``, latency ``hedge_after + c``) and the cancelled edge attempt is
   recorded then as a passive sample of ``hedge_after + c`` (the censored elapsed time); otherwise
   the edge's ``e`` is recorded when it answers. Every passive sample is followed by
-  ``policy.observe_edge(rtt)``, as in ``GatewayCore._record_edge``;
+  ``policy.observe_edge(rtt)``, as in ``Dispatcher._record_edge``;
 - a cloud route takes ``workload.cloud.at(t)`` (cloud samples never reach the policy);
 - edge probes start every ``probe_interval_ms`` from the workload's start unless one is still in
   flight; one answering within ``probe_timeout_ms`` is recorded as a probe sample and passed to
   ``policy.observe_probe(rtt)``; a slower one is a failure (``observe_probe(None)``), and
   ``failures_to_down`` consecutive failures mark the edge down until an edge call succeeds, as
-  ``Upstream`` does.
+  ``Backend.mark_failure`` / ``mark_success`` do.
 
 Assumed, not simulated: the cloud is always up; backend RTTs do not depend on the load the
 settings being tried put on them; request deadlines and ``edge.attempt_timeout_ms`` never bind;
@@ -108,7 +108,7 @@ class _Replay:
         return SimResult(self.settings, tuple(self.requests), self.policy.transitions, tuple(self.states),
                          tuple(self.statistic))
 
-    # upstream health, as ``Upstream.mark_success`` / ``mark_failure`` -----------------------------
+    # backend health, as ``Backend.mark_success`` / ``mark_failure`` -----------------------------
 
     def _edge_success(self) -> None:
         self._failures = 0
@@ -119,7 +119,7 @@ class _Replay:
         if self._failures >= self.settings.failures_to_down:
             self.edge_up = False
 
-    # requests, as ``GatewayCore._route`` / ``_via_edge`` -------------------------------------------
+    # requests, as ``Dispatcher.dispatch`` / ``_hedged`` -------------------------------------------
 
     def _arrive(self) -> None:
         now = self.clock.now()
@@ -147,13 +147,13 @@ class _Replay:
         self.requests.append(SimRequest(arrival, latency_s + self.overhead_s, served_by, reason, hedged))
 
     def _edge_sample(self, rtt_s: float, *, answered: bool) -> None:
-        """``GatewayCore._record_edge``: a passive sample (censored when ``answered`` is False)."""
+        """``Dispatcher._record_edge``: a passive sample (censored when ``answered`` is False)."""
         if answered:
             self._edge_success()
         self.stats.record(rtt_s)
         self.policy.observe_edge(rtt_s)
 
-    # probes, as ``GatewayCore._probe_loop`` / ``_probe`` ------------------------------------------
+    # probes, as ``Prober.run`` / ``probe`` ------------------------------------------
 
     def _probe_tick(self) -> None:
         now = self.clock.now()

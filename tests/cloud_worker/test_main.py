@@ -109,7 +109,7 @@ def test_exports_are_honest():
     for name in cloud_worker.__all__:
         assert getattr(cloud_worker, name) is not None, name
     for module in ("batcher", "bucketing", "config", "device", "main", "manifest", "metrics", "metrics_http",
-                   "models", "programs", "reference", "runtime", "testing", "worker"):
+                   "models", "programs", "reference", "runtime", "worker"):
         mod = importlib.import_module(f"cloud_worker.{module}")
         assert mod.__all__, module
         for name in mod.__all__:

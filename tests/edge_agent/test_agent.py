@@ -13,7 +13,6 @@ from edgecloud.codec import bytes_array
 from edgecloud.errors import InvalidArgument, NotFound
 from edgecloud.types import InferRequest, RequestedOutput, Tensor
 from edge_agent.agent import EdgeAgent
-from protos import inference_pb2 as pb
 
 
 def test_embed_returns_normalised_vectors_in_order(edge_agent_session):
@@ -83,15 +82,6 @@ async def test_async_api_runs_off_the_event_loop(model_dir):
         # busy machine may stop the process for a while, and that says nothing about the loop.
         assert loop_cpu < 0.5 * process_cpu, (loop_cpu, process_cpu)  # measured: ~0 vs ~1.0 blocking
         assert ticks >= 3
-
-
-async def test_async_infer_accepts_protobuf(edge_agent_session):
-    msg = pb.ModelInferRequest(model_name="all-MiniLM-L6-v2", id="x")
-    entry = msg.inputs.add(name="text", datatype="BYTES", shape=[1])
-    entry.contents.bytes_contents.append(b"protobuf in, protobuf out")
-    response = await edge_agent_session.infer(msg)
-    assert isinstance(response, pb.ModelInferResponse)
-    assert list(response.outputs[0].shape) == [1, 384] and len(response.raw_output_contents[0]) == 384 * 4
 
 
 def test_bad_input_raises_typed_errors(edge_agent_session):

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import struct
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from edgecloud import codec, json_codec
 from edgecloud.datatypes import DATATYPES
+from edgecloud.errors import InvalidArgument
 from gateway.cache.keys import EXCLUDED_PARAMETERS, cache_key
 from gateway.cache.api import CacheRequest
 from protos import inference_pb2 as pb
@@ -140,8 +141,12 @@ def test_keys_are_equal_exactly_when_the_requests_are_the_same(request, tenant, 
     elif how == "parameter retyped":
         msg.parameters["k"].int64_param = 1
     twin = mutate(tenant, "1", msg, how, data)
+    try:
+        twin_key = key(*twin)
+    except InvalidArgument:  # the gateway refuses such a twin before it is ever keyed
+        assume(False)
     same = canonical(tenant, "1", msg) == canonical(*twin)
-    assert (key(tenant, "1", msg) == key(*twin)) == same, (how, canonical(tenant, "1", msg), canonical(*twin))
+    assert (key(tenant, "1", msg) == twin_key) == same, (how, canonical(tenant, "1", msg), canonical(*twin))
 
 
 @FEWER

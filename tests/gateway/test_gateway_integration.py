@@ -1,4 +1,8 @@
-"""The gateway with a real edge agent process, real cloud worker processes and a fault proxy."""
+"""End-to-end smoke tests of the gateway's wiring: a real edge agent process, real cloud worker
+processes and a fault proxy. Every dispatch path (hedging, failover, retries, deadlines, ejection)
+is unit-tested on fakes and virtual time in ``test_dispatch.py``; these prove the real parts are
+connected: the edge serves, a slow edge moves traffic to the cloud and back, a killed worker loses
+nothing, and the embedded edge works."""
 
 from __future__ import annotations
 
@@ -37,21 +41,17 @@ async def test_serves_from_the_edge_and_says_so(edge_proxy, shared_cloud, start_
         assert meta.inputs[0].name == "text" and (await stub.ServerReady(pb.ServerReadyRequest())).ready
     exposition, _ = gateway.dataplane.metrics.exposition()
     assert b'edgecloud_gateway_route_decisions_total{reason="edge_fast",route="edge"}' in exposition
-
-
-async def test_bad_input_is_refused_at_the_gateway(edge_proxy, shared_cloud, start_gateway):
-    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address])
-    address = f"127.0.0.1:{gateway.grpc_port}"
+    # Bad input is refused at the gateway, named by field, and never retried.
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _infer(address, text_request(["x"], model="nope"))
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "model_name" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and info.value.details().startswith("model_name")
     bad = text_request(["x"])
     bad.inputs[0].datatype = "FP32"
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _infer(address, bad)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith("inputs[text]")
-    assert gateway.dataplane.metrics.retries.labels("allowed")._value.get() == 0  # never retried
+    assert gateway.dataplane.metrics.retries.labels("allowed")._value.get() == 0
 
 
 async def test_slow_edge_moves_traffic_to_cloud_and_back_without_flapping(edge_proxy, shared_cloud, start_gateway):
@@ -99,62 +99,7 @@ async def test_slow_edge_moves_traffic_to_cloud_and_back_without_flapping(edge_p
     assert policy.transitions == 2  # edge -> cloud -> edge, no flapping
 
 
-async def test_edge_stall_is_bounded_by_hedging(edge_proxy, shared_cloud, start_gateway):
-    # The edge stays preferred (a threshold no busy machine reaches); hedging alone bounds the stall.
-    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address],
-                                  threshold_ms=60_000, hedge_after_ms=150)
-    address = f"127.0.0.1:{gateway.grpc_port}"
-    await _infer(address, text_request(["warm"]))
-    edge_proxy.stall()
-    try:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        response = await _infer(address, text_request(["stalled edge"]), timeout=10)
-        elapsed = loop.time() - start
-        # The losing edge call is cancelled, not left waiting on the stalled link.
-        await wait_until(lambda: gateway.dataplane.edge.outstanding == 0)
-    finally:
-        edge_proxy.unstall()
-    assert response.parameters["served_by"].string_param == "cloud"
-    assert response.parameters["route_reason"].string_param == "hedge_won"
-    assert elapsed < 0.15 + 4.0  # the stall itself is unbounded: only the hedge ends this call
-
-
-async def test_dead_edge_fails_over_to_cloud_with_zero_failures(edge_proxy, shared_cloud, start_gateway):
-    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address])
-
-    marks = {}
-
-    async def scenario(t0):
-        await asyncio.sleep(1.0)
-        edge_proxy.cut()
-        marks["cut"] = time.monotonic() - t0  # judged from when it really happened
-        await asyncio.sleep(2.5)  # the load lasts until then
-
-    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=None, concurrency=8, on_tick=scenario)
-    assert not [o for o in outcomes if o.error]
-    after = [o for o in outcomes if o.started > marks["cut"] + 1.0]
-    assert after and {o.served_by for o in after} == {"cloud"}
-    edge_proxy.restore()
-
-
-async def test_both_down_is_unavailable_with_a_clear_message(edge_proxy, start_gateway):
-    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", ["127.0.0.1:9"])
-    address = f"127.0.0.1:{gateway.grpc_port}"
-    await _infer(address, text_request(["metadata gets cached"]))
-    edge_proxy.cut()
-    for _ in range(3):
-        try:
-            await _infer(address, text_request(["x"]), timeout=5)
-        except grpc.aio.AioRpcError as exc:
-            last = exc
-    assert last.code() == grpc.StatusCode.UNAVAILABLE
-    assert "127.0.0.1" not in last.details() and ("unavailable" in last.details())
-    edge_proxy.restore()
-
-
-@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
-async def test_cloud_worker_failure_under_load_loses_no_request(fault, start_cloud_workers, start_gateway):
+async def test_a_cloud_worker_killed_under_load_loses_no_request(start_cloud_workers, start_gateway):
     workers = start_cloud_workers(2)
     # An attempt bound that bypasses the frozen worker, yet that the survivor, holding all 16 on a
     # busy machine, does not reach.
@@ -163,16 +108,9 @@ async def test_cloud_worker_failure_under_load_loses_no_request(fault, start_clo
 
     async def scenario(t0):
         await asyncio.sleep(1.5)
-        if fault == "sigkill":
-            victim.kill()
-        else:
-            victim.pause()
+        victim.kill()
 
-    try:
-        outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=5.0, concurrency=16,
-                                  on_tick=scenario)
-    finally:
-        victim.resume()
+    outcomes = await run_load(f"127.0.0.1:{gateway.grpc_port}", duration_s=5.0, concurrency=16, on_tick=scenario)
     errors = [o for o in outcomes if o.error]
     assert not errors, errors[:3]
     assert len(outcomes) > 16  # every client got answers

@@ -192,3 +192,50 @@ def test_ejection_multiplier_decays_after_healthy_interval():
     detector.on_failure("a")
     clock.advance(1.01)
     assert not detector.is_ejected("a")  # ejected for 1 s again, not 2 s
+
+
+def test_a_single_slow_sample_in_a_small_window_never_moves_traffic():
+    policy, stats, clock = make_policy(threshold_ms=200, min_samples=3, min_slow_samples=2)
+    feed(policy, stats, clock, 20, 2)
+    feed(policy, stats, clock, 900, 1)  # p95 of 3 samples is this one sample
+    assert policy.edge_statistic() > 0.2 and policy.state is RouteState.EDGE_PREFERRED
+    feed(policy, stats, clock, 900, 1)
+    assert policy.state is RouteState.CLOUD_FALLBACK
+
+
+def test_a_cold_edge_is_not_judged_by_its_warm_up_samples():
+    """The first probes of a freshly started edge (connection set-up, cold caches) are discarded."""
+    clock = FakeClock()
+    settings = RoutingSettings(threshold_ms=200, min_samples=3, warmup_samples=2)
+    stats = LatencyStats(clock, window_s=2.0, warmup=settings.warmup_samples)
+    policy = RoutingPolicy(settings, stats, clock)
+    for rtt_ms in (831, 640, 12, 11, 13):  # as seen right after `make up`
+        clock.advance(0.2)
+        stats.record(rtt_ms / 1000, probe=True)
+        policy.observe_probe(rtt_ms / 1000)
+    assert policy.state is RouteState.EDGE_PREFERRED and stats.count == 3
+    stats.restart_warmup()  # the edge reconnected: its next samples are discarded again
+    assert not stats.record(0.9) and not stats.record(0.9) and stats.record(0.01)
+
+
+def test_the_cloud_statistic_is_only_consulted_in_fallback_and_at_most_every_reevaluation():
+    asked = []
+
+    def cloud():
+        asked.append(1)
+        return 0.5
+
+    clock = FakeClock()
+    settings = RoutingSettings(threshold_ms=200)
+    stats = LatencyStats(clock, window_s=2.0)
+    policy = RoutingPolicy(settings, stats, clock, cloud_statistic=cloud)
+    for _ in range(10):
+        policy.decide(edge_up=True, cloud_up=True)
+    assert not asked
+    feed(policy, stats, clock, 300, 5)
+    for _ in range(10):
+        decision = policy.decide(edge_up=True, cloud_up=True)
+    assert len(asked) == 1 and decision.route is Route.EDGE and decision.reason == Reason.CLOUD_SLOWER
+    clock.advance(0.06)
+    policy.decide(edge_up=True, cloud_up=True)
+    assert len(asked) == 2

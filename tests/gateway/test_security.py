@@ -51,7 +51,7 @@ async def test_api_keys_gate_both_fronts_and_name_the_tenant(edge_proxy, shared_
     original = gateway.dataplane.cache.serve
 
     async def spy(request, compute):
-        seen_tenants.append(request.tenant)
+        seen_tenants.append(request.request.tenant)
         return await original(request, compute)
 
     gateway.dataplane.cache.serve = spy

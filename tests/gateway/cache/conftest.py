@@ -163,6 +163,13 @@ def text_msg(texts: list[str], *, model: str = MODEL, request_id: str = "", **pa
                                     for name, value in params.items()})
 
 
+def text_proto(texts: list[str], **kwargs):
+    """The same request as ``text_msg``, as a client sends it over gRPC."""
+    from edgecloud.codec import request_to_proto
+
+    return request_to_proto(text_msg(texts, **kwargs))
+
+
 def cache_request(request: InferRequest, *, tenant: str = "default", version: str = "1",
                   require_cloud: bool = False, bypass: bool = False,
                   outputs: tuple[RequestedOutput, ...] = ()) -> CacheRequest:

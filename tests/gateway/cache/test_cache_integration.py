@@ -14,7 +14,7 @@ import pytest
 from gateway.cache import BreakerState
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
-from tests.gateway.cache.conftest import MODEL, counter, run_repeating_load, text_msg
+from tests.gateway.cache.conftest import MODEL, counter, run_repeating_load, text_proto
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -33,9 +33,9 @@ async def test_hits_are_bit_identical_and_say_where_they_came_from(edge_process,
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stored = lambda: counter(gateway.dataplane.metrics.cache.writes, "stored")  # noqa: E731
-        first = await stub.ModelInfer(text_msg(["a cached sentence"], request_id="1"), timeout=10)
+        first = await stub.ModelInfer(text_proto(["a cached sentence"], request_id="1"), timeout=10)
         await wait_until(lambda: stored() == 1)  # the write is off the request's path
-        second = await stub.ModelInfer(text_msg(["a cached sentence"], request_id="2"), timeout=10)
+        second = await stub.ModelInfer(text_proto(["a cached sentence"], request_id="2"), timeout=10)
         assert first.parameters["served_by"].string_param == "edge"
         assert second.parameters["served_by"].string_param == "cache"
         assert second.parameters["route_reason"].string_param == "cache_hit"
@@ -48,13 +48,13 @@ async def test_hits_are_bit_identical_and_say_where_they_came_from(edge_process,
         typed.inputs.add(name="text", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"a cached sentence")
         assert (await stub.ModelInfer(typed, timeout=10)).parameters["served_by"].string_param == "cache"
 
-        bypass = await stub.ModelInfer(text_msg(["a cached sentence"], no_cache=True), timeout=10)
+        bypass = await stub.ModelInfer(text_proto(["a cached sentence"], no_cache=True), timeout=10)
         assert bypass.parameters["served_by"].string_param == "edge"
 
-        cloud = await stub.ModelInfer(text_msg(["a cached sentence"], quality="cloud"), timeout=30)
+        cloud = await stub.ModelInfer(text_proto(["a cached sentence"], quality="cloud"), timeout=30)
         assert cloud.parameters["served_by"].string_param == "cloud"  # an edge entry is not cloud quality
         await wait_until(lambda: stored() == 2)
-        upgraded = await stub.ModelInfer(text_msg(["a cached sentence"]), timeout=10)
+        upgraded = await stub.ModelInfer(text_proto(["a cached sentence"]), timeout=10)
         assert upgraded.parameters["served_by"].string_param == "cache"
         assert upgraded.parameters["cache_source"].string_param == "cloud"
         assert list(upgraded.raw_output_contents) == list(cloud.raw_output_contents)
@@ -79,7 +79,7 @@ async def test_200_concurrent_identical_requests_cause_one_inference(edge_proxy,
         before = decisions(gateway)
         edge_proxy.stall()
         try:
-            calls = [asyncio.ensure_future(stub.ModelInfer(text_msg(["one stampede"], request_id=str(i)), timeout=60))
+            calls = [asyncio.ensure_future(stub.ModelInfer(text_proto(["one stampede"], request_id=str(i)), timeout=60))
                      for i in range(200)]
             await wait_until(lambda: followers() == 199, timeout=45)
         finally:
@@ -105,7 +105,7 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for text in texts:  # every text cached before the load: the "before" window is all hits
-            await stub.ModelInfer(text_msg([text]), timeout=20)
+            await stub.ModelInfer(text_proto([text]), timeout=20)
     await wait_until(lambda: counter(gateway.dataplane.metrics.cache.writes, "stored") == len(texts), timeout=20)
 
     marks = {}

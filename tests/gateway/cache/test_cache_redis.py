@@ -38,7 +38,7 @@ async def test_hits_from_redis_and_real_ttl_expiry(redis_server, start_cache):
     first = await serve(cache, computes, "x")
     await wait_until(lambda: counter(cache._metrics.writes, "stored") == 1)
     hit = await serve(cache, computes, "x")
-    assert hit.served_by == "cache" and hit.response.raw_output_contents == first.response.raw_output_contents
+    assert hit.served_by == "cache" and hit.response.outputs[0].data.tobytes() == first.response.outputs[0].data.tobytes()
     await asyncio.sleep(3.05)
     assert (await serve(cache, computes, "x")).served_by == "edge" and computes.calls == 2
 
@@ -151,6 +151,6 @@ async def test_a_request_cancelled_mid_get_leaves_the_pool_correct(redis_server,
         for t in texts:  # every hit carries its own key's answer
             hit = await serve(cache, computes, t)
             assert hit.served_by == "cache"
-            assert hit.response.raw_output_contents == first[t].response.raw_output_contents
+            assert hit.response.outputs[0].data.tobytes() == first[t].response.outputs[0].data.tobytes()
     finally:
         await proxy.stop()

@@ -5,8 +5,7 @@ from __future__ import annotations
 import inspect
 
 import gateway.cache
-from gateway.cache import GatewayCache
-from gateway.cache_api import build_cache
+from gateway.cache import GatewayCache, build_cache
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 
@@ -19,12 +18,12 @@ def test_all_lists_exactly_the_public_names():
 
 
 def test_every_module_declares_its_exports():
-    for name in ("backend", "breaker", "cache", "envelope", "freshness", "keys", "lru", "redis_backend", "settings",
-                 "singleflight", "writer"):
+    for name in ("api", "backend", "breaker", "cache", "envelope", "freshness", "keys", "lru", "redis_backend",
+                 "settings", "writer"):
         module = getattr(gateway.cache, name)
         assert module.__all__ and all(hasattr(module, n) for n in module.__all__), name
 
 
 def test_build_cache_returns_the_gateway_cache_even_when_disabled():
-    cache = build_cache(GatewayConfig(), GatewayMetrics())
+    cache = build_cache(GatewayConfig().cache, GatewayMetrics().cache)
     assert isinstance(cache, GatewayCache) and not cache.settings.enabled

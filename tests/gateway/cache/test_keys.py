@@ -101,8 +101,8 @@ def test_typed_and_raw_bytes_tensors_share_a_key(items):
 def test_different_shapes_over_the_same_bytes_never_collide(a, b):
     if a == b:
         return
-    raw = bytes(range(256)) * 4  # shapes differ, the bytes do not
-    assert key(tensor_msg("UINT8", a, raw)) != key(tensor_msg("UINT8", b, raw))
+    raw = bytes(range(256)) * 16  # shapes differ; where they hold as many elements, the bytes do not
+    assert key(tensor_msg("UINT8", a, raw[:int(np.prod(a))])) != key(tensor_msg("UINT8", b, raw[:int(np.prod(b))]))
 
 
 def test_transposed_shapes_differ():
@@ -115,7 +115,10 @@ def test_transposed_shapes_differ():
 def test_different_dtypes_over_the_same_bytes_never_collide(a, b):
     if a == b:
         return
-    assert key(tensor_msg(a, [8], bytes(64))) != key(tensor_msg(b, [8], bytes(64)))
+    def over_64_zero_bytes(datatype):
+        return tensor_msg(datatype, [64 // DATATYPES[datatype].itemsize], bytes(64))
+
+    assert key(over_64_zero_bytes(a)) != key(over_64_zero_bytes(b))
 
 
 @FAST
@@ -132,7 +135,7 @@ def test_different_tenants_never_collide(a, b, data):
 def test_fields_are_length_prefixed_not_concatenated(t1, m1, t2, m2):
     if (t1, m1) == (t2, m2):
         return
-    msg1, msg2 = pb.ModelInferRequest(model_name=m1), pb.ModelInferRequest(model_name=m2)
+    msg1, msg2 = pb.ModelInferRequest(model_name="m" + m1), pb.ModelInferRequest(model_name="m" + m2)
     for msg in (msg1, msg2):
         msg.inputs.add(name="x", datatype="UINT8", shape=[1])
         msg.raw_input_contents.append(b"\x01")

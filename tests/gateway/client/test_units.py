@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import pytest
 
 from edgecloud import codec
-from edgecloud.errors import InternalError, InvalidArgument, NotFound, Unavailable
+from edgecloud.errors import InternalError
 from edgecloud.types import InferResponse, Tensor
 from gateway.client import EmbedResult, InferResult, RetryPolicy, TlsOptions
 from gateway.client.calls import Calls
 from gateway.client.inputs import tensor_from_value
-from edgecloud.rpc_errors import translate_rpc_errors
 from gateway.client.settings import ClientSettings, channel_options
 from protos import inference_pb2 as pb
 
@@ -110,44 +108,6 @@ def test_a_response_shape_beyond_the_message_limit_is_refused_before_allocating(
     msg.raw_output_contents.append(b"")
     with pytest.raises(InternalError):
         Calls(None, 1 << 20).infer("m", {"x": ["a"]}).parse(msg)
-
-
-# errors ----------------------------------------------------------------------------------------
-
-
-class _FakeRpcError(grpc.RpcError):
-    def __init__(self, code, details, trailing=()):
-        self._code, self._details, self._trailing = code, details, trailing
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
-
-    def trailing_metadata(self):
-        return self._trailing
-
-
-@pytest.mark.parametrize(("code", "error"), [
-    (grpc.StatusCode.NOT_FOUND, NotFound),
-    (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
-    (grpc.StatusCode.UNAVAILABLE, Unavailable),
-    (grpc.StatusCode.UNKNOWN, InternalError),
-])
-def test_rpc_errors_become_typed_errors_from_the_rpc_error(code, error):
-    rpc_error = _FakeRpcError(code, "server says why", (("retry-after", "1.500"),))
-    with pytest.raises(error, match="server says why") as info:
-        with translate_rpc_errors():
-            raise rpc_error
-    assert info.value.__cause__ is rpc_error
-    assert info.value.retry_after_s == 1.5
-
-
-def test_other_exceptions_pass_through():
-    with pytest.raises(KeyError):
-        with translate_rpc_errors():
-            raise KeyError("x")
 
 
 # settings and TLS ------------------------------------------------------------------------------
