@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
+
+Sleep = Callable[[float], Awaitable[None]]
+"""Waiting, injectable beside the clock: ``asyncio.sleep`` in production, a fake clock's in tests."""
 
 
 class Clock(Protocol):

@@ -1,6 +1,6 @@
 """What the dispatcher talks to: one edge or cloud backend, behind one small protocol.
 
-Contract: a ``Backend`` does I/O only — ``infer`` (a decoded request within ``timeout_s``),
+Contract: a ``Backend`` does I/O only — ``start`` (before serving), ``infer`` (a decoded request within ``timeout_s``),
 ``probe`` (one small real inference, not counted as load), ``model_metadata`` and ``close`` — and
 fails only with ``InferenceError``s (``DeadlineExceeded`` when ``timeout_s`` passed), whose kind
 says whether another backend may be tried and whether the failure counts against this one
@@ -55,6 +55,9 @@ class Backend(abc.ABC):
         return False
 
     # I/O -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Prepare before the gateway serves (an embedded edge loads its models); default: nothing."""
 
     @abc.abstractmethod
     async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse: ...

@@ -21,7 +21,7 @@ import time
 
 from edgecloud import __version__
 from edgecloud.admission import Admission
-from edgecloud.clock import Clock, MonotonicClock
+from edgecloud.clock import Clock, MonotonicClock, Sleep
 from edgecloud.dataplane import PROTOCOL_EXTENSIONS
 from edgecloud.errors import InferenceError, InvalidArgument
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, ServerMetadata
@@ -30,7 +30,7 @@ from gateway.auth import ApiKeyAuthenticator
 from gateway.backend import CLOUD, EDGE, Backend
 from gateway.cache import NO_CACHE_PARAMETER, QUALITY_PARAMETER, CacheRequest, Served, build_cache
 from gateway.config import GatewayConfig
-from gateway.dispatch import Dispatcher, DispatchSettings, Sleep
+from gateway.dispatch import Dispatcher, DispatchSettings
 from gateway.grpc_backend import GrpcBackend
 from gateway.latency import LatencyMonitor
 from gateway.metadata import MetadataCache
@@ -124,9 +124,8 @@ class GatewayDataplane:
 
     async def start(self) -> None:
         await self.cache.start()
-        start_edge = getattr(self.edge, "start", None)
-        if start_edge is not None:  # an embedded edge loads its models before the gateway serves
-            await start_edge()
+        if self.edge is not None:
+            await self.edge.start()
         self._probe_task = asyncio.create_task(self.prober.run(), name="gateway-probes")
 
     async def stop(self) -> None:
@@ -167,9 +166,8 @@ class GatewayDataplane:
             if self.edge is not None:
                 self._retired.append(self.edge)
             self.dispatcher.edge = self._make_edge(config)
-            start_edge = getattr(self.edge, "start", None)
-            if start_edge is not None:
-                await start_edge()
+            if self.edge is not None:
+                await self.edge.start()
         current = {w.address: w for w in self.pool.workers} if config.cloud.tls == old.cloud.tls else {}
         workers = [current.pop(a) if a in current else self._make_worker(config, a) for a in config.cloud.workers]
         self._retired.extend(current.values())

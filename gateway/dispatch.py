@@ -24,10 +24,10 @@ Contract for ``Dispatcher.dispatch(request, deadline, require_cloud=False) -> Se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from edgecloud.clock import Clock
+from edgecloud.clock import Clock, Sleep
 from edgecloud.errors import DeadlineExceeded, ErrorKind, InferenceError, Unavailable
 from edgecloud.types import InferRequest, InferResponse
 from gateway.backend import CLOUD, EDGE, Backend
@@ -39,9 +39,7 @@ from gateway.pool import CloudPool
 from gateway.retry_budget import RetryBudget
 from gateway.routing import Decision, Reason, Route, RoutingPolicy
 
-__all__ = ["DispatchSettings", "Dispatcher", "Sleep"]
-
-Sleep = Callable[[float], Awaitable[None]]
+__all__ = ["DispatchSettings", "Dispatcher"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from edgecloud.clock import Clock
+from edgecloud.clock import Clock, Sleep
 from edgecloud.errors import InferenceError
 from edgecloud.types import InferRequest
 from gateway.backend import EDGE, Backend
 from gateway.config import RoutingSettings
-from gateway.dispatch import Sleep
 from gateway.latency import LatencyMonitor
 from gateway.routing import RoutingPolicy
 
