@@ -106,6 +106,11 @@ class ServerSettings(Section):
     """Inference requests in flight at once; the excess is shed at once with RESOURCE_EXHAUSTED / 503."""
     overload_retry_after_ms: float = Field(100, ge=0, le=600_000)
     """Retry hint sent with shed requests (gRPC trailer ``retry-after``, HTTP ``Retry-After``)."""
+    body_read_timeout_ms: float = Field(5000, gt=0, le=600_000)
+    """An HTTP body not fully arrived this long after its headers is answered 408 and its
+    connection closed (slow or stalled clients do not hold a request forever)."""
+    max_http_connections: int = Field(1024, ge=1, le=1_000_000)
+    """HTTP connections open at once; more are closed as soon as they are accepted."""
     tls: ServerTlsSettings | None = None
     """TLS (or mutual TLS) for this server's gRPC and HTTP listeners; unset for plaintext."""
 

@@ -25,6 +25,7 @@ class ErrorKind(enum.Enum):
     PERMISSION_DENIED = "permission_denied"
     UNIMPLEMENTED = "unimplemented"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    REQUEST_TIMEOUT = "request_timeout"
     INTERNAL = "internal"
 
     @property
@@ -55,6 +56,7 @@ KIND_TRAITS: dict[ErrorKind, KindTraits] = {
     ErrorKind.PERMISSION_DENIED: KindTraits(retryable=False, backend_fault=False),
     ErrorKind.UNIMPLEMENTED: KindTraits(retryable=False, backend_fault=False),
     ErrorKind.UNSUPPORTED_MEDIA_TYPE: KindTraits(retryable=False, backend_fault=False),
+    ErrorKind.REQUEST_TIMEOUT: KindTraits(retryable=False, backend_fault=False),
     # A healthy backend that is busy: try another, but do not hold it against this one.
     ErrorKind.OVERLOADED: KindTraits(retryable=True, backend_fault=False),
     ErrorKind.CANCELLED: KindTraits(retryable=True, backend_fault=False),
@@ -145,6 +147,12 @@ class UnsupportedMediaType(InferenceError):
     kind = ErrorKind.UNSUPPORTED_MEDIA_TYPE
 
 
+class RequestTimeout(InferenceError):
+    """The client did not send its request in time (a body that stops arriving)."""
+
+    kind = ErrorKind.REQUEST_TIMEOUT
+
+
 class InternalError(InferenceError):
     kind = ErrorKind.INTERNAL
 
@@ -164,6 +172,7 @@ _BY_KIND: dict[ErrorKind, type[InferenceError]] = {
         PermissionDenied,
         Unimplemented,
         UnsupportedMediaType,
+        RequestTimeout,
         InternalError,
     )
 }

@@ -9,6 +9,10 @@ Contract:
   data extension, ``application/octet-stream`` with ``Inference-Header-Content-Length``); a body
   with no Content-Type is accepted (``tritonclient.http`` sends none); any other type is 415.
   Bodies over ``max_body_bytes`` are 413, however they are framed (Content-Length or chunks).
+- A body that has not fully arrived ``body_timeout_s`` after its headers is 408; a body whose
+  framing turns out malformed (a bad chunk) is 400 at once. Both close the connection. At most
+  ``max_connections`` connections are open at once; more are closed when accepted
+  (``edgecloud.http_connections``). A client that goes away mid-body ends its request quietly.
 - ``X-Request-Timeout-Ms`` sets ``InferRequest.deadline`` (monotonic) and bounds the call: past it
   the client gets 504.
 - Every error body is ``{"error": message}``: typed ``InferenceError``s get
@@ -32,13 +36,16 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from edgecloud import json_codec
 from edgecloud.errors import (
+    Cancelled,
     DeadlineExceeded,
     ErrorKind,
     InferenceError,
     InvalidArgument,
+    RequestTimeout,
     ResourceExhausted,
     UnsupportedMediaType,
 )
+from edgecloud.http_connections import GuardedAppRunner, MalformedBody, close_after_response
 from edgecloud.dataplane import InferenceDataplane
 from edgecloud.status import http_status
 from edgecloud.types import InferResponse
@@ -57,6 +64,8 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 TENANT_KEY = web.RequestKey("tenant", str)
+CLOSE_AFTER = web.RequestKey("close_after", bool)
+"""Set on a request whose connection must close after its (error) answer: its body was not read."""
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -70,7 +79,11 @@ async def _translate_errors(request: web.Request, handler: _Handler) -> web.Stre
         return await handler(request)
     except InferenceError as exc:
         headers = {hdrs.RETRY_AFTER: str(math.ceil(exc.retry_after_s))} if exc.retry_after_s else None
-        return _error(http_status(exc.kind), exc.message, headers)
+        response = _error(http_status(exc.kind), exc.message, headers)
+        if request.get(CLOSE_AFTER):
+            response.force_close()
+            close_after_response(request)
+        return response
     except web.HTTPException as exc:  # routing: unknown path, wrong method
         if exc.status < 400:
             raise
@@ -127,6 +140,8 @@ class RestFront:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body_bytes: int = 64 * 1024 * 1024,
+        body_timeout_s: float = 5.0,
+        max_connections: int | None = 1024,
         metrics_text: Callable[[], tuple[bytes, str]] | None = None,
         response_headers: Callable[[InferResponse], dict[str, str]] | None = None,
         extra_routes: Callable[[web.Application], None] | None = None,
@@ -138,6 +153,8 @@ class RestFront:
         self.port: int | None = None
         self._requested_port = port
         self._max_body_bytes = max_body_bytes
+        self._body_timeout_s = body_timeout_s
+        self._max_connections = max_connections
         self._metrics_text = metrics_text
         self._response_headers = response_headers
         self._extra_routes = extra_routes
@@ -171,7 +188,7 @@ class RestFront:
         """Listen; returns the bound port (also ``self.port``)."""
         if self._runner is not None:
             raise RuntimeError("already started")
-        runner = web.AppRunner(self.make_app(), access_log=None)
+        runner = GuardedAppRunner(self.make_app(), access_log=None, max_connections=self._max_connections)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._ssl_context)
         try:
@@ -277,8 +294,18 @@ class RestFront:
         if declared is not None and declared > limit:
             raise ResourceExhausted(f"{declared} bytes exceed the limit of {limit}", field="body")
         try:
-            return await request.read()
+            async with asyncio.timeout(self._body_timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ResourceExhausted(f"exceeds the limit of {limit} bytes", field="body") from None
         except RequestPayloadError:
             raise InvalidArgument("could not be read as sent (check Content-Encoding)", field="body") from None
+        except MalformedBody as exc:
+            request[CLOSE_AFTER] = True
+            raise InvalidArgument(f"is not well-formed HTTP: {exc}", field="body") from None
+        except TimeoutError:
+            request[CLOSE_AFTER] = True
+            raise RequestTimeout(f"did not arrive within {self._body_timeout_s:g} s of its headers",
+                                 field="body") from None
+        except ConnectionError:  # the client went away mid-body: nobody is left to answer
+            raise Cancelled("the client closed the connection", field="body") from None

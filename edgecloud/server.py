@@ -90,7 +90,9 @@ class InferenceServer:
 
             options = self._rest_options
             self._rest = RestFront(self.dataplane, host=settings.host, port=settings.http_port,
-                                   max_body_bytes=settings.max_message_bytes, metrics_text=options.metrics_text,
+                                   max_body_bytes=settings.max_message_bytes,
+                                   body_timeout_s=settings.body_read_timeout_ms / 1000.0,
+                                   max_connections=settings.max_http_connections, metrics_text=options.metrics_text,
                                    response_headers=options.response_headers, extra_routes=options.extra_routes,
                                    ssl_context=tls.ssl_context() if tls else None, authenticate=self._authenticate)
             try:

@@ -24,6 +24,7 @@ STATUS_TABLE: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
     ErrorKind.PERMISSION_DENIED: (grpc.StatusCode.PERMISSION_DENIED, 403),
     ErrorKind.UNIMPLEMENTED: (grpc.StatusCode.UNIMPLEMENTED, 501),
     ErrorKind.UNSUPPORTED_MEDIA_TYPE: (grpc.StatusCode.INVALID_ARGUMENT, 415),
+    ErrorKind.REQUEST_TIMEOUT: (grpc.StatusCode.DEADLINE_EXCEEDED, 408),
     ErrorKind.INTERNAL: (grpc.StatusCode.INTERNAL, 500),
 }
 
