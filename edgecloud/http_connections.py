@@ -5,6 +5,9 @@ connections
 - beyond ``max_connections`` open at once are closed as soon as they are accepted (one warning per
   burst), so slow clients cannot hold every socket of the process;
 - log a request aiohttp could not parse (answered 400 by aiohttp) as one line, not a traceback;
+- answer a body in a ``Content-Encoding`` aiohttp cannot decode (``br`` without the Brotli package,
+  ``zstd``, anything unknown) with 415 and a JSON error naming ``accepted_encodings``, where aiohttp
+  answers 400 in plain text with advice to install a package;
 - fail the request reading a body when the body turns out malformed after its headers (a bad chunk
   size, a chunk longer than it says): the read raises ``MalformedBody`` at once. aiohttp itself
   only queues its 400 behind the request, which waits for the rest of a body that never comes.
@@ -22,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 try:  # aiohttp's record of a message it could not parse
@@ -45,6 +49,17 @@ class MalformedBody(Exception):
 
 class _GuardedHandler(RequestHandler):
     __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        server = self._manager
+        if isinstance(exc, ContentEncodingError) and getattr(server, "encoding_error", None) is not None:
+            encoding = request.headers.get("Content-Encoding", "")[:32]
+            self.logger.info("refused a body in Content-Encoding %r (415)", encoding)
+            response = server.encoding_error(encoding)
+            response.force_close()
+            return response
+        return super().handle_error(request, status, exc, message)
 
     def close_after_response(self) -> None:
         """With a response that does not keep the connection alive: close once the answer is sent,
@@ -94,6 +109,7 @@ _PARSE_ERRORS = _OneLineParseErrors()
 
 class _GuardedServer(web.Server):
     max_connections: int | None = None
+    encoding_error = None
     refused = 0
     warned_at = float("-inf")
 
@@ -102,9 +118,12 @@ class _GuardedServer(web.Server):
 
 
 class GuardedAppRunner(web.AppRunner):
-    def __init__(self, app: web.Application, *, max_connections: int | None = None, **kwargs):
+    def __init__(self, app: web.Application, *, max_connections: int | None = None,
+                 encoding_error: Callable[[str], web.Response] | None = None, **kwargs):
+        """``encoding_error(encoding)`` builds the answer to a body in an encoding that cannot be read."""
         super().__init__(app, **kwargs)
         self._max_connections = max_connections
+        self._encoding_error = encoding_error
         server_log = logging.getLogger("aiohttp.server")
         if _PARSE_ERRORS not in server_log.filters:
             server_log.addFilter(_PARSE_ERRORS)
@@ -114,6 +133,7 @@ class GuardedAppRunner(web.AppRunner):
         if type(server) is web.Server:  # the same object, guarded (no new state aiohttp would miss)
             server.__class__ = _GuardedServer
             server.max_connections = self._max_connections
+            server.encoding_error = self._encoding_error
         return server
 
 

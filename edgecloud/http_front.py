@@ -7,7 +7,9 @@ Contract:
   model name and version come from the URL path; any in the body are ignored.
 - Infer bodies are JSON (``application/json``) or JSON + binary tensors (Triton's binary tensor
   data extension, ``application/octet-stream`` with ``Inference-Header-Content-Length``); a body
-  with no Content-Type is accepted (``tritonclient.http`` sends none); any other type is 415.
+  with no Content-Type is accepted (``tritonclient.http`` sends none); any other type is 415, as
+  is a ``Content-Encoding`` other than ``CONTENT_ENCODINGS``. A JSON object with a repeated key is
+  400 (never silently last-wins).
   Bodies over ``max_body_bytes`` are 413, however they are framed (Content-Length or chunks).
 - A body that has not fully arrived ``body_timeout_s`` after its headers is 408; a body whose
   framing turns out malformed (a bad chunk) is 400 at once. Both close the connection. At most
@@ -59,6 +61,8 @@ OCTET_STREAM = "application/octet-stream"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 """Request header: how long the client will wait, in milliseconds."""
 _INFER_TYPES = frozenset({JSON, OCTET_STREAM})
+CONTENT_ENCODINGS = ("identity", "gzip", "deflate")
+"""Body encodings the REST front decodes; any other is 415."""
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -92,6 +96,16 @@ async def _translate_errors(request: web.Request, handler: _Handler) -> web.Stre
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return _error(http_status(ErrorKind.INTERNAL), "internal error")
+
+
+def _unsupported_encoding(encoding: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(f"{encoding[:32]!r} is not accepted; send one of {', '.join(CONTENT_ENCODINGS)}",
+                                field=hdrs.CONTENT_ENCODING)
+
+
+def _encoding_error_response(encoding: str) -> web.Response:
+    error = _unsupported_encoding(encoding)
+    return _error(http_status(error.kind), error.message, {"Accept-Encoding": ", ".join(CONTENT_ENCODINGS)})
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:
@@ -188,7 +202,8 @@ class RestFront:
         """Listen; returns the bound port (also ``self.port``)."""
         if self._runner is not None:
             raise RuntimeError("already started")
-        runner = GuardedAppRunner(self.make_app(), access_log=None, max_connections=self._max_connections)
+        runner = GuardedAppRunner(self.make_app(), access_log=None, max_connections=self._max_connections,
+                                  encoding_error=_encoding_error_response)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._ssl_context)
         try:
@@ -261,6 +276,9 @@ class RestFront:
         if hdrs.CONTENT_TYPE in headers and mimetype not in _INFER_TYPES:
             raise UnsupportedMediaType(f"{request.content_type!r} is not accepted; send {JSON} or {OCTET_STREAM}",
                                        field=hdrs.CONTENT_TYPE)
+        encoding = headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        if encoding not in CONTENT_ENCODINGS:
+            raise _unsupported_encoding(encoding)
         header_length = _header_length(headers.get(json_codec.HEADER_LENGTH))
         deadline = _deadline(headers.get(TIMEOUT_HEADER))
         match = request.match_info
@@ -299,6 +317,7 @@ class RestFront:
         except web.HTTPRequestEntityTooLarge:
             raise ResourceExhausted(f"exceeds the limit of {limit} bytes", field="body") from None
         except RequestPayloadError:
+            request[CLOSE_AFTER] = True  # the rest of it would not decode either: do not linger over it
             raise InvalidArgument("could not be read as sent (check Content-Encoding)", field="body") from None
         except MalformedBody as exc:
             request[CLOSE_AFTER] = True

@@ -91,13 +91,32 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique: a repeated key is refused rather than silently last-wins
+    (two parsers could otherwise read one request two ways)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(f"key {key[:64]!r} appears more than once in one object")
+            seen.add(key)
+    return obj
+
+
 def _load(text: bytes | memoryview, field: str) -> Any:
     try:
         decoded = bytes(text).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"is not valid UTF-8 (byte {exc.start})", field=field) from None
     try:
-        return json.loads(decoded, parse_constant=_reject_constant)
+        return json.loads(decoded, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InvalidArgument(str(exc), field=field) from None
     except RecursionError:
         raise InvalidArgument("is not valid JSON: nested too deeply", field=field) from None
     except ValueError as exc:  # JSONDecodeError, over-long integers, NaN/Infinity

@@ -35,6 +35,7 @@ import grpc
 from edgecloud.codec import serialize_bytes
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
+from tests.hostile.corpus import BODY_TIMEOUT_MS
 
 MODEL = "all-MiniLM-L6-v2"
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -104,7 +105,8 @@ class InProcessEdgeRest:
         async def start() -> int:
             self._agent = EdgeAgent(config)
             await self._agent.aload()
-            self._front = RestFront(self._agent.dataplane, max_body_bytes=self.max_body_bytes)
+            self._front = RestFront(self._agent.dataplane, max_body_bytes=self.max_body_bytes,
+                                    body_timeout_s=BODY_TIMEOUT_MS / 1000)
             return await self._front.start()
 
         self.port = self._loop.run(start())
@@ -183,11 +185,16 @@ def http_request_bytes(method: str, path: str, body: bytes = b"", headers: dict[
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def http_exchange(port: int, raw: bytes, timeout: float = 10.0) -> HttpAnswer:
-    """Send ``raw`` on a fresh connection to 127.0.0.1:port and read one answer."""
+def http_exchange(port: int, raw: bytes, timeout: float = 10.0, *, then: bytes = b"",
+                  pause_s: float = 0.3) -> HttpAnswer:
+    """Send ``raw`` on a fresh connection to 127.0.0.1:port (and ``then``, ``pause_s`` later, as a
+    second packet) and read one answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         try:
             sock.sendall(raw)
+            if then:
+                time.sleep(pause_s)
+                sock.sendall(then)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered (and closed) before taking everything: read what it said
         return _read_answer(sock)
