@@ -24,7 +24,7 @@ class CloudServerSettings(ServerSettings):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     """gRPC port; 0 picks a free one."""
     metrics_port: int | None = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
-    """Prometheus ``/metrics`` HTTP port on ``host``; 0 picks a free one, null disables it."""
+    """Operator port serving Prometheus ``/metrics`` on ``host``; 0 picks a free one, null disables it."""
 
     @field_validator("http_port")
     @classmethod

@@ -3,14 +3,15 @@
 Contract: ``WorkerMetrics(registry)`` registers the worker's metric families in ``registry`` (a
 fresh ``CollectorRegistry`` by default, so several workers or tests in one process never collide);
 ``for_model(name)`` returns a ``ModelMetrics`` whose children are bound once, keeping label look-ups
-out of the per-request path. ``render()`` is the text exposition format ``/metrics`` serves.
+out of the per-request path. ``render()`` / ``exposition()`` is the text exposition format the
+operator port's ``/metrics`` serves.
 """
 
 from __future__ import annotations
 
 import enum
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512)
 SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -52,6 +53,10 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """What the operator port's ``/metrics`` answers."""
+        return self.render(), CONTENT_TYPE_LATEST
 
 
 class ModelMetrics:

@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 
 from cloud_worker.config import CloudConfig, ProgramModelSpec, ReferenceModelSpec
 from cloud_worker.metrics import WorkerMetrics
-from cloud_worker.metrics_http import MetricsServer
 from cloud_worker.models import BatchedModel, batch_limit
 from cloud_worker.runtime import Runtime
 from edgecloud import __version__
@@ -80,14 +79,7 @@ class CloudWorker(InferenceServer):
             Admission(server.max_concurrent_requests, server.overload_retry_after_ms / 1000.0),
         )
         resources = [Resource(f"model {m.metadata.name}", m.load, m.unload) for m in self.models]
-        self.metrics_port: int | None = None
-        if server.metrics_port is not None:
-            self._metrics_server = MetricsServer(self.metrics, server.host, server.metrics_port)
-            resources.append(Resource("metrics endpoint", self._start_metrics, self._metrics_server.stop))
-        super().__init__("cloud worker", dataplane, server, resources=resources)
-
-    async def _start_metrics(self) -> None:
-        self.metrics_port = await self._metrics_server.start()
+        super().__init__("cloud worker", dataplane, server, resources=resources, metrics=self.metrics.exposition)
 
     async def start(self) -> int:
         if self.running:

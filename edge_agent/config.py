@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgecloud.config import LimitsSettings, Section, ServerSettings, load_config
 
@@ -29,11 +29,18 @@ class ModelSettings(Section):
 
 class EdgeConfig(Section):
     server: ServerSettings = Field(default_factory=lambda: ServerSettings(port=8101))
-    """Where the edge agent's gRPC server listens."""
+    """Where the edge agent's gRPC (and HTTP) server listens."""
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     """Request size limits."""
     models: list[ModelSettings] = Field(default_factory=lambda: [ModelSettings()], min_length=1)
     """Models to serve."""
+
+
+    @model_validator(mode="after")
+    def _no_metrics_port(self) -> EdgeConfig:
+        if self.server.metrics_port is not None:
+            raise ValueError("server.metrics_port: the edge agent exports no metrics (the gateway measures it)")
+        return self
 
 
 def load_edge_config(path: str | Path | None, environ=None) -> EdgeConfig:

@@ -106,6 +106,9 @@ class ServerSettings(Section):
     """Inference requests in flight at once; the excess is shed at once with RESOURCE_EXHAUSTED / 503."""
     overload_retry_after_ms: float = Field(100, ge=0, le=600_000)
     """Retry hint sent with shed requests (gRPC trailer ``retry-after``, HTTP ``Retry-After``)."""
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Operator port serving Prometheus ``/metrics`` on ``host``, apart from the public fronts
+    (metrics name backends and internals); 0 picks a free one, null serves none."""
     body_read_timeout_ms: float = Field(5000, gt=0, le=600_000)
     """An HTTP body not fully arrived this long after its headers is answered 408 and its
     connection closed (slow or stalled clients do not hold a request forever)."""

@@ -3,7 +3,8 @@
 Contract:
 - Routes: ``GET /v2/health/live`` and ``/v2/health/ready`` (200, or 503 with an empty body),
   ``GET /v2`` (server metadata), ``GET /v2/models/{name}[/versions/{version}]`` (model metadata),
-  ``GET .../ready``, ``POST .../infer``, and ``GET /metrics`` when ``metrics_text`` is given. The
+  ``GET .../ready`` and ``POST .../infer`` (metrics are served on an operator port of their own:
+  ``edgecloud.metrics_http``). The
   model name and version come from the URL path; any in the body are ignored.
 - Infer bodies are JSON (``application/json``) or JSON + binary tensors (Triton's binary tensor
   data extension, ``application/octet-stream`` with ``Inference-Header-Content-Length``); a body
@@ -142,7 +143,6 @@ def _flag(ok: bool) -> web.Response:
 class RestFront:
     """Serves one dataplane over HTTP; holds no logic of its own.
 
-    ``metrics_text()`` returns ``(body, content_type)`` for ``GET /metrics``;
     ``response_headers(response)`` adds headers to each infer answer (where it was served);
     ``extra_routes(app)`` may add routes before the app is frozen.
     """
@@ -156,7 +156,6 @@ class RestFront:
         max_body_bytes: int = 64 * 1024 * 1024,
         body_timeout_s: float = 5.0,
         max_connections: int | None = 1024,
-        metrics_text: Callable[[], tuple[bytes, str]] | None = None,
         response_headers: Callable[[InferResponse], dict[str, str]] | None = None,
         extra_routes: Callable[[web.Application], None] | None = None,
         ssl_context=None,
@@ -169,7 +168,6 @@ class RestFront:
         self._max_body_bytes = max_body_bytes
         self._body_timeout_s = body_timeout_s
         self._max_connections = max_connections
-        self._metrics_text = metrics_text
         self._response_headers = response_headers
         self._extra_routes = extra_routes
         self._ssl_context = ssl_context
@@ -192,8 +190,6 @@ class RestFront:
             add("GET", model, self._model_metadata)
             add("GET", model + "/ready", self._model_ready)
             add("POST", model + "/infer", self._infer)
-        if self._metrics_text is not None:
-            add("GET", "/metrics", self._metrics)
         if self._extra_routes is not None:
             self._extra_routes(app)
         return app
@@ -264,11 +260,6 @@ class RestFront:
         match = request.match_info
         meta = await self.dataplane.model_metadata(match["name"], match.get("version", ""))
         return web.Response(body=json_codec.model_metadata_to_json(meta), content_type=JSON)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        assert self._metrics_text is not None
-        body, content_type = self._metrics_text()
-        return web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
 
     async def _infer(self, request: web.Request) -> web.Response:
         headers = request.headers

@@ -1,10 +1,12 @@
 """One server's lifecycle, shared by the edge agent, the cloud worker and the gateway.
 
 Contract for ``InferenceServer(name, dataplane, settings, resources=...)``:
-- ``start()`` starts each ``Resource`` in order (models load, caches open, probes start), then the
+- ``start()`` starts the metrics endpoint on ``settings.metrics_port`` (when set and the server has
+  ``metrics``), each ``Resource`` in order (models load, caches open, probes start), then the
   gRPC front on ``settings.port`` and, when ``settings.http_port`` is set, the REST front, then
-  marks the dataplane ready (health SERVING). A failure undoes what had started and propagates.
-  ``port`` / ``http_port`` are the bound ports.
+  marks the dataplane ready (health SERVING). A failure undoes what had started and propagates
+  (a port in use: ``OSError`` naming it). ``port`` / ``http_port`` / ``metrics_port`` are the
+  bound ports.
 - ``stop(grace)`` (default ``settings.grace_s``): not ready (health NOT_SERVING, REST ready 503),
   then both fronts stop accepting and drain in-flight requests for ``grace`` seconds, then the
   resources stop in reverse order (clients closed, models unloaded). Every step runs even when an
@@ -39,7 +41,6 @@ class Resource(NamedTuple):
 class RestOptions:
     """What a server adds to the shared REST front (see ``edgecloud.http_front.RestFront``)."""
 
-    metrics_text: Callable[[], tuple[bytes, str]] | None = None
     response_headers: Callable[[InferResponse], Mapping[str, str]] | None = None
     extra_routes: Callable[[object], None] | None = None
 
@@ -47,11 +48,23 @@ class RestOptions:
 class InferenceServer:
     def __init__(self, name: str, dataplane: InferenceDataplane, settings: ServerSettings, *,
                  resources: Sequence[Resource] = (), authenticate: Authenticate | None = None,
-                 rest: RestOptions = RestOptions()):
+                 rest: RestOptions = RestOptions(), metrics: Callable[[], tuple[bytes, str]] | None = None):
+        """``metrics()`` is the Prometheus exposition (``(body, content_type)``) the operator port serves."""
         self.name = name
         self.dataplane = dataplane
         self.settings = settings
         self._resources = list(resources)
+        self.metrics_port: int | None = None
+        if metrics is not None and settings.metrics_port is not None:
+            from edgecloud.metrics_http import MetricsServer  # aiohttp: only servers with metrics need it
+
+            metrics_server = MetricsServer(metrics, settings.host, settings.metrics_port)
+
+            async def start_metrics() -> None:
+                self.metrics_port = await metrics_server.start()
+
+            # First: a port already taken fails the start before models spend time loading.
+            self._resources.insert(0, Resource("metrics endpoint", start_metrics, metrics_server.stop))
         self._authenticate = authenticate
         self._rest_options = rest
         self._lifecycle = Lifecycle(name)
@@ -92,7 +105,7 @@ class InferenceServer:
             self._rest = RestFront(self.dataplane, host=settings.host, port=settings.http_port,
                                    max_body_bytes=settings.max_message_bytes,
                                    body_timeout_s=settings.body_read_timeout_ms / 1000.0,
-                                   max_connections=settings.max_http_connections, metrics_text=options.metrics_text,
+                                   max_connections=settings.max_http_connections,
                                    response_headers=options.response_headers, extra_routes=options.extra_routes,
                                    ssl_context=tls.ssl_context() if tls else None, authenticate=self._authenticate)
             try:

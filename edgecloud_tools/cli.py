@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except OSError as exc:  # a port in use, a file that cannot be read: the cause, in one line
+        print(f"edgecloud {args.command}: cannot start: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -131,8 +131,9 @@ def cloud_config(port: int, *, threads: int = 1, metrics_port: int | None = None
 
 
 def gateway_config(port: int, edge: str | None, workers: list[str], *, http_port: int | None = None,
-                   routing: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"server": {"host": "127.0.0.1", "port": port, "http_port": http_port, "grace_s": 2},
+                   metrics_port: int | None = None, routing: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"server": {"host": "127.0.0.1", "port": port, "http_port": http_port, "metrics_port": metrics_port,
+                       "grace_s": 2},
             "edge": {"address": edge}, "cloud": {"workers": workers}, "routing": routing or {}}
 
 

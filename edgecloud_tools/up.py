@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 def _ports(random_ports: bool) -> dict[str, int]:
     if random_ports:
-        return {name: free_port() for name in ("http", "grpc", "edge", "cloud", "metrics")}
-    return {"http": 8000, "grpc": 8001, "edge": 8101, "cloud": 8201, "metrics": 8202}
+        return {name: free_port() for name in ("http", "grpc", "gateway_metrics", "edge", "cloud", "metrics")}
+    return {"http": 8000, "grpc": 8001, "gateway_metrics": 8002, "edge": 8101, "cloud": 8201, "metrics": 8202}
 
 
 def redis_reachable(url_host: str = "127.0.0.1", port: int = 6379) -> bool:
@@ -96,7 +96,8 @@ def run(args) -> int:
                            workdir)
             services.append(cloud)
             workers = [cloud.address]
-        config = gateway_config(ports["grpc"], edge.address, workers, http_port=ports["http"])
+        config = gateway_config(ports["grpc"], edge.address, workers, http_port=ports["http"],
+                                metrics_port=ports["gateway_metrics"])
         redis_url = getattr(args, "redis_url", None) or "redis://127.0.0.1:6379"
         config["cache"] = {"enabled": True, "redis": {"url": redis_url}}
         host_port = redis_url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
@@ -114,7 +115,7 @@ def run(args) -> int:
             wait_ready(service, 180)
         print("\nedgecloud is up:")
         print(f"  gateway   grpc 127.0.0.1:{ports['grpc']}   http http://127.0.0.1:{ports['http']}"
-              f"   metrics http://127.0.0.1:{ports['http']}/metrics")
+              f"   metrics http://127.0.0.1:{ports['gateway_metrics']}/metrics")
         print(f"  edge      grpc {edge.address}   (INT8 ONNX Runtime)")
         if workers:
             print(f"  cloud     grpc {workers[0]}   metrics http://127.0.0.1:{ports['metrics']}/metrics")

@@ -105,9 +105,17 @@ class EdgeBackendSettings(Section):
     """TLS (mutual with a client certificate) to the edge agent; unset for plaintext."""
 
 
+class CloudWorkerSettings(Section):
+    address: str = Field(min_length=1)
+    """host:port of the worker."""
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """What metrics and logs call it (``backend`` label), instead of its address."""
+
+
 class CloudPoolSettings(Section):
-    workers: list[str] = Field(default_factory=lambda: ["127.0.0.1:8201"])
-    """host:port of each cloud worker (any Open Inference Protocol server, Triton included)."""
+    workers: list[str | CloudWorkerSettings] = Field(default_factory=lambda: ["127.0.0.1:8201"])
+    """Each cloud worker (any Open Inference Protocol server, Triton included): ``host:port``
+    (named ``cloud-N`` by its place in this list) or ``{name, address}``."""
     lb_policy: Literal["least_request", "p2c_latency"] = "least_request"
     """least_request: fewest outstanding requests; p2c_latency: the lower-EWMA of two random workers."""
     attempt_timeout_ms: float = Field(2000, gt=0, le=600_000)
@@ -121,10 +129,34 @@ class CloudPoolSettings(Section):
     tls: ClientTlsSettings | None = None
     """TLS (mutual with a client certificate) to every cloud worker; unset for plaintext."""
 
+    def named_workers(self) -> list[CloudWorkerSettings]:
+        return [w if isinstance(w, CloudWorkerSettings) else CloudWorkerSettings(address=w, name=f"cloud-{i}")
+                for i, w in enumerate(self.workers)]
+
+    @model_validator(mode="after")
+    def _unique_workers(self) -> CloudPoolSettings:
+        workers = self.named_workers()
+        for what in ("name", "address"):
+            values = [getattr(w, what) for w in workers]
+            if len(set(values)) != len(values):
+                raise ValueError(f"two cloud workers have the same {what}")
+        if any(w.name == "edge" for w in workers):
+            raise ValueError("'edge' names the edge backend; call the cloud worker something else")
+        return self
+
+
+class GatewayServerSettings(ServerSettings):
+    port: int = Field(8001, ge=0, le=65535)
+    """gRPC port; 0 picks a free one."""
+    metrics_port: int | None = Field(8002, ge=0, le=65535)
+    """Operator port serving Prometheus ``/metrics`` (never the public fronts' ports); 0 picks a
+    free one, null serves none."""
+
 
 class GatewayConfig(Section):
-    server: ServerSettings = Field(default_factory=lambda: ServerSettings(port=8001, http_port=8000))
-    """The gateway's own gRPC (``port``) and HTTP (``http_port``) fronts."""
+    server: GatewayServerSettings = Field(default_factory=lambda: GatewayServerSettings(http_port=8000))
+    """The gateway's own gRPC (``port``) and HTTP (``http_port``) fronts and its operator port for
+    Prometheus (``metrics_port``)."""
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     """Request size limits, checked before routing or caching."""
     edge: EdgeBackendSettings = Field(default_factory=EdgeBackendSettings)

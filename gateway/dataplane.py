@@ -29,7 +29,7 @@ from edgecloud.validation import validate_request
 from gateway.auth import ApiKeyAuthenticator
 from gateway.backend import CLOUD, EDGE, Backend
 from gateway.cache import NO_CACHE_PARAMETER, QUALITY_PARAMETER, CacheRequest, Served, build_cache
-from gateway.config import GatewayConfig
+from gateway.config import CloudWorkerSettings, GatewayConfig
 from gateway.dispatch import Dispatcher, DispatchSettings
 from gateway.grpc_backend import GrpcBackend
 from gateway.latency import LatencyMonitor
@@ -61,7 +61,7 @@ class GatewayDataplane:
         routing = config.routing
         self.monitor = LatencyMonitor(self.clock, window_s=routing.window_ms / 1000.0, ewma_alpha=routing.ewma_alpha,
                                       warmup=routing.warmup_samples)
-        self.pool = CloudPool(config.cloud, [self._make_worker(config, a) for a in config.cloud.workers],
+        self.pool = CloudPool(config.cloud, [self._make_worker(config, w) for w in config.cloud.named_workers()],
                               self.monitor, self.clock)
         self.policy = RoutingPolicy(routing, self.monitor.stats(EDGE), self.clock, cloud_statistic=self._cloud_statistic)
         self.retry_budget = RetryBudget(routing.retry_budget.ratio, routing.retry_budget.burst)
@@ -99,8 +99,8 @@ class GatewayDataplane:
             return None
         return self._grpc_backend(config, EDGE, EDGE, config.edge.address, config.edge.tls)
 
-    def _make_worker(self, config: GatewayConfig, address: str) -> GrpcBackend:
-        return self._grpc_backend(config, f"cloud@{address}", CLOUD, address, config.cloud.tls)
+    def _make_worker(self, config: GatewayConfig, worker: CloudWorkerSettings) -> GrpcBackend:
+        return self._grpc_backend(config, worker.name, CLOUD, worker.address, config.cloud.tls)
 
     @property
     def edge(self) -> Backend | None:
@@ -168,8 +168,10 @@ class GatewayDataplane:
             self.dispatcher.edge = self._make_edge(config)
             if self.edge is not None:
                 await self.edge.start()
-        current = {w.address: w for w in self.pool.workers} if config.cloud.tls == old.cloud.tls else {}
-        workers = [current.pop(a) if a in current else self._make_worker(config, a) for a in config.cloud.workers]
+        same_tls = config.cloud.tls == old.cloud.tls
+        current = {(w.name, w.address): w for w in self.pool.workers} if same_tls else {}
+        workers = [current.pop((w.name, w.address), None) or self._make_worker(config, w)
+                   for w in config.cloud.named_workers()]
         self._retired.extend(current.values())
         self.pool.set_workers(config.cloud, workers)
         self.metadata.clear()

@@ -4,8 +4,9 @@ Contract: ``GatewayServer.start()`` starts the dataplane (cache, probes), then t
 the HTTP front when ``server.http_port`` is set) with the shared lifecycle
 (``edgecloud.server.InferenceServer``); ``grpc_port`` / ``http_port`` are the bound ports. Both
 fronts authenticate with the configured API keys, answer with ``served_by`` / ``route_reason``
-parameters (and ``X-Edgecloud-*`` headers over HTTP), and the HTTP front adds ``/metrics`` and
-``/v2/debug/latency-trace``. ``reload()`` re-reads the config file: a valid file is applied
+parameters (and ``X-Edgecloud-*`` headers over HTTP), and the HTTP front adds
+``/v2/debug/latency-trace``. Prometheus metrics are served on ``server.metrics_port`` (8002 by
+default), an operator port apart from the public fronts, never on them. ``reload()`` re-reads the config file: a valid file is applied
 without dropping in-flight requests; an invalid one is refused, the old config stays, and the
 reason is logged and returned. The file is watched every ``reload_poll_ms`` (SIGHUP reloads at
 once, see ``gateway.main``). ``stop(grace)``: NOT_SERVING, drain, then close the backends.
@@ -73,10 +74,9 @@ class GatewayServer(InferenceServer):
         resources = [Resource("gateway dataplane", self.dataplane.start, self.dataplane.stop)]
         if self.config_path is not None:
             resources.append(Resource("config watch", self._start_watch, self._stop_watch))
-        rest = RestOptions(metrics_text=self.dataplane.metrics.exposition, response_headers=where_served_headers,
-                           extra_routes=_latency_trace_route(self.dataplane))
+        rest = RestOptions(response_headers=where_served_headers, extra_routes=_latency_trace_route(self.dataplane))
         super().__init__("gateway", self.dataplane, config.server, resources=resources,
-                         authenticate=self._authenticate, rest=rest)
+                         authenticate=self._authenticate, rest=rest, metrics=self.dataplane.metrics.exposition)
 
     def _authenticate(self, headers: Mapping[str, str]) -> str:
         return self.dataplane.auth.tenant_for(headers)  # the authenticator a reload installed
@@ -92,7 +92,7 @@ class GatewayServer(InferenceServer):
         log.info("gateway listening: grpc %s:%s%s; edge %s; cloud workers %s", server.host, port,
                  f", http {server.host}:{self.http_port}" if self.http_port else "",
                  "embedded" if edge.embedded is not None else edge.address or "none",
-                 ", ".join(self.config.cloud.workers) or "none")
+                 ", ".join(f"{w.name} {w.address}" for w in self.config.cloud.named_workers()) or "none")
         return port
 
     # hot reload ------------------------------------------------------------------------------

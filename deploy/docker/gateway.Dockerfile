@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The gateway: gRPC :8001 and HTTP :8000 (/metrics, /v2/health/ready). Build from the repository root:
+# The gateway: gRPC :8001, HTTP :8000 (/v2/health/ready) and the operator port :8002 (/metrics). Build from the repository root:
 #
 #   docker build -f deploy/docker/gateway.Dockerfile -t edgecloud-gateway:0.1.0 .
 #
@@ -37,7 +37,7 @@ COPY deploy/configs/gateway.yaml /etc/edgecloud/gateway.yaml
 COPY deploy/docker/healthcheck.py /usr/local/bin/edgecloud-healthcheck
 WORKDIR /opt/edgecloud
 USER 10001:10001
-EXPOSE 8001 8000
+EXPOSE 8001 8000 8002
 # SIGTERM drains (health NOT_SERVING, then server.grace_s); SIGHUP reloads the config.
 STOPSIGNAL SIGTERM
 # gRPC health says whether the gateway runs; whether a backend can answer is /v2/health/ready,

@@ -108,7 +108,7 @@ def test_exports_are_honest():
 
     for name in cloud_worker.__all__:
         assert getattr(cloud_worker, name) is not None, name
-    for module in ("batcher", "bucketing", "config", "device", "main", "manifest", "metrics", "metrics_http",
+    for module in ("batcher", "bucketing", "config", "device", "main", "manifest", "metrics",
                    "models", "programs", "reference", "runtime", "worker"):
         mod = importlib.import_module(f"cloud_worker.{module}")
         assert mod.__all__, module
@@ -133,3 +133,23 @@ def test_the_openmp_wait_policy_warns_when_torch_is_already_loaded(caplog, monke
     apply_openmp_wait_policy("active")
     assert "no effect" in caplog.text
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_a_metrics_port_in_use_is_one_clear_line_before_any_model_loads(tmp_path):
+    """Two workers on one host with the same metrics port: the second says which port, and why."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "cloud.yaml"
+        config.write_text(f"server: {{port: 0, metrics_port: {port}}}\nruntime: {{device: cpu, intra_op_threads: 1}}\n")
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "edgecloud_tools", "serve", "cloud", "--config", str(config)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("edgecloud serve: cannot start: ") and f"127.0.0.1:{port}" in lines[-1]
+    assert "address already in use" in lines[-1] and "Traceback" not in proc.stderr
+    assert "loaded" not in proc.stderr and time.monotonic() - started < 60  # no model was loaded first

@@ -242,8 +242,6 @@ async def test_unknown_routes_and_methods_are_json(http, url):
     async with http.get(url + f"/v2/models/{MODEL}/infer") as reply:
         assert reply.status == 405 and "POST" in reply.headers["Allow"]
         assert "GET" in (await reply.json())["error"]
-    async with http.get(url + "/metrics") as reply:  # no metrics_text given
-        assert reply.status == 404
 
 
 async def test_unexpected_errors_are_500_without_details(http, agent, serve, caplog):
@@ -313,8 +311,10 @@ async def test_a_flood_of_tiny_chunks_is_cut_off_at_the_limit(url):
 # metrics, extra routes
 
 
-async def test_metrics_route_and_extra_routes(http, agent, serve):
+async def test_extra_routes_and_metrics_on_an_operator_port_of_their_own(http, agent, serve):
     from aiohttp import web
+
+    from edgecloud.metrics_http import MetricsServer
 
     registry = CollectorRegistry()
     requests = Counter("rest_requests", "requests seen", registry=registry)
@@ -323,13 +323,19 @@ async def test_metrics_route_and_extra_routes(http, agent, serve):
     async def version(request: web.Request) -> web.Response:
         return web.json_response({"extra": True})
 
-    url = await serve(agent.dataplane, metrics_text=lambda: (generate_latest(registry), CONTENT_TYPE_LATEST),
-                      extra_routes=lambda app: app.router.add_get("/extra", version))
-    async with http.get(url + "/metrics") as reply:
-        assert reply.status == 200 and reply.headers["Content-Type"] == CONTENT_TYPE_LATEST
-        assert "rest_requests_total 3.0" in await reply.text()
+    url = await serve(agent.dataplane, extra_routes=lambda app: app.router.add_get("/extra", version))
     async with http.get(url + "/extra") as reply:
         assert await reply.json() == {"extra": True}
+    async with http.get(url + "/metrics") as reply:
+        assert reply.status == 404  # never on the public front
+    metrics = MetricsServer(lambda: (generate_latest(registry), CONTENT_TYPE_LATEST))
+    port = await metrics.start()
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as reply:
+            assert reply.status == 200 and reply.headers["Content-Type"] == CONTENT_TYPE_LATEST
+            assert "rest_requests_total 3.0" in await reply.text()
+    finally:
+        await metrics.stop()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def in_process_gateway_config(edge: str | None, workers: list[str], *, cloud: di
     routing.setdefault("probe_interval_ms", 100)
     routing.setdefault("threshold_ms", 60_000)
     sections = {
-        "server": {"port": 0, "http_port": None, "grace_s": 1},
+        "server": {"port": 0, "metrics_port": None, "http_port": None, "grace_s": 1},
         "edge": {"address": edge},
         "cloud": {"workers": workers, **(cloud or {})},
         "routing": routing,

@@ -43,7 +43,7 @@ async def shedding_edge():
 async def gateway_before(shedding_edge):
     server, _ = shedding_edge
     gateway = GatewayServer(GatewayConfig.model_validate({
-        "server": {"port": 0, "http_port": 0, "grace_s": 0.5},
+        "server": {"port": 0, "metrics_port": None, "http_port": 0, "grace_s": 0.5},
         "edge": {"address": f"127.0.0.1:{server.port}"}, "cloud": {"workers": []},
         "routing": {"threshold_ms": 60_000, "probe_interval_ms": 600_000}}))
     await gateway.start()

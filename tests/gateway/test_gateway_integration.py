@@ -123,7 +123,7 @@ async def test_embedded_edge_in_the_gateway_process(model_dir, shared_cloud):
     from gateway.server import GatewayServer
 
     config = GatewayConfig.model_validate({
-        "server": {"port": 0},
+        "server": {"port": 0, "metrics_port": None},
         "edge": {"address": None, "embedded": {"models": [{"path": str(model_dir), "intra_op_threads": 1}]}},
         "cloud": {"workers": [shared_cloud.address]},
         "routing": {"threshold_ms": 60_000},  # the edge serves, however busy the machine

@@ -40,8 +40,9 @@ async def test_rest_front_and_tritonclient_http_through_the_gateway(edge_proxy, 
     from gateway.server import GatewayServer
 
     config = GatewayConfig.model_validate({
-        "server": {"port": 0, "http_port": 0, "grace_s": 1},
-        "edge": {"address": f"127.0.0.1:{edge_proxy.port}"}, "cloud": {"workers": [shared_cloud.address]},
+        "server": {"port": 0, "metrics_port": 0, "http_port": 0, "grace_s": 1},
+        "edge": {"address": f"127.0.0.1:{edge_proxy.port}"},
+        "cloud": {"workers": [{"name": "gpu-a", "address": shared_cloud.address}]},
         "routing": {"threshold_ms": 60_000},  # the edge serves, however busy the machine
     })
     gateway = GatewayServer(config)
@@ -67,7 +68,11 @@ async def test_rest_front_and_tritonclient_http_through_the_gateway(edge_proxy, 
             async with session.post(f"{base}/v2/models/nope/infer", json=body) as response:
                 assert response.status == 404
             async with session.get(f"{base}/metrics") as response:
-                assert "edgecloud_gateway_route_decisions_total" in await response.text()
+                assert response.status == 404  # metrics are for operators: not on the public port
+            async with session.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics") as response:
+                exposition = await response.text()
+            assert "edgecloud_gateway_route_decisions_total" in exposition
+            assert 'backend="gpu-a"' in exposition and shared_cloud.address not in exposition
         seen = await asyncio.to_thread(tritonclient_check, "http", f"127.0.0.1:{gateway.http_port}",
                                        "all-MiniLM-L6-v2", "--text", "triton over http", "--bad-model", "nope")
         assert seen["live"] and seen["ready"] and seen["model_ready"]

@@ -42,7 +42,7 @@ async def _gateway(config: dict) -> GatewayServer:
 
 async def test_api_keys_gate_both_fronts_and_name_the_tenant(edge_proxy, shared_cloud):
     gateway = await _gateway({
-        "server": {"port": 0, "http_port": 0},
+        "server": {"port": 0, "metrics_port": None, "http_port": 0},
         "edge": {"address": f"127.0.0.1:{edge_proxy.port}"}, "cloud": {"workers": [shared_cloud.address]},
         "auth": {"enabled": True, "keys": [{"key": KEY_A, "tenant": "a"},
                                            {"sha256": hashlib.sha256(KEY_B.encode()).hexdigest(), "tenant": "b"}]},
@@ -100,7 +100,7 @@ async def test_mutual_tls_from_sdk_to_gateway_to_edge(model_dir, shared_cloud, c
     tls_client = {"ca_file": str(d / "ca.pem"), "cert_file": str(d / "client_chain.pem"),
                   "key_file": str(d / "client_key.pem"), "server_name": "localhost"}
     gateway = await _gateway({
-        "server": {"port": 0, "tls": {"cert_file": str(d / "server_chain.pem"), "key_file": str(d / "server_key.pem"),
+        "server": {"port": 0, "metrics_port": None, "tls": {"cert_file": str(d / "server_chain.pem"), "key_file": str(d / "server_key.pem"),
                                       "client_ca_file": str(d / "ca.pem")}},
         "edge": {"address": f"127.0.0.1:{edge_port}", "tls": tls_client},
         "cloud": {"workers": [shared_cloud.address]},
@@ -126,7 +126,7 @@ async def test_mutual_tls_from_sdk_to_gateway_to_edge(model_dir, shared_cloud, c
 
 async def test_overload_is_shed_fast_and_accepted_work_completes(edge_proxy, shared_cloud):
     gateway = await _gateway({
-        "server": {"port": 0, "max_concurrent_requests": 4, "overload_retry_after_ms": 250},
+        "server": {"port": 0, "metrics_port": None, "max_concurrent_requests": 4, "overload_retry_after_ms": 250},
         "edge": {"address": f"127.0.0.1:{edge_proxy.port}"},
         # slow keepalive pings: the held edge connection is not closed however long the box takes
         "cloud": {"workers": [shared_cloud.address], "keepalive_time_ms": 600_000},
@@ -177,9 +177,9 @@ async def test_mutual_tls_from_gateway_to_cloud_worker(certs):
     }))
     port = await worker.start()
     tls = {"ca_file": str(d / "ca.pem"), "server_name": "localhost"}
-    plain_cert = await _gateway({"server": {"port": 0}, "edge": {"address": None},
+    plain_cert = await _gateway({"server": {"port": 0, "metrics_port": None}, "edge": {"address": None},
                                  "cloud": {"workers": [f"127.0.0.1:{port}"], "tls": tls}})
-    gateway = await _gateway({"server": {"port": 0}, "edge": {"address": None},
+    gateway = await _gateway({"server": {"port": 0, "metrics_port": None}, "edge": {"address": None},
                               "cloud": {"workers": [f"127.0.0.1:{port}"],
                                         "tls": {**tls, "cert_file": str(d / "client_chain.pem"),
                                                 "key_file": str(d / "client_key.pem")}}})

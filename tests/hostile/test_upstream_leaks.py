@@ -21,12 +21,12 @@ from tests.hostile.servers import good_grpc_request, good_http_body, leaks_in
 from protos import inference_pb2_grpc as pb_grpc
 
 async def test_a_dead_backend_is_reported_without_its_address():
-    worker = CloudWorker(CloudConfig.model_validate({"server": {"port": 0, "grace_s": 0},
+    worker = CloudWorker(CloudConfig.model_validate({"server": {"port": 0, "metrics_port": None, "grace_s": 0},
                                                      "runtime": {"device": "cpu", "intra_op_threads": 1}}),
                          runtimes=[FakeEmbeddingRuntime()])
     port = await worker.start()
     gateway = GatewayServer(GatewayConfig.model_validate({
-        "server": {"port": 0, "http_port": 0, "grace_s": 0},
+        "server": {"port": 0, "metrics_port": None, "http_port": 0, "grace_s": 0},
         "edge": {"address": f"127.0.0.1:{port}"}, "cloud": {"workers": []},
         "routing": {"probe_interval_ms": 600_000, "failures_to_down": 10},
     }))

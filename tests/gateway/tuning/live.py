@@ -55,7 +55,7 @@ def live_summary(outcomes: list[LiveOutcome], transitions: int) -> Summary:
 async def running_gateway(edge: str, cloud: str, routing: dict[str, Any]) -> AsyncIterator[GatewayServer]:
     """An in-process gateway with its gRPC and HTTP fronts on free ports."""
     config = GatewayConfig.model_validate({
-        "server": {"port": 0, "http_port": 0, "grace_s": 1},
+        "server": {"port": 0, "metrics_port": None, "http_port": 0, "grace_s": 1},
         "edge": {"address": edge}, "cloud": {"workers": [cloud]}, "routing": routing,
     })
     server = GatewayServer(config)

@@ -75,7 +75,7 @@ def test_an_unusable_endpoint_fails_after_retries():
 
 
 async def test_records_from_the_gateways_real_http_front():
-    config = GatewayConfig.model_validate({"server": {"port": 0, "http_port": 0},
+    config = GatewayConfig.model_validate({"server": {"port": 0, "metrics_port": None, "http_port": 0},
                                            "edge": {"address": "127.0.0.1:9"}, "cloud": {"workers": []},
                                            "routing": {"warmup_samples": 0}})
     clock = FakeClock(500.0)
