@@ -35,7 +35,6 @@ class EdgeConfig(Section):
     models: list[ModelSettings] = Field(default_factory=lambda: [ModelSettings()], min_length=1)
     """Models to serve."""
 
-
     @model_validator(mode="after")
     def _no_metrics_port(self) -> EdgeConfig:
         if self.server.metrics_port is not None:

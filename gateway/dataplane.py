@@ -24,6 +24,7 @@ from edgecloud.admission import Admission
 from edgecloud.clock import Clock, MonotonicClock, Sleep
 from edgecloud.dataplane import PROTOCOL_EXTENSIONS
 from edgecloud.errors import InferenceError, InvalidArgument
+from edgecloud.loop_lag import LoopLag
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, ServerMetadata
 from edgecloud.validation import validate_request
 from gateway.auth import ApiKeyAuthenticator
@@ -65,19 +66,21 @@ class GatewayDataplane:
                               self.monitor, self.clock)
         self.policy = RoutingPolicy(routing, self.monitor.stats(EDGE), self.clock, cloud_statistic=self._cloud_statistic)
         self.retry_budget = RetryBudget(routing.retry_budget.ratio, routing.retry_budget.burst)
+        self.lag = LoopLag(self.clock, sleep)
         self.admission = Admission(config.server.max_concurrent_requests,
                                    config.server.overload_retry_after_ms / 1000.0)
         self.auth = ApiKeyAuthenticator(config.auth)
         self.dispatcher = Dispatcher(edge=self._make_edge(config), pool=self.pool, policy=self.policy,
                                      monitor=self.monitor, budget=self.retry_budget,
                                      settings=DispatchSettings.from_config(config), clock=self.clock, sleep=sleep,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, lag=self.lag)
         self.prober = Prober(self.backends, self.monitor, self.policy, routing, clock=self.clock, sleep=sleep,
-                             on_round=self._update_gauges)
+                             on_round=self._update_gauges, lag=self.lag)
         self.metadata = MetadataCache(self._metadata_sources, self.clock)
         self.cache = build_cache(config.cache, self.metrics.cache)
         self._ready = False
         self._probe_task: asyncio.Task | None = None
+        self._lag_task: asyncio.Task | None = None
         self._retired: list[Backend] = []
 
     # construction ----------------------------------------------------------------------------
@@ -126,14 +129,16 @@ class GatewayDataplane:
         await self.cache.start()
         if self.edge is not None:
             await self.edge.start()
+        self._lag_task = asyncio.create_task(self.lag.run(), name="gateway-loop-lag")
         self._probe_task = asyncio.create_task(self.prober.run(), name="gateway-probes")
 
     async def stop(self) -> None:
         errors: list[BaseException] = []
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            await asyncio.gather(self._probe_task, return_exceptions=True)
-            self._probe_task = None
+        tasks = [task for task in (self._probe_task, self._lag_task) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._probe_task = self._lag_task = None
         await self.metadata.close()
         for backend in self.backends() + self._retired:
             try:

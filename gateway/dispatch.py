@@ -18,7 +18,9 @@ Contract for ``Dispatcher.dispatch(request, deadline, require_cloud=False) -> Se
 - ``deadline`` (on ``clock``) bounds every attempt: each gets what is left of it (and at most the
   per-side attempt timeouts). Nothing starts once it has passed (``DeadlineExceeded``).
 - Edge RTTs are recorded for routing (a hedge loser's time too, as a lower bound), as are cloud
-  RTTs. Time comes from ``clock`` and waiting from ``sleep``: tests run every path on a fake clock.
+  RTTs — except a sample taken across a stall of this process's own event loop (``lag``), which
+  measured the gateway, not the backend. Time comes from ``clock`` and waiting from ``sleep``:
+  tests run every path on a fake clock.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from edgecloud.clock import Clock, Sleep
+from edgecloud.loop_lag import LoopLag
 from edgecloud.errors import DeadlineExceeded, ErrorKind, InferenceError, Unavailable
 from edgecloud.types import InferRequest, InferResponse
 from gateway.backend import CLOUD, EDGE, Backend
@@ -62,7 +65,7 @@ class DispatchSettings:
 class Dispatcher:
     def __init__(self, *, edge: Backend | None, pool: CloudPool, policy: RoutingPolicy, monitor: LatencyMonitor,
                  budget: RetryBudget, settings: DispatchSettings, clock: Clock, sleep: Sleep = asyncio.sleep,
-                 metrics: GatewayMetrics | None = None):
+                 metrics: GatewayMetrics | None = None, lag: LoopLag | None = None):
         self.edge = edge
         self.pool = pool
         self.policy = policy
@@ -72,6 +75,7 @@ class Dispatcher:
         self.clock = clock
         self._sleep = sleep
         self.metrics = metrics or GatewayMetrics()
+        self.lag = lag
 
     # the request's path ----------------------------------------------------------------------
 
@@ -185,17 +189,17 @@ class Dispatcher:
         except asyncio.CancelledError:
             elapsed = self.clock.now() - start
             if elapsed >= self.settings.hedge_after_s:  # lost to a hedge: the edge took at least this long
-                self._record_edge(edge, elapsed)
+                self._record_edge(edge, start)
             raise
         except InferenceError as exc:
             if exc.kind is ErrorKind.DEADLINE_EXCEEDED:
-                self._record_edge(edge, self.clock.now() - start)
+                self._record_edge(edge, start)
             self._failed(edge, exc)
             raise
         finally:
             edge.outstanding -= 1
         self._answered(edge)
-        self._record_edge(edge, self.clock.now() - start)
+        self._record_edge(edge, start)
         return response
 
     async def _cloud_attempts(self, request: InferRequest, deadline: float) -> InferResponse:
@@ -227,7 +231,8 @@ class Dispatcher:
             finally:
                 worker.outstanding -= 1
             self._answered(worker)
-            self.monitor.record(worker.name, self.clock.now() - start)
+            if self._measured_the_backend(start):
+                self.monitor.record(worker.name, self.clock.now() - start)
             self.pool.on_success(worker)
             return response
         if last is not None:
@@ -250,9 +255,18 @@ class Dispatcher:
         self.metrics.retries.labels("allowed" if allowed else "refused").inc()
         return allowed
 
-    def _record_edge(self, edge: Backend, rtt_s: float) -> None:
-        self.monitor.record(edge.name, rtt_s)
-        self.policy.observe_edge(rtt_s)
+    def _measured_the_backend(self, start: float) -> bool:
+        """False when this process's loop stalled since ``start``: the time is partly our own."""
+        if self.lag is not None and self.lag.stalled_since(start):
+            self.metrics.discarded_samples.inc()
+            return False
+        return True
+
+    def _record_edge(self, edge: Backend, start: float) -> None:
+        if self._measured_the_backend(start):
+            rtt_s = self.clock.now() - start
+            self.monitor.record(edge.name, rtt_s)
+            self.policy.observe_edge(rtt_s)
 
     def _answered(self, backend: Backend) -> None:
         if backend.mark_success():

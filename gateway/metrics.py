@@ -53,6 +53,9 @@ class GatewayMetrics:
                                ["outcome"], registry=r)
         self.ejections = Counter("edgecloud_gateway_ejections", "Cloud workers ejected as outliers", registry=r)
         self.reloads = Counter("edgecloud_gateway_config_reloads", "Config reloads by result", ["result"], registry=r)
+        self.discarded_samples = Counter("edgecloud_gateway_discarded_latency_samples",
+                                         "Backend latency samples left out because the gateway's own event loop "
+                                         "stalled while they were taken", registry=r)
         self.backend_up = Gauge("edgecloud_gateway_backend_up", "1 when a backend is up and not ejected",
                                 ["backend"], registry=r)
         self.cache = CacheMetrics(r)

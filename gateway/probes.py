@@ -5,8 +5,9 @@ none in flight (a slow backend never delays the others' probes) and then calls `
 (gauges). A probe that answers, even with a request error (the probe model is missing there),
 marks its backend up and records its RTT (``probe=True``); a backend fault (unreachable, timed out
 after ``probe_timeout_ms``, failed) counts against its ``up``. A backend that comes back up starts
-its latency warm-up again. Edge probes drive the routing policy's recovery. Time comes from the
-injected clock and sleep.
+its latency warm-up again. Edge probes drive the routing policy's recovery. A probe taken across
+a stall of this process's event loop (``lag``) records no RTT. Time comes from the injected clock
+and sleep.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 from edgecloud.clock import Clock, Sleep
+from edgecloud.loop_lag import LoopLag
 from edgecloud.errors import InferenceError
 from edgecloud.types import InferRequest
 from gateway.backend import EDGE, Backend
@@ -43,7 +45,7 @@ def probe_request(settings: RoutingSettings) -> InferRequest:
 class Prober:
     def __init__(self, backends: Callable[[], list[Backend]], monitor: LatencyMonitor, policy: RoutingPolicy,
                  settings: RoutingSettings, *, clock: Clock, sleep: Sleep = asyncio.sleep,
-                 on_round: Callable[[], None] | None = None):
+                 on_round: Callable[[], None] | None = None, lag: LoopLag | None = None):
         self._backends = backends
         self.monitor = monitor
         self.policy = policy
@@ -52,6 +54,7 @@ class Prober:
         self._clock = clock
         self._sleep = sleep
         self._on_round = on_round
+        self._lag = lag
         self._running: dict[str, asyncio.Task] = {}
 
     def reconfigure(self, settings: RoutingSettings) -> None:
@@ -95,6 +98,8 @@ class Prober:
         elif backend.mark_success():
             log.warning("%s is up again", backend.name)
             self.monitor.stats(backend.name).restart_warmup()
+        if rtt is not None and self._lag is not None and self._lag.stalled_since(start):
+            return rtt  # this process stalled meanwhile: the time is partly ours, not the backend's
         if rtt is not None:
             self.monitor.record(backend.name, rtt, probe=True)
         if backend.name == EDGE:

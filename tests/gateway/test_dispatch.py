@@ -361,3 +361,27 @@ async def test_in_fallback_a_cloud_over_the_threshold_is_hedged_to_the_edge(cloc
         d.monitor.record(w.name, 0.5)
     served, took = await dispatch(clock, d)
     assert (served.served_by, served.reason) == ("edge", Reason.HEDGE_WON) and took == pytest.approx(0.3)
+
+
+async def test_a_sample_taken_across_a_stall_of_the_gateways_own_loop_is_left_out(clock):
+    from edgecloud.loop_lag import LoopLag
+
+    e = edge(clock, latency_s=0.01)
+    d = make_dispatcher(clock, e, [worker(clock)])
+    d.lag = LoopLag(clock, clock.sleep)
+    beat = asyncio.ensure_future(d.lag.run())
+    await clock.advance(0.1)
+    served, _ = await dispatch(clock, d)
+    assert served.served_by == "edge" and d.monitor.stats("edge").count == 1
+
+    async def stalled_backend(request, timeout_s):
+        clock._now += 1.5  # the gateway's loop was stuck for 1.5 s while the answer waited
+        return await type(e).infer(e, request, timeout_s)
+
+    e.infer = stalled_backend
+    served, _ = await dispatch(clock, d)
+    assert served.served_by == "edge"
+    assert d.monitor.stats("edge").count == 1 and d.metrics.discarded_samples._value.get() == 1
+    assert d.policy.state is RouteState.EDGE_PREFERRED  # the edge is not blamed for our stall
+    beat.cancel()
+    await asyncio.gather(beat, return_exceptions=True)

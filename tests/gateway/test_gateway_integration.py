@@ -145,3 +145,24 @@ async def test_embedded_edge_in_the_gateway_process(model_dir, shared_cloud):
         assert (await _infer(address, cloud)).parameters["served_by"].string_param == "cloud"
     finally:
         await gateway.stop(0.5)
+
+
+async def test_a_stall_of_the_gateways_own_loop_does_not_move_traffic(edge_proxy, start_gateway):
+    """A heavy request decoded on the gateway's loop (here: the loop blocked outright for 1.5 s
+    while requests were in flight at a healthy edge) is the gateway's stall, not the edge's."""
+    gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [], threshold_ms=1000, probe_interval_ms=100)
+    address = f"127.0.0.1:{gateway.grpc_port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(5):
+            await stub.ModelInfer(text_request(["warm"]), timeout=30)
+        for _ in range(2):
+            calls = [asyncio.ensure_future(stub.ModelInfer(text_request([f"in flight {i}"]), timeout=30))
+                     for i in range(6)]
+            await asyncio.sleep(0.005)  # sent: the edge is answering them
+            time.sleep(1.5)  # the gateway's loop (this test's loop too) is stuck
+            answers = await asyncio.gather(*calls)
+            assert all(a.parameters["served_by"].string_param == "edge" for a in answers)
+    dataplane = gateway.dataplane
+    assert dataplane.policy.transitions == 0 and dataplane.policy.state is RouteState.EDGE_PREFERRED
+    assert dataplane.metrics.discarded_samples._value.get() >= 2
