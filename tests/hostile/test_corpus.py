@@ -17,6 +17,8 @@ right status, crashes, leaks, p50/p99 answer time per target) is printed at the 
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,9 +159,10 @@ def _server_section(config: dict) -> dict:
     return config
 
 
-@pytest.fixture(scope="module")
-def stack(model_dir: Path, tmp_path_factory) -> Stack:
-    workdir = tmp_path_factory.mktemp("hostile-stack")
+@contextlib.contextmanager
+def running_stack(model_dir: Path, workdir: Path):
+    """The stack under test (edge, cloud and gateway processes, the in-process edge REST front),
+    warmed up, with the memory baseline taken; stopped on exit."""
     services: dict[str, ServiceProcess] = {}
     rest = InProcessEdgeRest(model_dir, LIMITS, MAX_MESSAGE)
     targets: dict[str, GrpcTarget | HttpTarget] = {}
@@ -193,6 +196,12 @@ def stack(model_dir: Path, tmp_path_factory) -> Stack:
         rest.stop()
         for service in services.values():
             service.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(model_dir: Path, tmp_path_factory) -> Stack:
+    with running_stack(model_dir, tmp_path_factory.mktemp("hostile-stack")) as built:
+        yield built
 
 
 # ---------------------------------------------------------------------------------------------
