@@ -30,11 +30,12 @@ $(MODEL_DIR)/model.json: | $(VENV)/.stamp
 
 model: $(MODEL_DIR)/model.json
 
+# make up ARGS=--random-ports (or any `edgecloud up` option)
 up: setup model
-	$(BIN)/edgecloud up --model-dir $(MODEL_DIR)
+	$(BIN)/edgecloud up --model-dir $(MODEL_DIR) $(ARGS)
 
 test: setup model
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: setup model
 	$(BIN)/python -m bench.edge

@@ -22,7 +22,10 @@ from edgecloud.validation import validate_request
 
 __all__ = ["Dataplane", "InferenceDataplane", "PROTOCOL_EXTENSIONS"]
 
-PROTOCOL_EXTENSIONS = ("model_repository_readonly",)
+PROTOCOL_EXTENSIONS: tuple[str, ...] = ()
+"""Protocol extensions every edgecloud server implements. None yet: ``model_repository`` (and its
+read-only form) would promise Triton's repository index and model config RPCs, which these
+servers do not answer (tritonclient's ``get_model_config`` / ``get_model_repository_index``)."""
 
 
 class InferenceDataplane(Protocol):

@@ -3,7 +3,8 @@
     edgecloud model build [--out DIR] [--force]     build the INT8 reference model directory
     edgecloud serve edge|cloud|gateway --config F   run one server until SIGINT/SIGTERM
     edgecloud up                                    build what is missing, run the local stack
-    edgecloud config check FILE --kind KIND         validate a config file and explain errors
+    edgecloud config check FILE [--kind KIND]       validate a config file (kind inferred) and explain errors
+    edgecloud --version
 
 Each subcommand imports only what it needs, so an edge-only install (no torch) can run
 ``serve edge`` and ``config check``.
@@ -69,17 +70,62 @@ def _demo(args) -> int:
     return run(args)
 
 
+SECTIONS_OF_KIND = {
+    "edge": {"models"},
+    "cloud": {"runtime", "batching"},
+    "gateway": {"edge", "cloud", "routing", "cache", "auth", "reload_poll_ms"},
+}
+"""Top-level sections only one kind of config has: how ``config check`` tells the kinds apart."""
+
+
+def infer_kind(path: str) -> str | None:
+    """The kind a config file looks like: by its sections, else by its name (``edge.yaml``)."""
+    import yaml
+    from pathlib import Path
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        data = None
+    if isinstance(data, dict):
+        matches = [kind for kind, sections in SECTIONS_OF_KIND.items() if sections & set(data)]
+        if len(matches) == 1:
+            return matches[0]
+    stem = Path(path).stem.lower()
+    named = [kind for kind in CONFIG_KINDS if kind in stem]
+    return named[0] if len(named) == 1 else None
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def _config_check(args) -> int:
     from edgecloud.config import load_config
 
-    model, prefix = _config_model(args.kind)
-    load_config(model, args.file, prefix)
-    print(f"{args.file}: valid {args.kind} configuration")
+    looks_like = infer_kind(args.file)
+    kind = args.kind or looks_like
+    if kind is None:
+        print(f"{args.file}: cannot tell which kind of config this is; say --kind {{{','.join(CONFIG_KINDS)}}}",
+              file=sys.stderr)
+        return 2
+    model, prefix = _config_model(kind)
+    try:
+        load_config(model, args.file, prefix)
+    except ConfigError:
+        if looks_like is not None and looks_like != kind:
+            print(f"{args.file} looks like {_a(looks_like)} config, not {_a(kind)} one "
+                  f"(try: edgecloud config check {args.file})", file=sys.stderr)
+        raise
+    print(f"{args.file}: valid {kind} configuration" + ("" if args.kind else " (kind inferred from the file)"))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgecloud import __version__
+
     parser = argparse.ArgumentParser(prog="edgecloud", description="edge-cloud hybrid inference")
+    parser.add_argument("--version", action="version", version=f"edgecloud {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     model = commands.add_parser("model", help="model build tooling").add_subparsers(dest="model_command", required=True)
@@ -131,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                      required=True)
     check = config.add_parser("check", help="validate a config file")
     check.add_argument("file")
-    check.add_argument("--kind", choices=CONFIG_KINDS, required=True)
+    check.add_argument("--kind", choices=CONFIG_KINDS, default=None,
+                       help="which server the file configures (default: inferred from its sections or name)")
     check.set_defaults(func=_config_check)
     reference = config.add_parser("reference", help="print the configuration reference (Markdown)")
     reference.set_defaults(func=lambda _args: __import__("edgecloud_tools.config_reference", fromlist=["main"]).main())

@@ -39,13 +39,13 @@ def redis_reachable(url_host: str = "127.0.0.1", port: int = 6379) -> bool:
 
 def sample_calls(grpc_port: int, http_port: int) -> str:
     return f"""
-  SDK (Python):
+  SDK (Python; run with .venv/bin/python):
     from gateway.client import Client
     with Client("127.0.0.1:{grpc_port}") as client:
         result = client.embed(["hello edge", "hello cloud"])
         print(result.embeddings.shape, result.served_by, result.route_reason)
 
-  tritonclient (unmodified):
+  tritonclient (unmodified; run with .venv-triton/bin/python, it needs protobuf < 7):
     import numpy as np, tritonclient.grpc as tc
     client = tc.InferenceServerClient("127.0.0.1:{grpc_port}")
     text = tc.InferInput("text", [1], "BYTES"); text.set_data_from_numpy(np.array([b"hello"], dtype=object))

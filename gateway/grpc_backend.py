@@ -89,7 +89,7 @@ class GrpcBackend(Backend):
         except grpc.aio.AioRpcError as exc:
             error = error_from_rpc(exc)
             if error.kind in FAULT_MESSAGES:
-                log.info("%s (%s) failed: %s: %s", self.name, self.address, exc.code().name, exc.details())
+                log.debug("%s (%s) failed: %s: %s", self.name, self.address, exc.code().name, exc.details())
                 error = error_for_kind(error.kind, FAULT_MESSAGES[error.kind], retry_after_s=error.retry_after_s)
             raise error from exc
 

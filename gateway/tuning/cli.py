@@ -192,10 +192,15 @@ def _recommend(args: argparse.Namespace, out: TextIO) -> int:
           f"({workload.rate:.1f}/s), {len(workload.edge)} edge RTTs ({workload.censored} cancelled hedge losers "
           f"left out), {len(workload.cloud)} cloud RTTs", file=out)
     base = _base_settings(args, trace, out)
+    slowest_edge_ms = max(workload.edge.rtts_s, default=0.0) * 1000.0
+    if slowest_edge_ms <= base.threshold_ms:
+        print(f"warning: the trace holds no slow period to learn from (slowest edge RTT {slowest_edge_ms:.0f} ms, "
+              f"threshold {base.threshold_ms:g} ms): every threshold above it behaves alike here, and the current "
+              "setting is kept where the figures tie; record while the edge is slow to tune for it", file=out)
     grid = _grid(args, workload, goal, base, trace)
     print(f"goal: {goal}; simulating {len(grid)} candidates ...", file=out, flush=True)
     evaluations = evaluate(workload, grid, goal, base, robustness=args.robustness, overhead_ms=args.overhead_ms)
-    recommendation = recommend(evaluations, goal)
+    recommendation = recommend(evaluations, goal, current=base)
     best = recommendation.best
     print(candidates_table(recommendation, top=args.top or None), file=out)
     verdict = "recommended" if recommendation.met else "NO candidate meets the goal; closest"

@@ -213,13 +213,15 @@ def _shortfall(goal: Goal, summary: Summary) -> float:
     return total
 
 
-def recommend(evaluations: Sequence[Evaluation], goal: Goal) -> Recommendation:
+def recommend(evaluations: Sequence[Evaluation], goal: Goal, current: RoutingSettings | None = None) -> Recommendation:
     """Rank ``evaluations`` and pick the best.
 
     Those meeting the goal come first: the most edge share (the worst over the trace and the
     what-ifs) wins, shares within ``goal.share_tolerance`` of the best count as tied, and ties go
-    to fewer route transitions (worst case), then fewer hedges, then lower p99, then grid order.
-    The rest follow by their summed relative shortfall against the goal on the trace.
+    to fewer route transitions (worst case), then fewer hedges, then lower p99; among candidates
+    whose figures are the same, to the ``current`` setting (what runs now: no change without a
+    reason), then to the most lenient threshold (the trace showed nothing that needs a tight one),
+    then grid order. The rest follow by their summed relative shortfall against the goal.
     """
     if not evaluations:
         raise ValueError("no candidates were evaluated")
@@ -229,10 +231,14 @@ def recommend(evaluations: Sequence[Evaluation], goal: Goal) -> Recommendation:
     if feasible:
         best_share = max(e.worst_edge_share for e in feasible)
 
+        running = tuned_fields(current) if current is not None else None
+
         def key(e: Evaluation) -> tuple:
             tied = e.worst_edge_share >= best_share - goal.share_tolerance - 1e-12
+            is_current = running is not None and tuned_fields(e.settings) == running
             return (0 if tied else 1, 0.0 if tied else -e.worst_edge_share, e.worst_transitions,
-                    e.summary.hedge_rate, e.summary.p99_ms, -e.worst_edge_share, e.index)
+                    e.summary.hedge_rate, e.summary.p99_ms, -e.worst_edge_share, not is_current,
+                    -e.settings.threshold_ms, e.index)
 
         feasible.sort(key=key)
     ranked = tuple(feasible + rest)

@@ -112,3 +112,17 @@ async def test_past_the_admission_limit_requests_are_shed_with_a_hint(clock):
     assert info.value.retry_after_s == 0.3
     await clock.run(asyncio.gather(*held))
     assert dataplane.metrics.errors.labels("overloaded")._value.get() == 1
+
+
+async def test_naming_every_output_is_the_same_cache_entry_as_naming_none(clock):
+    """What the SDK sends (``outputs=[embedding]``) and what curl sends (no outputs) share an entry."""
+    e = edge(clock)
+    dataplane = await make_dataplane(clock, e, [worker(clock)], cache={"enabled": True})
+    named = request("sdk")
+    named.outputs = [RequestedOutput("y")]
+    first = await clock.run(dataplane.infer(named))
+    await clock.advance(0.1)  # the entry is written in the background
+    second = await clock.run(dataplane.infer(request("curl")))
+    assert first.parameters["served_by"] == "edge" and second.parameters["served_by"] == "cache"
+    assert e.calls == 1
+    await dataplane.cache.stop()

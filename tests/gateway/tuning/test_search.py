@@ -71,13 +71,15 @@ def test_what_ifs_reject_settings_that_only_work_on_this_recording():
     grid = CandidateGrid((170, 240), (200.0,), (0.9,), (3,))
     nominal = evaluate(STEP, grid, goal, RoutingSettings(), robustness=0)
     robust = evaluate(STEP, grid, goal, RoutingSettings(), robustness=0.1)
-    # On the recording both thresholds keep the 160 ms edge and leave the 300 ms one; 170 ms hedges
-    # less. With the edge 10% slower (176 ms), 170 ms leaves the edge too early: 240 ms is preferred.
+    # On the recording both thresholds keep the 160 ms edge and leave the 300 ms one, with the same
+    # figures: the running setting (170 ms) is kept. With the edge 10% slower (176 ms), 170 ms leaves
+    # the edge too early: 240 ms is preferred on its merits, running setting or not.
+    current = nominal[0].settings
     assert nominal[0].summary.edge_share == nominal[1].summary.edge_share == pytest.approx(0.795)
-    assert recommend(nominal, goal).best.settings.threshold_ms == 170
+    assert recommend(nominal, goal, current=current).best.settings.threshold_ms == 170
     assert [f for f, _ in robust[0].scenarios] == [0.9, 1.1] and nominal[0].scenarios == ()
     assert robust[0].worst_edge_share == pytest.approx(0.52) and robust[1].worst_edge_share == pytest.approx(0.795)
-    assert recommend(robust, goal).best.settings.threshold_ms == 240
+    assert recommend(robust, goal, current=current).best.settings.threshold_ms == 240
     with pytest.raises(ValueError):
         evaluate(STEP, grid, goal, RoutingSettings(), robustness=1.5)
 
@@ -102,3 +104,21 @@ def test_when_nothing_meets_the_goal_the_closest_is_returned():
     assert not result.met and result.best.index == 1
     with pytest.raises(ValueError):
         recommend([], goal)
+
+
+def test_ties_go_to_the_current_setting_then_to_the_most_lenient_threshold():
+    """A calm trace: every candidate keeps all traffic on the edge with the same figures."""
+    from gateway.config import RoutingSettings
+    from gateway.tuning.goal import Goal
+    from gateway.tuning.search import CandidateGrid, evaluate, recommend
+    from tests.gateway.tuning.synthetic import steps, workload as synthetic_workload
+
+    workload = synthetic_workload(steps((10.0, 20.0)), steps((10.0, 60.0)))
+    goal = Goal.parse("p99<=250")
+    grid = CandidateGrid(thresholds_ms=(25.0, 100.0, 200.0, 400.0))
+    current = RoutingSettings(threshold_ms=200)
+    evaluations = evaluate(workload, grid, goal, current)
+    assert len({(e.summary.edge_share, e.summary.p99_ms) for e in evaluations}) == 1  # all tied
+    assert recommend(evaluations, goal, current=current).best.settings.threshold_ms == 200
+    assert recommend(evaluations, goal).best.settings.threshold_ms == 400
+    assert recommend(evaluations, goal, current=RoutingSettings(threshold_ms=150)).best.settings.threshold_ms == 400
