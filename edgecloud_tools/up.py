@@ -19,6 +19,25 @@ from edgecloud_tools.stack import cloud_config, edge_config, free_port, gateway_
 log = logging.getLogger(__name__)
 
 
+PORT_ROLES = {"http": "gateway HTTP", "grpc": "gateway gRPC", "gateway_metrics": "gateway metrics",
+              "edge": "edge agent gRPC", "cloud": "cloud worker gRPC", "metrics": "cloud worker metrics"}
+
+
+def ports_in_use(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
+    """``"8001 (gateway gRPC)"`` for every port of ``ports`` something already listens on."""
+    import socket
+
+    taken = []
+    for name, port in ports.items():
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                taken.append(f"{port} ({PORT_ROLES.get(name, name)})")
+    return taken
+
+
 def _ports(random_ports: bool) -> dict[str, int]:
     if random_ports:
         return {name: free_port() for name in ("http", "grpc", "gateway_metrics", "edge", "cloud", "metrics")}
@@ -76,13 +95,18 @@ def _smoke_call(grpc_port: int) -> str:
 
 def run(args) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ports = _ports(getattr(args, "random_ports", False))
+    taken = ports_in_use(ports)
+    if taken:  # before anything starts: nothing to stop, nothing half up
+        print(f"edgecloud up: port {', '.join(taken)} is in use. Stop what holds it, or pick free ports: "
+              "make up ARGS=--random-ports (edgecloud up --random-ports)", file=sys.stderr)
+        return 2
     model_dir = Path(args.model_dir).resolve()
     if not (model_dir / "model.json").exists():
         print(f"building the INT8 model into {model_dir} (first run only)", flush=True)
         from edge_agent.build.pipeline import build_model_dir
 
         build_model_dir(model_dir)
-    ports = _ports(getattr(args, "random_ports", False))
     workdir = Path(tempfile.mkdtemp(prefix="edgecloud-up-"))
     services = []
     stop = threading.Event()

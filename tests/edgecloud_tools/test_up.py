@@ -30,3 +30,25 @@ def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir):
     # than the default 200 ms threshold, and then the cloud answers: either way the stack works.
     assert re.search(r"sample call: embedding \[1, 384\] served by (edge|cloud)\b", out), out[-2000:]
     assert out.rstrip().endswith("stopped")
+
+
+def test_a_port_in_use_is_named_before_anything_starts(model_dir, monkeypatch, capsys):
+    import socket
+
+    from edgecloud_tools import up
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"http": free_port(), "grpc": port, "gateway_metrics": free_port(), "edge": free_port(),
+                 "cloud": free_port(), "metrics": free_port()}
+        monkeypatch.setattr(up, "_ports", lambda random_ports: ports)
+        launched = []
+        monkeypatch.setattr(up, "launch", lambda *a, **k: launched.append(a))
+        args = type("Args", (), {"model_dir": str(model_dir), "random_ports": False, "no_cloud": False,
+                                 "exit_after_ready": True, "redis_url": None})()
+        assert up.run(args) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} (gateway gRPC) is in use" in err and "--random-ports" in err
+    assert len(err.strip().splitlines()) == 1 and not launched
