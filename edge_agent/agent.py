@@ -43,7 +43,7 @@ def build_models(config: EdgeConfig) -> list[OnnxModel]:
     """The configured models, constructed but not loaded."""
     models = []
     for entry in config.models:
-        spec = load_model_dir(entry.path)
+        spec = load_model_dir(entry.path, entry.variant)
         settings = SessionSettings(intra_op_threads=entry.intra_op_threads, inter_op_threads=entry.inter_op_threads)
         models.append(model_from_dir(spec, entry.variant, settings, entry.concurrency, entry.chunk_size))
     return models

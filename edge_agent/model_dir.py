@@ -3,8 +3,11 @@
 Contract: ``load_model_dir(path)`` returns a ``ModelDirSpec``. A directory with ``model.json`` of
 format ``edgecloud-model/1`` describes a sentence-embedding model (task ``sentence-embedding``:
 tokenizer + ONNX variants) or a raw ONNX model (task ``raw``); a directory without it must hold
-exactly one ``*.onnx`` file, served raw with inputs and outputs read from the graph. Problems raise
-``ModelDirError`` naming the directory entry, never half-load.
+exactly one ``*.onnx`` file, served raw with inputs and outputs read from the graph. A variant
+whose file is absent is left out (a device carries only the one it serves); the default variant
+must be there unless another is asked for (``variant``). Problems raise ``ModelDirError`` naming
+the directory entry, never half-load. ``pack_variant(src, out, variant)`` writes a directory that
+holds only one variant (what to ship to a device: ~23 MB instead of ~109 MB for the reference model).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _specs(entries: Any, where: str) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
-def load_model_dir(path: str | Path) -> ModelDirSpec:
+def load_model_dir(path: str | Path, variant: str | None = None) -> ModelDirSpec:
     root = Path(path)
     if not root.is_dir():
         raise ModelDirError(f"{root}: not a directory")
@@ -83,13 +86,15 @@ def load_model_dir(path: str | Path) -> ModelDirSpec:
     variants_raw = meta.get("variants") or ({"default": meta["onnx_file"]} if "onnx_file" in meta else {})
     if not variants_raw:
         raise ModelDirError(f"{manifest}: needs variants (or onnx_file)")
-    variants = {}
-    for variant, filename in variants_raw.items():
-        file = root / filename
-        if not file.is_file():
-            raise ModelDirError(f"{manifest}: variants.{variant}: {filename} is missing")
-        variants[variant] = file
-    default_variant = meta.get("default_variant") or next(iter(variants))
+    variants = {name: root / filename for name, filename in variants_raw.items() if (root / filename).is_file()}
+    default_variant = meta.get("default_variant") or next(iter(variants_raw))
+    wanted = variant or default_variant
+    if wanted not in variants:
+        filename = variants_raw.get(wanted)
+        why = f"{filename} is missing" if filename else f"no such variant; has {sorted(variants_raw)}"
+        raise ModelDirError(f"{manifest}: variants.{wanted}: {why}")
+    if default_variant not in variants:
+        default_variant = wanted
     tokenizer = None
     if task == "sentence-embedding":
         tokenizer = root / meta.get("tokenizer", "tokenizer.json")
@@ -110,3 +115,28 @@ def load_model_dir(path: str | Path) -> ModelDirSpec:
         outputs=_specs(meta.get("outputs", []), f"{manifest.name}: outputs"),
         extra={k: v for k, v in meta.items() if k not in known},
     )
+
+
+def pack_variant(src: str | Path, out: str | Path, variant: str | None = None) -> Path:
+    """Copy the model directory ``src`` to ``out`` with only ``variant`` (default: the default one):
+    its ONNX file(s), the tokenizer, the reports, and a ``model.json`` naming just that variant."""
+    import shutil
+
+    spec = load_model_dir(src, variant)
+    chosen = variant or spec.default_variant
+    root, target = Path(src), Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise ModelDirError(f"{target}: exists and is not empty")
+    target.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((root / "model.json").read_text(encoding="utf-8"))
+    onnx = spec.onnx_file(chosen)
+    meta["variants"], meta["default_variant"] = {chosen: onnx.name}, chosen
+    meta.pop("onnx_file", None)
+    keep = [onnx, *root.glob(onnx.name + ".data")]  # external weights travel with their graph
+    if spec.tokenizer is not None:
+        keep.append(spec.tokenizer)
+    keep += [p for p in root.glob("report.*") if p.is_file()]
+    for file in keep:
+        shutil.copy2(file, target / file.name)
+    (target / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return target

@@ -1,6 +1,7 @@
 """The ``edgecloud`` command.
 
     edgecloud model build [--out DIR] [--force]     build the INT8 reference model directory
+    edgecloud model pack --out DIR [--variant V]    one variant only: the directory a device carries
     edgecloud serve edge|cloud|gateway --config F   run one server until SIGINT/SIGTERM
     edgecloud up                                    build what is missing, run the local stack
     edgecloud config check FILE [--kind KIND]       validate a config file (kind inferred) and explain errors
@@ -40,6 +41,19 @@ def _model_build(args) -> int:
     from edge_agent.build import pipeline
 
     return pipeline.run(args)
+
+
+def _model_pack(args) -> int:
+    from edge_agent.model_dir import ModelDirError, pack_variant
+
+    try:
+        out = pack_variant(args.model_dir, args.out, args.variant)
+    except ModelDirError as exc:
+        print(f"edgecloud model pack: {exc}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    print(f"wrote {out} ({size:.1f} MiB): serve it with an edge-only install (pip install 'edgecloud[edge]')")
+    return 0
 
 
 def _serve(args) -> int:
@@ -137,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         pipeline.add_arguments(build)
         build.set_defaults(func=_model_build)
+
+    pack = model.add_parser("pack", help="a model directory with one variant only (what a device carries)")
+    pack.add_argument("--model-dir", default="models/all-MiniLM-L6-v2", help="a built model directory")
+    pack.add_argument("--variant", default=None, help="the variant to keep (default: the directory's default, int8)")
+    pack.add_argument("--out", required=True, help="the new directory (must not exist or be empty)")
+    pack.set_defaults(func=_model_pack)
 
     serve = commands.add_parser("serve", help="run a server")
     serve.add_argument("component", choices=["edge", "cloud", "gateway"])

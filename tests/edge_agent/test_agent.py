@@ -93,3 +93,25 @@ def test_bad_input_raises_typed_errors(edge_agent_session):
     bad[0] = b"\xff\xfe"
     with pytest.raises(InvalidArgument, match=r"inputs\[text\]: element 0 is not valid UTF-8"):
         edge_agent_session.infer_sync(InferRequest("all-MiniLM-L6-v2", [Tensor("text", "BYTES", (1,), bad)]))
+
+
+def test_a_directory_with_only_the_int8_variant_serves_on_a_device(model_dir, tmp_path):
+    """What a device carries: ``edgecloud model pack`` keeps one variant; the agent loads it."""
+    from edge_agent.model_dir import ModelDirError, load_model_dir
+    from edgecloud_tools.cli import main
+
+    packed = tmp_path / "device-model"
+    assert main(["model", "pack", "--model-dir", str(model_dir), "--out", str(packed)]) == 0
+    files = {p.name for p in packed.iterdir()}
+    assert "model.int8.onnx" in files and "model.fp32.onnx" not in files and "tokenizer.json" in files
+    size = sum(p.stat().st_size for p in packed.iterdir())
+    full = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
+    assert size < 0.35 * full
+    spec = load_model_dir(packed)
+    assert set(spec.variants) == {"int8"} and spec.default_variant == "int8"
+    with pytest.raises(ModelDirError, match="variants.fp32"):
+        load_model_dir(packed, "fp32")
+    with EdgeAgent.from_model_dir(packed, threads=1) as agent:
+        vectors = agent.embed(["a device carries 23 MB, not 109"])
+    assert vectors.shape == (1, 384)
+    assert main(["model", "pack", "--model-dir", str(model_dir), "--out", str(packed)]) == 2  # not over a model
