@@ -12,6 +12,7 @@ Progress goes to ``progress`` as one line per step with its duration. ``add_argu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from edge_agent.build.groups import find_groups
 from edge_agent.build.latency import interleaved, summary
 from edge_agent.build.metrics import agreement
 from edge_agent.build.quantize import Level, Recipe
-from edge_agent.build.report import write_report
+from edge_agent.build.report import render_summary, write_report
 from edge_agent.build.runners import OrtRunner, TorchRunner, default_tokenizer
 from edge_agent.build.search import greedy, sensitivity
 from edge_agent.build.targets import Targets
@@ -182,6 +183,9 @@ def build_model_dir(out_dir: Path, *, force: bool = False, progress: Callable[[s
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    report = json.loads((out_dir / manifest.REPORT_JSON).read_text())
+    for line in render_summary(report, out_dir / manifest.REPORT_TXT).rstrip("\n").split("\n"):
+        progress(line)
     progress(f"model directory ready: {out_dir}")
     return out_dir
 
@@ -292,10 +296,8 @@ def _build(staging: Path, progress: Callable[[str], None], report_sentences: int
         "trials": trials,
         "quantization": quantization,
     }
-    text = write_report(staging, report)
+    write_report(staging, report)
     steps.done("report written")
-    for line in text.rstrip("\n").split("\n"):
-        progress(line)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -320,8 +322,6 @@ def run(args: argparse.Namespace) -> int:
                           sensitivity_mode=args.sensitivity, calibration_sentences=args.calibration_sentences,
                           latency_iterations=args.latency_iterations)
     if args.strict:
-        import json
-
         report = json.loads((out / manifest.REPORT_JSON).read_text())
         missed = [t["target"] for t in report["targets"] if not t["met"]]
         if missed:

@@ -77,10 +77,11 @@ def render_text(report: dict[str, Any]) -> str:
                        s["calibration_batched"]["cosine_min"], s["size_ratio"]]
                       for s in report["greedy"]],
                      ["promoted", "cos mean", "cos min", "spearman", "batched cos min", "size ratio"]))
-    out.append("\nTrials (full corpus, batch 1; speedup = ORT FP32 p50 / trial p50, "
-               "all timed in one interleaved run)")
+    out.append("\nTrials (full corpus, batch 1; search speedup = ORT FP32 p50 / trial p50 in the search's own "
+               "interleaved timing run, for comparing trials with each other. The built model's speed-up is "
+               "the one in Targets, from the Latency run above.)")
     out.append(table([_trial_row(t) for t in report["trials"]],
-                     ["trial", "MiB", "ratio", "cos mean", "cos min", "spearman", "nn", "speedup"]))
+                     ["trial", "MiB", "ratio", "cos mean", "cos min", "spearman", "nn", "search speedup"]))
     q = report["quantization"]
     out.append(f"\nRecipe: {q['method']}; per_channel={q['per_channel']} reduce_range={q['reduce_range']}; "
                f"dynamic {q['dynamic_nodes']}, blockwise {q['blockwise_nodes']}, float {q['excluded_nodes']} groups")
@@ -88,6 +89,21 @@ def render_text(report: dict[str, Any]) -> str:
         if names:
             out.append(f"  {level}: {', '.join(names)}")
     return "\n".join(out) + "\n"
+
+
+def render_summary(report: dict[str, Any], report_path: Path) -> str:
+    """The few lines a console shows after a build (the whole report is in the file)."""
+    int8 = report["accuracy"].get("ort-int8 (all)") or next(iter(report["accuracy"].values()))
+    ratios = report["latency"]["ratios"]
+    missed = [t["target"] for t in report["targets"] if not t["met"]]
+    return "\n".join([
+        f"INT8 vs torch FP32: cos mean {int8['cosine_mean']:.4f}, min {int8['cosine_min']:.4f}, "
+        f"spearman {int8['spearman']:.4f}; file {report['sizes']['ratio']:.3f} of FP32",
+        f"INT8 speed-up at batch 1: {ratios['int8_vs_ort_fp32_b1']:.2f}x ORT FP32, "
+        f"{ratios['int8_vs_torch_b1']:.2f}x torch",
+        "targets: all met" if not missed else f"targets missed: {', '.join(missed)}",
+        f"full report: {report_path}",
+    ]) + "\n"
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> str:

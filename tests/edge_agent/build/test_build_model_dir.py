@@ -144,3 +144,19 @@ def test_report_records_trials_and_sensitivity(model_dir):
         "cosine_mean", "cosine_min", "spearman", "size_ratio", "speedup_vs_ort_fp32", "speedup_vs_torch"}
     assert {"torch-fp32", "ort-fp32", "ort-int8"} <= set(report["latency"]["rows"])
     assert "Sensitivity" in (model_dir / "report.txt").read_text()
+
+
+def test_the_console_gets_a_short_summary_with_one_speed_up_figure(model_dir):
+    """The ~90-line report stays in its file; the console shows what matters and where the rest is."""
+    import json
+
+    from edge_agent.build.report import render_summary, render_text
+
+    report = json.loads((model_dir / "report.json").read_text())
+    summary = render_summary(report, model_dir / "report.txt").splitlines()
+    assert len(summary) <= 5 and summary[-1] == f"full report: {model_dir / 'report.txt'}"
+    speedup = report["latency"]["ratios"]["int8_vs_ort_fp32_b1"]
+    assert f"{speedup:.2f}x ORT FP32" in summary[1]
+    target = next(t for t in report["targets"] if t["target"] == "speedup_vs_ort_fp32")
+    assert target["value"] == speedup  # the one figure the report calls the INT8 speed-up
+    assert "search speedup" in render_text(report)  # the trials' own timing is named apart
