@@ -64,7 +64,8 @@ class GatewayDataplane:
                                       warmup=routing.warmup_samples)
         self.pool = CloudPool(config.cloud, [self._make_worker(config, w) for w in config.cloud.named_workers()],
                               self.monitor, self.clock)
-        self.policy = RoutingPolicy(routing, self.monitor.stats(EDGE), self.clock, cloud_statistic=self._cloud_statistic)
+        self.policy = RoutingPolicy(routing, self.monitor.stats(EDGE), self.clock,
+                                    cloud_statistic=self._cloud_statistic)
         self.retry_budget = RetryBudget(routing.retry_budget.ratio, routing.retry_budget.burst)
         self.lag = LoopLag(self.clock, sleep)
         self.admission = Admission(config.server.max_concurrent_requests,

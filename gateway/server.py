@@ -6,9 +6,9 @@ the HTTP front when ``server.http_port`` is set) with the shared lifecycle
 fronts authenticate with the configured API keys, answer with ``served_by`` / ``route_reason``
 parameters (and ``X-Edgecloud-*`` headers over HTTP), and the HTTP front adds
 ``/v2/debug/latency-trace``. Prometheus metrics are served on ``server.metrics_port`` (8002 by
-default), an operator port apart from the public fronts, never on them. ``reload()`` re-reads the config file: a valid file is applied
-without dropping in-flight requests; an invalid one is refused, the old config stays, and the
-reason is logged and returned. The file is watched every ``reload_poll_ms`` (SIGHUP reloads at
+default), an operator port apart from the public fronts, never on them. ``reload()`` re-reads the
+config file: a valid file is applied without dropping in-flight requests; an invalid one is
+refused, the old config stays, and the reason is logged and returned. The file is watched every ``reload_poll_ms`` (SIGHUP reloads at
 once, see ``gateway.main``). ``stop(grace)``: NOT_SERVING, drain, then close the backends.
 """
 

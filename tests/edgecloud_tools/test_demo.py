@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import random
+import re
 
 import pytest
 
@@ -77,3 +78,30 @@ def test_a_short_demo_moves_traffic_edge_cloud_edge_with_no_failures(model_dir):
     path = next(line for line in summary if line.startswith("traffic moved:"))
     moves = path.removeprefix("traffic moved: ").split(" -> ")
     assert moves[0] == "edge" and "cloud" in moves and moves[-1] == "edge", path
+
+
+@pytest.mark.parametrize("width", [80, 110, 200])
+def test_the_live_view_fits_the_terminal_however_long_the_run(width):
+    """At any width, every redrawn line fits: the where-served timeline shows its latest part."""
+    result = _result([("edge", 400), ("cloud", 400), ("edge", 400)])
+    result.duration_s, result.bucket_s = 120.0, 0.1
+    out = io.StringIO()
+    view = demo.LiveView(out, live=True, width=width)
+    for now in (10.0, 60.0, 119.0):
+        view.draw(result, now, 1, 500.0, "edge p95 812.5 ms over the last 2 s (a long line from the gateway " * 3)
+    view.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # the cursor moves of the redraw
+    lines = [line for line in text.replace("\r", "\n").split("\n") if line.strip()]
+    assert lines and max(len(line) for line in lines) <= width
+    assert any(line.lstrip().startswith("where served") and line.rstrip().endswith("E") for line in lines)
+
+
+def test_without_a_terminal_the_view_prints_plain_phase_lines():
+    out = io.StringIO()
+    view = demo.LiveView(out, live=False)
+    result = _result([("edge", 10)])
+    for phase in (0, 0, 1, 2):
+        view.draw(result, 1.0 + phase, phase, 500.0, "")
+    view.close()
+    assert out.getvalue().splitlines() == ["[  1.0 s] edge fast", "[  2.0 s] edge slowed (+500 ms on the edge)",
+                                           "[  3.0 s] edge recovered"]
