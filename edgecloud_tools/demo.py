@@ -156,25 +156,24 @@ class DemoResult:
         return path
 
     def summary(self) -> str:
-        """The closing table."""
+        """The closing table; every line fits 80 columns."""
         lines = [f"summary: {self.duration_s:.0f} s, {len(self.outcomes)} requests, {self.failed} failed"
-                 + (f", threshold {self.threshold_ms:g} ms" if self.threshold_ms else "")]
-        header = f"{'phase':<16}{'time':>10}{'requests':>10}{'edge':>7}{'cloud':>7}{'cache':>7}" \
-                 f"{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'failed':>8}  served mostly by"
+                 + (f", threshold {self.threshold_ms:g} ms" if self.threshold_ms else "") + "; latencies in ms"]
+        header = f"{'phase':<15}{'time':>8}{'reqs':>6}{'edge':>6}{'cloud':>6}{'cache':>6}" \
+                 f"{'p50':>6}{'p95':>6}{'p99':>6}{'failed':>7}  mostly"
         lines.append(header)
         for p in self.phases():
             lat = list(p.latencies_s)
-            lines.append(f"{p.name:<16}{f'{p.start_s:.0f}-{p.end_s:.0f} s':>10}{p.requests:>10}"
-                         f"{p.share('edge'):>7.0%}{p.share('cloud'):>7.0%}{p.share('cache'):>7.0%}"
-                         f"{_ms(_pct(lat, .5)):>8}{_ms(_pct(lat, .95)):>8}{_ms(_pct(lat, .99)):>8}{p.failed:>8}"
+            lines.append(f"{p.name:<15}{f'{p.start_s:.0f}-{p.end_s:.0f} s':>8}{p.requests:>6}"
+                         f"{p.share('edge'):>6.0%}{p.share('cloud'):>6.0%}{p.share('cache'):>6.0%}"
+                         f"{_ms(_pct(lat, .5)):>6}{_ms(_pct(lat, .95)):>6}{_ms(_pct(lat, .99)):>6}{p.failed:>7}"
                          f"  {p.dominant or '-'}")
-        by_backend = []
+        lines.append("latency p50/p95/p99 by backend:")
         for backend in BACKENDS:
             lat = [o.latency_s for o in self.outcomes if o.served_by == backend]
             if lat:
-                by_backend.append(f"{backend} {_ms(_pct(lat, .5))}/{_ms(_pct(lat, .95))}/{_ms(_pct(lat, .99))} ms "
-                                  f"({len(lat)})")
-        lines.append("latency p50/p95/p99 by backend: " + ("; ".join(by_backend) or "-"))
+                lines.append(f"  {backend:<6}{_ms(_pct(lat, .5))}/{_ms(_pct(lat, .95))}/{_ms(_pct(lat, .99))} ms "
+                             f"({len(lat)} requests)")
         hits = sum(1 for o in self.outcomes if o.served_by == "cache")
         answered = sum(1 for o in self.outcomes if o.served_by is not None)
         lines.append(f"cache hit ratio: {hits / answered:.0%}" if answered else "cache hit ratio: -")
@@ -236,7 +235,7 @@ class LiveView:
             ("edgecloud demo", f"{now_s:5.1f} / {result.duration_s:.0f} s   phase: {PHASES[phase]}"
              + (f" (+{slow_ms:g} ms)" if phase == 1 else "")),
             ("where served", marks or "-"),
-            ("", f"E edge, C cloud: most routed requests per {result.bucket_s:g} s"),
+            ("", f"E edge, C cloud: most routed requests per {result.bucket_s:.2g} s"),
             (f"last {self.window_s:.0f} s", "   ".join(f"{b} {counts.get(b, 0) / total:4.0%}" for b in BACKENDS)
              + f"   failed {result.failed}"),
             ("latency p50/p95", latency + threshold),

@@ -29,7 +29,8 @@ def test_the_summary_shows_the_phases_and_the_path_the_traffic_took():
     assert [p.dominant for p in result.phases()] == ["edge", "cloud", "edge"]
     assert result.path() == ["edge", "cloud", "edge"]  # a one-bucket blip is not a move
     text = result.summary()
-    assert text.splitlines()[0] == "summary: 12 s, 120 requests, 0 failed, threshold 200 ms"
+    assert text.splitlines()[0] == "summary: 12 s, 120 requests, 0 failed, threshold 200 ms; latencies in ms"
+    assert max(len(line) for line in text.splitlines()) <= 80
     rows = text.splitlines()[2:5]
     assert [row.split()[-1] for row in rows] == ["edge", "cloud", "edge"]
     assert rows[1].startswith("edge slowed") and "0-4 s" in rows[0]
