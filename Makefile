@@ -35,6 +35,7 @@ up: setup model
 	$(BIN)/edgecloud up --model-dir $(MODEL_DIR) $(ARGS)
 
 test: setup model
+	@command -v redis-server >/dev/null || { echo "make test needs redis-server (Debian: apt-get install redis-server; .ci/run installs it)" >&2; exit 2; }
 	$(BIN)/python -m pytest --durations=15
 
 bench: setup model

@@ -61,14 +61,18 @@ def write_plot(path: str | Path, workload: Workload, recommendation: Recommendat
     for series, colour, name in ((workload.edge, EDGE_COLOUR, "edge RTT"), (workload.cloud, CLOUD_COLOUR, "cloud RTT")):
         timeline.scatter([s - t0 for s in series.starts], [r * 1000 for r in series.rtts_s], s=4, c=colour,
                          label=name, alpha=0.6)
+    shaded = False
     for (start, state), (end, _) in pairwise([*replay.states, (workload.end, "")]):
         if state == "cloud_fallback":
-            timeline.axvspan(start - t0, end - t0, color=CLOUD_COLOUR, alpha=0.12, lw=0)
+            timeline.axvspan(start - t0, end - t0, color=CLOUD_COLOUR, alpha=0.12, lw=0,
+                             label=None if shaded else "replay routes to the cloud")
+            shaded = True
     timeline.axhline(threshold, color=CHOSEN_COLOUR, lw=1.2, label=f"threshold {threshold:g} ms")
     if hedge_ms is not None and hedge_ms != threshold:
         timeline.axhline(hedge_ms, color=CHOSEN_COLOUR, lw=1, ls="--", label=f"hedge after {hedge_ms:g} ms")
     timeline.set(xlabel="seconds into the trace", ylabel="RTT (ms)",
-                 title="trace: shaded = the recommendation's replay routes to the cloud")
+                 title="trace: shaded = the recommendation's replay routes to the cloud" if shaded else
+                 "trace: the recommendation's replay keeps all traffic on the edge")
     timeline.legend(loc="upper left", fontsize="small")
 
     # distribution per backend
@@ -101,5 +105,7 @@ def write_plot(path: str | Path, workload: Workload, recommendation: Recommendat
         sweep.axvline(threshold, color=CHOSEN_COLOUR, lw=1.2)
         handles = sweep.get_legend_handles_labels()
         more = p99.get_legend_handles_labels()
-        sweep.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small", loc="best")
+        # Below the axes: inside, it would cover points of one of the two axes (it can only avoid its own).
+        sweep.legend(handles[0] + more[0], handles[1] + more[1], fontsize="small", loc="upper center",
+                     bbox_to_anchor=(0.5, -0.2), ncol=2)
     fig.savefig(Path(path), dpi=100, format="png")
