@@ -1,6 +1,6 @@
 """The gateway's configuration (YAML, env prefix ``EDGECLOUD_GATEWAY_``), validated at load.
 
-Every field is documented here; ``edgecloud config check FILE --kind gateway`` explains errors by
+Every field is documented here; ``edgecloud config check FILE`` explains errors by
 field path. Durations are milliseconds (``_ms``) so operators write plain numbers.
 """
 

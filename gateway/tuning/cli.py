@@ -188,6 +188,10 @@ def _recommend(args: argparse.Namespace, out: TextIO) -> int:
             trace.save(args.save_trace)
             print(f"wrote {args.save_trace}", file=out)
     workload = Workload.from_trace(trace, rate=args.rate)
+    if not workload.arrivals:
+        raise TraceError("the trace holds no requests, only probes (it was recorded while no traffic ran): "
+                         "record under the load you tune for, or replay the probes' RTTs at a request rate "
+                         "with --rate N")
     print(f"trace: {source}: {trace.duration_s:.1f} s, {len(workload.arrivals)} requests "
           f"({workload.rate:.1f}/s), {len(workload.edge)} edge RTTs ({workload.censored} cancelled hedge losers "
           f"left out), {len(workload.cloud)} cloud RTTs", file=out)

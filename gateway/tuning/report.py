@@ -4,7 +4,7 @@ Contract: ``candidates_table(recommendation, top)`` returns the ranked candidate
 the recommended one marked ``*``) as aligned plain text, at most ``top`` rows plus a line saying
 how many were left out. ``yaml_snippet(settings, summary, goal)`` returns YAML with a ``routing:``
 section carrying the tuned fields (a valid gateway config on its own, so
-``edgecloud config check FILE --kind gateway`` accepts it; its indented lines paste under an
+``edgecloud config check FILE`` accepts it; its indented lines paste under an
 existing ``routing:``), headed by comments with the simulated figures. ``results_json`` is the
 whole evaluation as plain data.
 """
@@ -69,7 +69,7 @@ def yaml_snippet(settings: RoutingSettings, summary: Summary, goal: Goal, *, met
         f"# simulated on {source or 'the trace'}: {summary_line(summary)}",
         f"# {describe(settings)}",
         "# Paste the indented lines under routing: in the gateway config (or check this file:",
-        "#   edgecloud config check FILE --kind gateway).",
+        "#   edgecloud config check FILE).",
     ]
     body = yaml.safe_dump({"routing": fields}, sort_keys=False, default_flow_style=False)
     return "\n".join(header) + "\n" + body

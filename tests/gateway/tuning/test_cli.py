@@ -93,3 +93,18 @@ def test_a_bad_gateway_config_is_left_to_the_edgecloud_command(trace_file, tmp_p
     (tmp_path / "gateway.yaml").write_text("routing:\n  threshold_ms: -1\n")
     with pytest.raises(ConfigError, match=r"routing\.threshold_ms"):
         tune("recommend", "--trace", str(trace_file), "--goal", "p99<=300", "--config", str(tmp_path / "gateway.yaml"))
+
+
+def test_a_trace_of_probes_only_says_what_to_do_instead_of_recommending_nonsense(tmp_path, capsys):
+    """``tune record`` on an idle gateway records probes and no requests: nothing to simulate."""
+    from gateway.tuning.trace import Trace, TraceSample
+
+    idle = Trace.build([TraceSample(1000.0 + i * 0.2, backend, 0.015, True) for i in range(40)
+                        for backend in ("edge", "cloud")], source="idle", recorded_threshold_ms=200)
+    path = tmp_path / "idle.json"
+    idle.save(path)
+    status, _ = tune("recommend", "--trace", str(path), "--goal", "p99<=250", "--yaml", "-", "--plot", "-")
+    assert status == 1 and "holds no requests, only probes" in capsys.readouterr().err
+    status, out = tune("recommend", "--trace", str(path), "--goal", "p99<=250", "--yaml", "-", "--plot", "-",
+                       "--rate", "10")
+    assert status == 0 and "no slow period to learn from" in out and "\nrecommended: threshold 200 ms" in out
