@@ -89,6 +89,10 @@ def translate_errors(method: Callable) -> Callable:
                 raise InvalidArgument("is not a valid Open Inference Protocol message", field="request")
             return await method(self, request, context)
         except InferenceError as exc:
+            # The abort is raised from here: drop what would keep the request (megabytes, maybe) alive
+            # through the exception's frames until the next full garbage collection.
+            exc.__traceback__ = None
+            request = None  # noqa: F841
             await abort_with(context, exc)
         except grpc.aio.AbortError:
             raise

@@ -8,7 +8,8 @@ Contract:
   Each step's ``stop`` takes the grace period in seconds. Stopping twice does nothing.
 - ``run_until_signal(components, grace_s)`` starts each component (``async start()`` /
   ``async stop(grace)``), waits for SIGINT or SIGTERM (or ``stop_event``), then stops them in
-  reverse: the one owner of the signal handlers.
+  reverse: the one owner of the signal handlers, and of process-wide settings
+  (``edgecloud.allocator``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
+
+from edgecloud.allocator import release_large_buffers
 
 __all__ = ["Component", "Lifecycle", "configure_logging", "run_until_signal"]
 
@@ -78,6 +81,7 @@ class Lifecycle:
 async def run_until_signal(components: Sequence[Component], grace_s: float, *,
                            on_started: Callable[[], None] | None = None,
                            stop_event: asyncio.Event | None = None) -> None:
+    release_large_buffers()  # large messages' memory goes back to the OS once freed
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

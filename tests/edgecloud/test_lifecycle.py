@@ -100,3 +100,12 @@ async def test_the_server_reports_not_serving_before_it_drains_and_stops_resourc
     assert events == ["resource started", "resource stopped (ready=False)"]
     assert health_at_stop == [-1]  # the fronts had stopped accepting before the resource closed
     assert not server.running
+
+
+def test_large_buffers_go_back_to_the_os_on_glibc():
+    import platform
+
+    from edgecloud.allocator import release_large_buffers
+
+    applied = release_large_buffers()
+    assert applied == (platform.libc_ver()[0] == "glibc")
