@@ -156,6 +156,7 @@ async def test_a_stall_of_the_gateways_own_loop_does_not_move_traffic(edge_proxy
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for _ in range(5):
             await stub.ModelInfer(text_request(["warm"]), timeout=30)
+        edge_proxy.set_delay(0.05)  # answers arrive while the loop is stuck, however fast the edge
         for _ in range(2):
             calls = [asyncio.ensure_future(stub.ModelInfer(text_request([f"in flight {i}"]), timeout=30))
                      for i in range(6)]
