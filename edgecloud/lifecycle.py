@@ -22,7 +22,7 @@ from typing import Protocol
 
 from edgecloud.allocator import release_large_buffers
 
-__all__ = ["Component", "Lifecycle", "configure_logging", "run_until_signal"]
+__all__ = ["Component", "Lifecycle", "configure_logging", "raise_collected", "run_until_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ class Component(Protocol):
     async def start(self) -> object: ...
 
     async def stop(self, grace: float) -> None: ...
+
+
+def raise_collected(errors: list[Exception], what: str) -> None:
+    """Raise what a multi-step shutdown collected: nothing, one error as itself, or several as an
+    ``ExceptionGroup`` named ``what``."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ExceptionGroup(what, errors)
 
 
 class Lifecycle:
@@ -72,10 +81,7 @@ class Lifecycle:
                 log.error("%s: stopping %s failed: %s: %s", self.name, step, type(exc).__name__, exc)
                 exc.add_note(f"while stopping {self.name}: {step}")
                 errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise ExceptionGroup(f"stopping {self.name}", errors)
+        raise_collected(errors, f"stopping {self.name}")
 
 
 async def run_until_signal(components: Sequence[Component], grace_s: float, *,

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from edgecloud.config import ServerSettings
 from edgecloud.dataplane import InferenceDataplane
 from edgecloud.grpc_server import Authenticate, GrpcServer, inference_server
-from edgecloud.lifecycle import Lifecycle
+from edgecloud.lifecycle import Lifecycle, raise_collected
 from edgecloud.types import InferResponse
 
 __all__ = ["InferenceServer", "Resource", "RestOptions"]
@@ -120,7 +120,7 @@ class InferenceServer:
         grpc_front, rest_front = self._grpc, self._rest
         self._grpc = self._rest = None
         rest_stop = asyncio.ensure_future(rest_front.stop(grace)) if rest_front is not None else None
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
         try:
             await grpc_front.stop(grace)
         except Exception as exc:
@@ -130,10 +130,7 @@ class InferenceServer:
                 await rest_stop
             except Exception as exc:
                 errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise ExceptionGroup("stopping the fronts", errors)
+        raise_collected(errors, "stopping the fronts")
 
     async def _set_ready(self) -> None:
         self.dataplane.set_ready(True)

@@ -24,6 +24,7 @@ from edgecloud.admission import Admission
 from edgecloud.clock import Clock, MonotonicClock, Sleep
 from edgecloud.dataplane import PROTOCOL_EXTENSIONS
 from edgecloud.errors import InferenceError, InvalidArgument
+from edgecloud.lifecycle import raise_collected
 from edgecloud.loop_lag import LoopLag
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, ServerMetadata
 from edgecloud.validation import validate_request
@@ -134,7 +135,7 @@ class GatewayDataplane:
         self._probe_task = asyncio.create_task(self.prober.run(), name="gateway-probes")
 
     async def stop(self) -> None:
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
         tasks = [task for task in (self._probe_task, self._lag_task) if task is not None]
         for task in tasks:
             task.cancel()
@@ -151,8 +152,7 @@ class GatewayDataplane:
             await self.cache.stop()
         except Exception as exc:
             errors.append(exc)
-        if errors:
-            raise ExceptionGroup("stopping the gateway dataplane", errors)
+        raise_collected(errors, "stopping the gateway dataplane")
 
     async def apply_config(self, config: GatewayConfig) -> None:
         """Switch to a new validated config; in-flight requests finish on what they hold."""

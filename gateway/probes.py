@@ -17,9 +17,10 @@ import logging
 from collections.abc import Callable
 
 from edgecloud.clock import Clock, Sleep
-from edgecloud.loop_lag import LoopLag
+from edgecloud.codec import bytes_array, request_to_wire
 from edgecloud.errors import InferenceError
-from edgecloud.types import InferRequest
+from edgecloud.loop_lag import LoopLag
+from edgecloud.types import InferRequest, Tensor
 from gateway.backend import EDGE, Backend
 from gateway.config import RoutingSettings
 from gateway.latency import LatencyMonitor
@@ -32,9 +33,6 @@ log = logging.getLogger(__name__)
 
 def probe_request(settings: RoutingSettings) -> InferRequest:
     """The probe: ``probe_text`` as the BYTES [1] input ``probe_input`` of ``probe_model``."""
-    from edgecloud.codec import bytes_array, request_to_wire
-    from edgecloud.types import Tensor
-
     data = bytes_array([settings.probe_text])
     request = InferRequest(model_name=settings.probe_model, id="probe",
                            inputs=[Tensor(settings.probe_input, "BYTES", data.shape, data)])
