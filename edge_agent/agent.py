@@ -13,6 +13,17 @@ Contract:
           vectors = await agent.aembed(["hello"])
           response = await agent.infer(request)           # InferRequest -> InferResponse
 
+- Generation (a model directory built with ``edgecloud model build --model smollm2``)::
+
+      with EdgeAgent.from_model_dir("models/smollm2-135m-instruct") as agent:
+          for chunk in agent.generate(messages=[{"role": "user", "content": "Hi!"}], max_tokens=64):
+              print(chunk.text, end="")          # the last chunk has chunk.usage (tokens, finish reason)
+      async for chunk in agent.agenerate("Once upon a time", temperature=0.7, seed=1): ...
+
+  Breaking out of either loop (or cancelling the task iterating the async one) stops generation
+  before the next token. ``messages`` are rendered with the model's own chat template; a ``prompt``
+  is used as given. Sampling keywords: max_tokens, temperature, top_p, top_k, seed, stop.
+
 Requests are validated exactly as the gRPC server validates them (same ``Dataplane``); bad input
 raises the typed ``edgecloud.errors`` exceptions without running the model. Blocking compute in
 the async API runs on the model's own threads, never on the caller's event loop.
@@ -20,6 +31,7 @@ the async API runs on the model's own threads, never on the caller's event loop.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +39,13 @@ import numpy as np
 from edgecloud.codec import bytes_array
 from edgecloud.admission import Admission
 from edgecloud.dataplane import Dataplane
-from edgecloud.errors import InvalidArgument
+from edgecloud.errors import InvalidArgument, NotFound
+from edgecloud.generation import Chunk, GenerateRequest, parse_sampling
 from edgecloud.model import ModelRepository
 from edgecloud.reference_model import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from edgecloud.types import InferRequest, InferResponse, ServerMetadata, Tensor
 from edge_agent.config import EdgeConfig, ModelSettings
+from edge_agent.generation import GenAIModel
 from edge_agent.model_dir import load_model_dir
 from edge_agent.models import OnnxModel, model_from_dir
 from edge_agent.onnx_session import SessionSettings
@@ -39,13 +53,14 @@ from edge_agent.onnx_session import SessionSettings
 SERVER_NAME = "edgecloud-edge"
 
 
-def build_models(config: EdgeConfig) -> list[OnnxModel]:
+def build_models(config: EdgeConfig) -> list[OnnxModel | GenAIModel]:
     """The configured models, constructed but not loaded."""
     models = []
     for entry in config.models:
         spec = load_model_dir(entry.path, entry.variant)
         settings = SessionSettings(intra_op_threads=entry.intra_op_threads, inter_op_threads=entry.inter_op_threads)
-        models.append(model_from_dir(spec, entry.variant, settings, entry.concurrency, entry.chunk_size))
+        models.append(model_from_dir(spec, entry.variant, settings, entry.concurrency, entry.chunk_size,
+                                     entry.max_tokens))
     return models
 
 
@@ -129,10 +144,51 @@ class EdgeAgent:
     def infer_sync(self, request: InferRequest) -> InferResponse:
         self.load()
         model = self.dataplane.prepare(request)
-        assert isinstance(model, OnnxModel)
+        if not isinstance(model, OnnxModel):
+            raise InvalidArgument("is a generative model: use generate() / agenerate()", field="model_name")
         return self.dataplane.finish(request, model.infer_blocking(request))
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a request (validated as the servers validate it) off the event loop."""
         await self.aload()
         return await self.dataplane.infer(request)
+
+    # generation ------------------------------------------------------------------------------
+
+    def _generative(self, model_name: str | None) -> GenAIModel:
+        models = [m for m in self.models if isinstance(m, GenAIModel)]
+        if model_name is not None:
+            models = [m for m in models if m.name == model_name]
+        if not models:
+            which = f"named {model_name!r} " if model_name else ""
+            raise NotFound(f"this agent serves no generative model {which}".rstrip(), field="model_name")
+        return models[0]
+
+    def _generate_request(self, model: GenAIModel, prompt: str | None, messages: Sequence[dict] | None,
+                          sampling: dict) -> GenerateRequest:
+        if (prompt is None) == (messages is None):
+            raise InvalidArgument("pass either a prompt or messages", field="prompt")
+        if prompt is not None and (not isinstance(prompt, str) or not prompt):
+            raise InvalidArgument("must be a non-empty string", field="prompt")
+        text = prompt if prompt is not None else model.render_chat(messages)
+        return GenerateRequest(text, parse_sampling(sampling, model.limits, "sampling"), stream=True,
+                               model_name=model.name)
+
+    def generate(self, prompt: str | None = None, *, messages: Sequence[dict] | None = None,
+                 model_name: str | None = None, **sampling) -> Iterator[Chunk]:
+        """Chunks of generated text, computed in the caller's thread as it iterates."""
+        self.load()
+        model = self._generative(model_name)
+        return model.generate_blocking(self._generate_request(model, prompt, messages, sampling))
+
+    async def agenerate(self, prompt: str | None = None, *, messages: Sequence[dict] | None = None,
+                        model_name: str | None = None, **sampling) -> AsyncIterator[Chunk]:
+        """Chunks of generated text, computed off the event loop."""
+        await self.aload()
+        model = self._generative(model_name)
+        chunks = model.generate(self._generate_request(model, prompt, messages, sampling))
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()

@@ -22,9 +22,12 @@ class ModelSettings(Section):
     inter_op_threads: int = Field(1, ge=0, le=256)
     """onnxruntime threads across operators (sequential execution uses 1)."""
     concurrency: int = Field(1, ge=1, le=64)
-    """Requests computed at once on the shared session (each on its own thread)."""
+    """Requests computed at once on the shared session (each on its own thread); for a generative
+    model, generations at once (more wait their turn)."""
     chunk_size: int = Field(32, ge=1, le=1024)
     """Texts per onnxruntime call when a request carries many (each chunk pads to its own longest)."""
+    max_tokens: int = Field(512, ge=1, le=1_000_000)
+    """Generative models: most completion tokens one request may ask for."""
 
 
 class EdgeConfig(Section):

@@ -2,7 +2,9 @@
 
 Contract: ``load_model_dir(path)`` returns a ``ModelDirSpec``. A directory with ``model.json`` of
 format ``edgecloud-model/1`` describes a sentence-embedding model (task ``sentence-embedding``:
-tokenizer + ONNX variants) or a raw ONNX model (task ``raw``); a directory without it must hold
+tokenizer + ONNX variants), a raw ONNX model (task ``raw``) or a text-generation model (task
+``text-generation``: each variant an onnxruntime-genai directory; ``cloud`` names the torch
+checkpoint directory for the cloud worker, ``context_length`` the tokens it holds); a directory without it must hold
 exactly one ``*.onnx`` file, served raw with inputs and outputs read from the graph. A variant
 whose file is absent is left out (a device carries only the one it serves); the default variant
 must be there unless another is asked for (``variant``). Problems raise ``ModelDirError`` naming
@@ -21,7 +23,10 @@ from edgecloud.datatypes import DATATYPES
 from edgecloud.types import TensorSpec
 
 MODEL_FORMAT = "edgecloud-model/1"
-TASKS = ("sentence-embedding", "raw")
+TASKS = ("sentence-embedding", "raw", "text-generation")
+DIRECTORY_TASKS = ("text-generation",)
+"""Tasks whose variants are directories (an onnxruntime-genai model: graph, weights, genai_config.json,
+tokenizer), not single ONNX files."""
 
 
 class ModelDirError(ValueError):
@@ -86,7 +91,8 @@ def load_model_dir(path: str | Path, variant: str | None = None) -> ModelDirSpec
     variants_raw = meta.get("variants") or ({"default": meta["onnx_file"]} if "onnx_file" in meta else {})
     if not variants_raw:
         raise ModelDirError(f"{manifest}: needs variants (or onnx_file)")
-    variants = {name: root / filename for name, filename in variants_raw.items() if (root / filename).is_file()}
+    present = Path.is_dir if task in DIRECTORY_TASKS else Path.is_file
+    variants = {name: root / filename for name, filename in variants_raw.items() if present(root / filename)}
     default_variant = meta.get("default_variant") or next(iter(variants_raw))
     wanted = variant or default_variant
     if wanted not in variants:
@@ -136,7 +142,11 @@ def pack_variant(src: str | Path, out: str | Path, variant: str | None = None) -
     if spec.tokenizer is not None:
         keep.append(spec.tokenizer)
     keep += [p for p in root.glob("report.*") if p.is_file()]
+    meta.pop("cloud", None)  # the torch checkpoint stays with the cloud
     for file in keep:
-        shutil.copy2(file, target / file.name)
+        if file.is_dir():
+            shutil.copytree(file, target / file.name)
+        else:
+            shutil.copy2(file, target / file.name)
     (target / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return target

@@ -198,8 +198,15 @@ class RawOnnxModel(OnnxModel):
 
 
 def model_from_dir(spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
-                   concurrency: int = 1, chunk_size: int = 32) -> OnnxModel:
+                   concurrency: int = 1, chunk_size: int = 32, max_tokens: int = 512) -> Model:
     """The model kind the directory's task calls for (not loaded yet)."""
+    if spec.task == "text-generation":
+        from edge_agent.generation import GenAIModel, GenAISettings
+
+        chosen = variant or spec.default_variant
+        return GenAIModel(spec.onnx_file(chosen), name=spec.name, version=spec.version, variant=chosen,
+                          settings=GenAISettings(concurrency=concurrency, max_tokens=max_tokens,
+                                                 intra_op_threads=settings.intra_op_threads))
     if spec.task == "sentence-embedding":
         return SentenceEmbeddingModel(spec, variant, settings, concurrency, chunk_size)
     return RawOnnxModel(spec, variant, settings, concurrency)

@@ -401,3 +401,25 @@ def response_to_wire(response: InferResponse) -> bytes:
     parameters_to_proto(response.parameters, head.parameters)
     ident = response.id.encode("utf-8")
     return b"".join((response.wire, _RESPONSE_ID_TAG, _varint(len(ident)), ident, head.SerializeToString()))
+
+
+_STREAM_ERROR_TAG = b"\x0a"  # ModelStreamInferResponse.error_message = 1, length-delimited
+_STREAM_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response = 2, length-delimited
+
+
+def stream_response_to_wire(response: InferResponse) -> bytes:
+    """A serialized ``ModelStreamInferResponse`` carrying ``response`` (its bytes wrapped, not
+    re-encoded)."""
+    inner = response_to_wire(response)
+    return b"".join((_STREAM_RESPONSE_TAG, _varint(len(inner)), inner))
+
+
+def stream_error_to_wire(message: str, request: InferRequest | None = None) -> bytes:
+    """A serialized ``ModelStreamInferResponse`` reporting one request's failure; the response part
+    names the request (model, version, id) when it was decoded far enough to know them."""
+    out = pb.ModelStreamInferResponse(error_message=message)
+    if request is not None:
+        out.infer_response.model_name = request.model_name
+        out.infer_response.model_version = request.model_version
+        out.infer_response.id = request.id
+    return out.SerializeToString()

@@ -12,6 +12,7 @@ are named). Failures are ``InferenceError``s, which the fronts map with ``edgecl
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from edgecloud.admission import Admission
@@ -47,6 +48,11 @@ class InferenceDataplane(Protocol):
     async def model_ready(self, name: str, version: str = "") -> bool: ...
 
     async def infer(self, request: InferRequest, /) -> InferResponse: ...
+
+    def stream(self, request: InferRequest, /) -> AsyncIterator[InferResponse]:
+        """Responses over a stream; the last carries ``triton_final_response: true``. Closing the
+        iterator early stops the work behind it."""
+        ...
 
 
 class Dataplane:
@@ -102,3 +108,23 @@ class Dataplane:
         with self.admission.admit():
             model = self.prepare(request)
             return self.finish(request, await model.infer(request))
+
+    async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Validate, then the model's responses one by one (admission holds for the whole stream)."""
+        if self.admission is None:
+            model = self.prepare(request)
+            async for response in self._finished(request, model):
+                yield response
+            return
+        with self.admission.admit():
+            model = self.prepare(request)
+            async for response in self._finished(request, model):
+                yield response
+
+    async def _finished(self, request: InferRequest, model: Model) -> AsyncIterator[InferResponse]:
+        responses = model.stream(request)
+        try:
+            async for response in responses:
+                yield self.finish(request, response)
+        finally:
+            await responses.aclose()

@@ -9,10 +9,11 @@ NOT_SERVING, stops accepting, lets in-flight calls finish for ``grace`` seconds,
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -42,6 +43,11 @@ class Undecodable:
 UNDECODABLE = Undecodable()
 RAW_METHODS = frozenset({"ModelInfer"})
 """Methods whose handlers take and return serialized messages (decoded once, by the codec)."""
+RAW_STREAM_METHODS = frozenset({"ModelStreamInfer"})
+"""Bidirectional streams whose handlers take and yield serialized messages."""
+STREAM_OUTBOX = 64
+"""Responses one stream holds for a client that reads slower than the models answer; then the
+requests behind them wait (backpressure reaches generation, nothing piles up)."""
 
 
 def _safe_deserializer(message_class) -> Callable[[bytes], object]:
@@ -64,6 +70,9 @@ def add_inference_servicer(servicer: pb_grpc.GRPCInferenceServiceServicer, serve
         handler = getattr(servicer, method.name)
         if method.name in RAW_METHODS:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(handler)
+            continue
+        if method.name in RAW_STREAM_METHODS:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(handler)
             continue
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             handler,
@@ -159,6 +168,58 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         decoded.deadline = request_deadline(context)
         decoded.tenant = tenant
         return codec.response_to_wire(await self.dataplane.infer(decoded))
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context):
+        """Serve each request on the stream as it arrives, concurrently; answer in
+        ``ModelStreamInferResponse``s (a failed request gets an ``error_message`` and the stream
+        goes on). When the client half-closes, the stream ends once every request has answered;
+        when it cancels, every generation it started stops."""
+        try:
+            tenant = self._tenant(context)
+        except InferenceError as exc:
+            await abort_with(context, exc)
+        deadline = request_deadline(context)
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_OUTBOX)
+        running: set[asyncio.Task] = set()
+
+        async def serve(raw: bytes) -> None:
+            decoded = None
+            try:
+                decoded = codec.request_from_wire(raw, self.dataplane.limits)
+                decoded.deadline, decoded.tenant = deadline, tenant
+                responses = self.dataplane.stream(decoded)
+                try:
+                    async for response in responses:
+                        await outbox.put(codec.stream_response_to_wire(response))
+                finally:
+                    await responses.aclose()
+            except InferenceError as exc:
+                await outbox.put(codec.stream_error_to_wire(exc.message, decoded))
+            except Exception:
+                log.exception("unexpected error in ModelStreamInfer")
+                await outbox.put(codec.stream_error_to_wire("internal error", decoded))
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    task = asyncio.create_task(serve(raw))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.wait(set(running))
+            finally:
+                if not running:
+                    await outbox.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (message := await outbox.get()) is not None:
+                yield message
+            await reader
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+            await asyncio.gather(reader, *running, return_exceptions=True)
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:

@@ -3,7 +3,8 @@
 Contract:
 - Routes: ``GET /v2/health/live`` and ``/v2/health/ready`` (200, or 503 with an empty body),
   ``GET /v2`` (server metadata), ``GET /v2/models/{name}[/versions/{version}]`` (model metadata),
-  ``GET .../ready`` and ``POST .../infer`` (metrics are served on an operator port of their own:
+  ``GET .../ready``, ``POST .../infer``, and the generate extension's ``POST .../generate`` and
+  ``.../generate_stream`` (server-sent events; ``edgecloud.generate_json``) (metrics are served on an operator port of their own:
   ``edgecloud.metrics_http``). The
   model name and version come from the URL path; any in the body are ignored.
 - Infer bodies are JSON (``application/json``) or JSON + binary tensors (Triton's binary tensor
@@ -37,7 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
-from edgecloud import json_codec
+from edgecloud import generate_json, json_codec
 from edgecloud.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -51,7 +52,7 @@ from edgecloud.errors import (
 from edgecloud.http_connections import GuardedAppRunner, MalformedBody, close_after_response
 from edgecloud.dataplane import InferenceDataplane
 from edgecloud.status import http_status
-from edgecloud.types import InferResponse
+from edgecloud.types import InferRequest, InferResponse
 
 __all__ = ["RestFront", "TIMEOUT_HEADER"]
 
@@ -190,6 +191,8 @@ class RestFront:
             add("GET", model, self._model_metadata)
             add("GET", model + "/ready", self._model_ready)
             add("POST", model + "/infer", self._infer)
+            add("POST", model + "/generate", self._generate)
+            add("POST", model + "/generate_stream", self._generate_stream)
         if self._extra_routes is not None:
             self._extra_routes(app)
         return app
@@ -295,6 +298,69 @@ class RestFront:
             return web.Response(body=body, content_type=JSON, headers=out)
         out[json_codec.HEADER_LENGTH] = str(length)
         return web.Response(body=body, content_type=OCTET_STREAM, headers=out)
+
+    async def _generate_request(self, request: web.Request) -> InferRequest:
+        """A generate body as an ``InferRequest``: keys of ``parameters`` that name one of the
+        model's inputs become that input (Triton's rule), the rest stay request parameters."""
+        headers = request.headers
+        mimetype = headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
+        if hdrs.CONTENT_TYPE in headers and mimetype != JSON:
+            raise UnsupportedMediaType(f"{request.content_type!r} is not accepted; send {JSON}",
+                                       field=hdrs.CONTENT_TYPE)
+        encoding = headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        if encoding not in CONTENT_ENCODINGS:
+            raise _unsupported_encoding(encoding)
+        match = request.match_info
+        name, version = match["name"], match.get("version", "")
+        meta = await self.dataplane.model_metadata(name, version)
+        decoded = generate_json.generate_request_from_json(await self._body(request), self.dataplane.limits,
+                                                           model_name=name, model_version=version)
+        inputs = {spec.name: spec for spec in meta.inputs}
+        given = {tensor.name for tensor in decoded.inputs}
+        for key in [key for key in decoded.parameters if key in inputs and key not in given]:
+            decoded.inputs.append(generate_json.input_from_value(key, decoded.parameters.pop(key),
+                                                                 self.dataplane.limits))
+        decoded.deadline = _deadline(headers.get(TIMEOUT_HEADER))
+        decoded.tenant = request.get(TENANT_KEY, "default")
+        return decoded
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        """The whole answer as one JSON object (``stream: true`` is refused: use generate_stream)."""
+        decoded = await self._generate_request(request)
+        response = await self.dataplane.infer(decoded)
+        out = dict(self._response_headers(response)) if self._response_headers is not None else {}
+        return web.Response(body=generate_json.generate_response_to_json(response), content_type=JSON,
+                            headers=out)
+
+    async def _generate_stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events, one per response. An error before the first response is an ordinary
+        error status; one after it is a last ``data: {"error": ...}`` event. A client that goes away
+        stops the generation at its next chunk."""
+        decoded = await self._generate_request(request)
+        responses = self.dataplane.stream(decoded)
+        try:
+            first = await anext(responses, None)  # validation errors surface here, before any byte
+            out = dict(self._response_headers(first)) if self._response_headers and first is not None else {}
+            stream = web.StreamResponse(headers={**out, hdrs.CACHE_CONTROL: "no-cache"})
+            stream.content_type = "text/event-stream"
+            stream.charset = "utf-8"
+            await stream.prepare(request)
+            try:
+                if first is not None:
+                    await stream.write(generate_json.sse_event(first))
+                async for response in responses:
+                    await stream.write(generate_json.sse_event(response))
+            except InferenceError as exc:
+                await stream.write(generate_json.sse_error(exc.message))
+            except (ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("unexpected error in generate_stream")
+                await stream.write(generate_json.sse_error("internal error"))
+            await stream.write_eof()
+            return stream
+        finally:
+            await responses.aclose()
 
     async def _body(self, request: web.Request) -> bytes:
         """The whole body, never buffering more than ``max_body_bytes`` (plus one read)."""

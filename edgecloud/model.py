@@ -11,7 +11,7 @@ import abc
 import asyncio
 import concurrent.futures
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from edgecloud.errors import NotFound
@@ -45,6 +45,14 @@ class Model(abc.ABC):
     @abc.abstractmethod
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a validated request."""
+
+    async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """Responses to a validated request over a stream (``ModelStreamInfer``); the last one
+        carries ``triton_final_response: true``. A model that is not decoupled answers once."""
+        response = await self.infer(request)
+        response.parameters["triton_final_response"] = True
+        response.wire = None
+        yield response
 
 
 class BlockingRunner:

@@ -82,6 +82,8 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    optional: bool = False
+    """An input a request may leave out (Triton's ``optional: true``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ def _fmt(shape) -> str:
 def validate_request(request: InferRequest, meta: ModelMetadata, limits: RequestLimits) -> None:
     expected = {spec.name: spec for spec in meta.inputs}
     given = {tensor.name for tensor in request.inputs}
-    missing = [name for name in expected if name not in given]
+    missing = [name for name, spec in expected.items() if name not in given and not spec.optional]
     if missing:
         raise InvalidArgument(f"missing required input(s) {missing}; model expects {list(expected)}", field="inputs")
     batch_limit = meta.max_batch_size or limits.max_batch_size

@@ -24,8 +24,14 @@ def test_service_and_methods_match_the_protocol():
     assert service.full_name == "inference.GRPCInferenceService"
     assert {m.name for m in service.methods} == {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "ModelStreamInfer",
     }
     assert service.methods_by_name["ModelInfer"].input_type.full_name == "inference.ModelInferRequest"
+    stream = service.methods_by_name["ModelStreamInfer"]
+    assert stream.client_streaming and stream.server_streaming
+    assert stream.input_type.full_name == "inference.ModelInferRequest"
+    assert stream.output_type.full_name == "inference.ModelStreamInferResponse"
+    assert _numbers(pb.ModelStreamInferResponse) == {"error_message": 1, "infer_response": 2}
 
 
 def test_field_numbers_match_the_protocol():

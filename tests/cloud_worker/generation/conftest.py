@@ -1,0 +1,159 @@
+"""Fixtures of the generation tests: a tiny random Llama checkpoint (HuggingFace format, with a
+byte-level BPE ``tokenizer.json`` trained on the spot), engines over it, a fake clock, and an
+engine wrapper that a test can pause between steps."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from cloud_worker.generation.llama import LlamaModel
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France? Paris is the capital of France.",
+    "Continuous batching lets short requests finish while long ones run.",
+    "Les élèves préfèrent le café crème à Noël. Über Straße, naïve façade, 東京 and emoji 🙂.",
+    "user\nassistant\nHello there, how are you today?",
+] * 4
+
+
+def build_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.save(str(path / "tokenizer.json"))
+
+
+def build_checkpoint(path: Path, *, tie: bool = True, seed: int = 0) -> Path:
+    """A 2-layer GQA Llama (4 heads, 2 KV heads) saved as transformers would, with a tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(path)
+    vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+    config = LlamaConfig(
+        vocab_size=max(vocab.values()) + 1 + 7,  # a few ids the tokenizer never makes, like real checkpoints
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    (path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "unk_token": "<|endoftext|>"}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_checkpoint):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json"))
+
+
+@pytest.fixture
+def make_engine(tiny_checkpoint):
+    """``make_engine(max_batch_size=4, context_length=256)`` -> a ``LlamaModel`` on the tiny checkpoint."""
+
+    def make(max_batch_size: int = 4, context_length: int = 256) -> LlamaModel:
+        return LlamaModel.load(tiny_checkpoint, max_batch_size=max_batch_size, context_length=context_length)
+
+    return make
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+class PausableEngine:
+    """Wraps an engine; after ``pause(after=n)``, the engine call after the next ``n`` blocks
+    (``paused`` is set) until ``resume()``, or until ``release_if()`` turns true. Lets a test act
+    between two steps without sleeping."""
+
+    def __init__(self, engine: LlamaModel):
+        self.engine = engine
+        self.max_batch_size = engine.max_batch_size
+        self.context_length = engine.context_length
+        self.device = engine.device
+        self.paused = threading.Event()
+        self.release_if = lambda: False
+        self._gate = threading.Event()
+        self._gate.set()
+        self._lock = threading.Lock()
+        self._skip = 0
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def pause(self, after: int = 0) -> None:
+        with self._lock:
+            self._skip = after
+            self._gate.clear()
+
+    def resume(self) -> None:
+        self.paused.clear()
+        self._gate.set()
+
+    def _wait(self) -> None:
+        with self._lock:
+            if self._gate.is_set():
+                return
+            if self._skip:
+                self._skip -= 1
+                return
+        self.paused.set()
+        for _ in range(3000):  # 30 s
+            if self._gate.wait(0.01) or self.release_if():
+                return
+        raise AssertionError("the test never resumed the engine")
+
+    def prefill(self, slot_ids, token_lists):
+        self._wait()
+        self.calls.append(("prefill", list(slot_ids)))
+        return self.engine.prefill(slot_ids, token_lists)
+
+    def decode(self, slot_ids, last_tokens, positions):
+        self._wait()
+        self.calls.append(("decode", list(slot_ids)))
+        return self.engine.decode(slot_ids, last_tokens, positions)
+
+
+def stopping(batcher) -> bool:
+    """True once ``batcher.stop()`` has begun."""
+    return batcher._state.name == "STOPPED"
