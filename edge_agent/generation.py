@@ -74,6 +74,13 @@ class GenAIModel(GenerativeModel):
         self._model = None
         self._tokenizer = None
         self._runner: BlockingRunner | None = BlockingRunner(settings.concurrency, name=f"genai-{name}")
+        self._running = 0
+        self._running_lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        """Token loops on the model's threads right now (for metrics and tests)."""
+        return self._running
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -190,13 +197,19 @@ class GenAIModel(GenerativeModel):
         stop = threading.Event()
 
         def produce() -> None:
+            with self._running_lock:
+                self._running += 1
             try:
                 for chunk in self.generate_blocking(request):
                     if stop.is_set():
                         return
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
             except BaseException as exc:  # delivered to the consumer, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                if not stop.is_set():
+                    loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                with self._running_lock:
+                    self._running -= 1
 
         work = asyncio.ensure_future(runner.run(produce))
         try:

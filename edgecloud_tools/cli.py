@@ -1,6 +1,7 @@
 """The ``edgecloud`` command.
 
     edgecloud model build [--out DIR] [--force]     build the INT8 reference model directory
+    edgecloud model build --model smollm2           build the generative model (edge INT4, cloud FP32)
     edgecloud model pack --out DIR [--variant V]    one variant only: the directory a device carries
     edgecloud serve edge|cloud|gateway --config F   run one server until SIGINT/SIGTERM
     edgecloud up                                    build what is missing, run the local stack
@@ -38,8 +39,14 @@ def _config_model(kind: str):
 
 
 def _model_build(args) -> int:
+    if args.model == "smollm2":
+        from edge_agent.build import generative
+
+        return generative.run(args)
     from edge_agent.build import pipeline
 
+    if args.out is None:
+        args.out = pipeline.DEFAULT_OUT
     return pipeline.run(args)
 
 
@@ -143,13 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     model = commands.add_parser("model", help="model build tooling").add_subparsers(dest="model_command", required=True)
-    build = model.add_parser("build", help="export, quantize to INT8 and report on the reference model")
+    build = model.add_parser("build", help="build a reference model directory (edge and cloud) with its report")
+    build.add_argument("--model", choices=("minilm", "smollm2"), default="minilm",
+                       help="minilm: the sentence-embedding model, INT8 (default); smollm2: the generative "
+                            "model, onnxruntime-genai INT4 on the edge and torch in the cloud")
     try:
-        from edge_agent.build import pipeline
+        from edge_agent.build import generative, pipeline
     except ImportError:  # an edge-only install has no build tooling
         build.set_defaults(func=lambda _args: _missing("build", "edgecloud[build]"))
     else:
         pipeline.add_arguments(build)
+        generative.add_arguments(build)
         build.set_defaults(func=_model_build)
 
     pack = model.add_parser("pack", help="a model directory with one variant only (what a device carries)")

@@ -20,8 +20,11 @@ hypothesis_settings.load_profile("edgecloud")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = Path(os.environ.get("EDGECLOUD_TEST_MODEL_DIR", REPO_ROOT / "models" / "all-MiniLM-L6-v2"))
+GENERATIVE_MODEL_DIR = Path(os.environ.get("EDGECLOUD_TEST_GENERATIVE_MODEL_DIR",
+                                         REPO_ROOT / "models" / "smollm2-135m-instruct"))
 TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
 TRITON_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_check.py"
+TRITON_STREAM_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_stream_check.py"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,6 +58,36 @@ def model_dir() -> Path:
 
         build_model_dir(MODEL_DIR)
     return MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def generative_model_dir() -> Path:
+    """The built generative model directory (edge INT4 + cloud checkpoint; built once if missing)."""
+    if not (GENERATIVE_MODEL_DIR / "model.json").exists():
+        from edge_agent.build.generative import build_generative_dir
+
+        build_generative_dir(GENERATIVE_MODEL_DIR)
+    return GENERATIVE_MODEL_DIR
+
+
+@pytest.fixture
+def tritonclient_stream_check():
+    """Run the unmodified tritonclient's streaming API against a generative model; returns what it
+    saw as a dict."""
+    if not TRITON_PYTHON.exists():
+        pytest.fail("the tritonclient environment is missing: run `make setup` (creates .venv-triton)")
+
+    def run(url: str, model: str, prompt: str, *extra: str, timeout: float = 120.0) -> dict:
+        proc = subprocess.run(
+            [str(TRITON_PYTHON), str(TRITON_STREAM_CHECK), "--url", url, "--model", model, "--prompt", prompt,
+             *extra],
+            capture_output=True, text=True, timeout=timeout, cwd="/",
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"tritonclient failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(proc.stdout)
+
+    return run
 
 
 @pytest.fixture(scope="session")

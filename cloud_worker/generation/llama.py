@@ -207,17 +207,15 @@ class LlamaModel:
         for row, tokens in enumerate(token_lists):
             ids[row, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
         ids = ids.to(self.device)
-        slots = torch.as_tensor(list(slot_ids), device=self.device)
         cos, sin = self._cos[:width], self._sin[:width]  # broadcast over [B, heads, T, D]
         spec = self.spec
 
         x = F.embedding(ids, self.embed)
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(x, layer, cos, sin)
-            # Padding positions are written too: they lie past the slot's length, where nothing
-            # reads until decode overwrites them.
-            self.k_cache[index, slots, :, :width] = k
-            self.v_cache[index, slots, :, :width] = v
+            for row, slot in enumerate(slot_ids):  # a copy per row: far cheaper than an index_put
+                self.k_cache[index, slot, :, : lengths[row]].copy_(k[row, :, : lengths[row]])
+                self.v_cache[index, slot, :, : lengths[row]].copy_(v[row, :, : lengths[row]])
             # Causal attention alone is enough: a real query never sees a later (padding) key.
             attn = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                   enable_gqa=spec.num_kv_heads != spec.num_heads)
@@ -240,6 +238,9 @@ class LlamaModel:
         tokens = torch.as_tensor(list(last_tokens), dtype=torch.long, device=self.device)
         cos = self._cos[pos][:, None, None, :]
         sin = self._sin[pos][:, None, None, :]
+        # Where each row's new K/V go in one layer's cache seen as [slots * kv_heads * len, D].
+        heads = torch.arange(spec.num_kv_heads, device=self.device)
+        cells = ((slots[:, None] * spec.num_kv_heads + heads[None, :]) * self.context_length + pos[:, None]).reshape(-1)
 
         # Attention reads the cache through a view of the slot range [first, first + span): no
         # copy of K/V. Rows of that range that are not decoding (a free slot between two busy
@@ -261,8 +262,8 @@ class LlamaModel:
         gqa = spec.num_kv_heads != spec.num_heads
         for index, layer in enumerate(self.layers):
             q, k, v = self._qkv(x, layer, cos, sin)
-            self.k_cache[index, slots, :, pos] = k[:, :, 0]
-            self.v_cache[index, slots, :, pos] = v[:, :, 0]
+            self.k_cache[index].view(-1, spec.head_dim).index_copy_(0, cells, k.reshape(-1, spec.head_dim))
+            self.v_cache[index].view(-1, spec.head_dim).index_copy_(0, cells, v.reshape(-1, spec.head_dim))
             keys = self.k_cache[index, first:first + span, :, :length]
             values = self.v_cache[index, first:first + span, :, :length]
             if packed:

@@ -253,6 +253,20 @@ class ContinuousBatcher:
     # -- the step thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # a bug in the loop itself: fail everyone rather than leave them hanging
+            log.exception("the generation thread of model %r died", self.name)
+            with self._lock:
+                self._state = _State.STOPPED
+                left = list(self._waiting) + list(self._active.values())
+                self._waiting.clear()
+                self._active.clear()
+                self._idle.notify_all()
+            for request in left:
+                request.handle._deliver(InternalError(f"model {self.name!r} stopped generating"))
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 while self._state is _State.RUNNING and not self._waiting and not self._active:

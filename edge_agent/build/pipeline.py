@@ -301,8 +301,8 @@ def _build(staging: Path, progress: Callable[[str], None], report_sentences: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"model directory to write (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"model directory to write (default: {DEFAULT_OUT}, or models/smollm2-135m-instruct)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT/model.json exists")
     parser.add_argument("--sensitivity", choices=SENSITIVITY_MODES, default="fast",
                         help="fast: per-group analysis on the calibration subset (default); "
@@ -318,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = build_model_dir(args.out, force=args.force, report_sentences=args.report_sentences,
+    out = build_model_dir(args.out or DEFAULT_OUT, force=args.force, report_sentences=args.report_sentences,
                           sensitivity_mode=args.sensitivity, calibration_sentences=args.calibration_sentences,
                           latency_iterations=args.latency_iterations)
     if args.strict:
