@@ -26,12 +26,8 @@ class CloudServerSettings(ServerSettings):
     metrics_port: int | None = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
     """Operator port serving Prometheus ``/metrics`` on ``host``; 0 picks a free one, null disables it."""
 
-    @field_validator("http_port")
-    @classmethod
-    def _no_http_front(cls, value: int | None) -> int | None:
-        if value is not None:
-            raise ValueError("the cloud worker serves gRPC only; leave http_port unset")
-        return value
+    http_port: int | None = Field(None, ge=0, le=65535)
+    """The HTTP front (Open Inference Protocol REST and the generate extension); null: gRPC only."""
 
 
 class RuntimeSettings(Section):
@@ -98,7 +94,33 @@ class ProgramModelSpec(Section):
     """Directory holding ``model.json`` and the program file it names."""
 
 
-ModelSpec = Annotated[Union[ReferenceModelSpec, ProgramModelSpec], Field(discriminator="kind")]
+class GenerativeModelSpec(Section):
+    """A generative model: its torch checkpoint, served with continuous batching, streamed."""
+
+    kind: Literal["generative"]
+    """``generative``: text generation (``text_input`` -> ``text_output`` chunks)."""
+    path: Path
+    """A model directory from ``edgecloud model build --model smollm2`` (its ``cloud`` checkpoint is
+    served), or a Llama-architecture checkpoint directory (config.json, safetensors, tokenizer.json)."""
+    name: str | None = Field(None, min_length=1)
+    """Model name clients address; default: the model directory's name."""
+    version: str = Field("1", min_length=1)
+    """Model version reported and addressable."""
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    """Generations decoded together (KV-cache slots); 1 serves one request at a time."""
+    max_queue_size: int = Field(256, ge=1, le=1_000_000)
+    """Generations waiting for a slot; one more is answered RESOURCE_EXHAUSTED with a retry hint."""
+    context_length: int = Field(2048, ge=16, le=131_072)
+    """Prompt plus completion tokens per generation (the KV cache holds max_batch_size of these)."""
+    max_tokens: int = Field(512, ge=1, le=131_072)
+    """The largest max_tokens a request may ask for."""
+    default_max_tokens: int = Field(16, ge=1, le=131_072)
+    """max_tokens of a request that names none (Triton's vLLM default)."""
+    max_prefill_tokens: int = Field(2048, ge=1, le=1_000_000)
+    """Prompt tokens prefilled in one step: bounds how long running generations wait for newcomers."""
+
+
+ModelSpec = Annotated[Union[ReferenceModelSpec, ProgramModelSpec, GenerativeModelSpec], Field(discriminator="kind")]
 
 
 class CloudConfig(Section):
@@ -136,6 +158,7 @@ __all__ = [
     "BatchingSettings",
     "CloudConfig",
     "CloudServerSettings",
+    "GenerativeModelSpec",
     "ModelSpec",
     "ProgramModelSpec",
     "ReferenceModelSpec",

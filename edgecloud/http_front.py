@@ -350,10 +350,10 @@ class RestFront:
                     await stream.write(generate_json.sse_event(first))
                 async for response in responses:
                     await stream.write(generate_json.sse_event(response))
+            except ConnectionError:  # the client left: closing ``responses`` below stops the generation
+                return stream
             except InferenceError as exc:
                 await stream.write(generate_json.sse_error(exc.message))
-            except (ConnectionError, asyncio.CancelledError):
-                raise
             except Exception:
                 log.exception("unexpected error in generate_stream")
                 await stream.write(generate_json.sse_error("internal error"))

@@ -18,7 +18,8 @@ Contract of ``ContinuousBatcher`` (one per model):
   text it releases is delivered with ``loop.call_soon_threadsafe``. A request finishes, and its
   slot is free for the next step, on an end-of-sequence id (``stop``), a stop string (``stop``),
   ``max_tokens`` (``length``) or when prompt plus completion fill the context (``length``).
-  Completion tokens count the end-of-sequence token.
+  Completion tokens count the end-of-sequence token. A slot is released before the request's
+  final chunk (or error) is delivered, so ``status`` seen by whoever got the end counts it free.
 - ``Generation.cancel()`` (what closing the consumer does) drops the request at the next step.
 - A step that raises fails the requests in it with ``InternalError``; the loop goes on serving.
 - ``stop()`` ends the thread after its current step and fails every queued and running request
@@ -348,6 +349,7 @@ class ContinuousBatcher:
         """Take each request's next token: deliver its text, finish it if it ended."""
         tokens = sample(logits, [r.sampling for r in batch], [r.generator for r in batch])
         finished: list[_Request] = []
+        finals: list[tuple[_Request, Chunk]] = []
         for request, token in zip(batch, tokens):
             if request.handle.cancelled:
                 finished.append(request)
@@ -369,8 +371,10 @@ class ContinuousBatcher:
                     finished.append(request)
                 continue
             finished.append(request)
-            request.handle._deliver(Chunk(text, Usage(len(request.prompt), request.generated, reason)))
+            finals.append((request, Chunk(text, Usage(len(request.prompt), request.generated, reason))))
         if finished:
             with self._lock:
                 for request in finished:
                     self._release(request)
+        for request, chunk in finals:  # after the release: whoever sees the end sees the slot free
+            request.handle._deliver(chunk)
