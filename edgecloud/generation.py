@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -348,9 +349,10 @@ class GenerativeModel(Model):
                                   field=f"inputs[{STREAM_INPUT}]")
         parts = [] if generate.exclude_input_in_output else [generate.prompt]
         usage = None
-        async for chunk in self._guarded(generate):
-            parts.append(chunk.text)
-            usage = chunk.usage
+        async with aclosing(self.generate(generate)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk.text)
+                usage = chunk.usage
         return self._response(generate, "".join(parts), True, usage)
 
     async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -362,26 +364,20 @@ class GenerativeModel(Model):
         if not generate.stream:
             yield await self.infer(request)
             return
-        async for chunk in self._guarded(generate):
-            text = chunk.text
-            if not chunk.final:
-                if text:
-                    yield self._response(generate, text, False, None)
-            elif generate.empty_final_response:
-                if text:
-                    yield self._response(generate, text, False, None)
-                yield self._response(generate, "", True, chunk.usage)
-            else:
-                yield self._response(generate, text, True, chunk.usage)
-
-    async def _guarded(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
-        """``generate``, closed at once when the consumer stops early (cancellation, disconnect)."""
-        chunks = self.generate(request)
-        try:
+        # Closed explicitly: a consumer that stops early (aclose, a cancelled task) stops the generation
+        # now, not whenever the abandoned generator happens to be collected.
+        async with aclosing(self.generate(generate)) as chunks:
             async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()
+                text = chunk.text
+                if not chunk.final:
+                    if text:
+                        yield self._response(generate, text, False, None)
+                elif generate.empty_final_response:
+                    if text:
+                        yield self._response(generate, text, False, None)
+                    yield self._response(generate, "", True, chunk.usage)
+                else:
+                    yield self._response(generate, text, True, chunk.usage)
 
 
 def with_sampling(request: GenerateRequest, **changes) -> GenerateRequest:

@@ -104,9 +104,10 @@ def clock() -> FakeClock:
 
 
 class PausableEngine:
-    """Wraps an engine; after ``pause(after=n)``, the engine call after the next ``n`` blocks
-    (``paused`` is set) until ``resume()``, or until ``release_if()`` turns true. Lets a test act
-    between two steps without sleeping."""
+    """Wraps an engine so that a test can act between two steps without sleeping: after
+    ``pause(after=n)`` the next ``n`` engine calls go through and the one after blocks (``paused``
+    is set) until ``allow(m)`` lets ``m`` more through, ``resume()`` lets everything through, or
+    ``release_if()`` turns true."""
 
     def __init__(self, engine: LlamaModel):
         self.engine = engine
@@ -115,33 +116,37 @@ class PausableEngine:
         self.device = engine.device
         self.paused = threading.Event()
         self.release_if = lambda: False
-        self._gate = threading.Event()
-        self._gate.set()
-        self._lock = threading.Lock()
-        self._skip = 0
+        self._changed = threading.Condition()
+        self._allowed: int | None = None  # None: no limit
         self.calls: list[tuple[str, list[int]]] = []
 
     def pause(self, after: int = 0) -> None:
-        with self._lock:
-            self._skip = after
-            self._gate.clear()
+        with self._changed:
+            self._allowed = after
+
+    def allow(self, calls: int) -> None:
+        with self._changed:
+            self._allowed = calls
+            self.paused.clear()
+            self._changed.notify_all()
 
     def resume(self) -> None:
-        self.paused.clear()
-        self._gate.set()
+        with self._changed:
+            self._allowed = None
+            self.paused.clear()
+            self._changed.notify_all()
 
     def _wait(self) -> None:
-        with self._lock:
-            if self._gate.is_set():
-                return
-            if self._skip:
-                self._skip -= 1
-                return
-        self.paused.set()
-        for _ in range(3000):  # 30 s
-            if self._gate.wait(0.01) or self.release_if():
-                return
-        raise AssertionError("the test never resumed the engine")
+        with self._changed:
+            for _ in range(3000):  # 30 s
+                if self._allowed != 0 or self.release_if():
+                    break
+                self.paused.set()
+                self._changed.wait(0.01)
+            else:
+                raise AssertionError("the test never resumed the engine")
+            if self._allowed:
+                self._allowed -= 1
 
     def prefill(self, slot_ids, token_lists):
         self._wait()
