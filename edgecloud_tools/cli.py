@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="build what is missing and run the local stack")
     up.add_argument("--model-dir", default="models/all-MiniLM-L6-v2")
+    up.add_argument("--generative-model-dir", default="models/smollm2-135m-instruct",
+                    help="the generative model the edge and the cloud also serve, when it is built")
     up.add_argument("--no-cloud", action="store_true", help="run the edge agent only")
     up.add_argument("--exit-after-ready", action="store_true", help="stop once everything answers (smoke test)")
     up.add_argument("--random-ports", action="store_true", help="pick free ports instead of 8000/8001/8101/8201")

@@ -118,16 +118,25 @@ def wait_ready(service: ServiceProcess | str, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-def edge_config(model_dir: Path | str, port: int, *, threads: int = 1) -> dict[str, Any]:
-    return {"server": {"host": "127.0.0.1", "port": port, "grace_s": 2},
-            "models": [{"path": str(model_dir), "intra_op_threads": threads}]}
+def edge_config(model_dir: Path | str, port: int, *, threads: int = 1, http_port: int | None = None,
+                generative_model_dir: Path | str | None = None) -> dict[str, Any]:
+    models = [{"path": str(model_dir), "intra_op_threads": threads}]
+    if generative_model_dir is not None:
+        models.append({"path": str(generative_model_dir), "intra_op_threads": threads})
+    return {"server": {"host": "127.0.0.1", "port": port, "http_port": http_port, "grace_s": 2}, "models": models}
 
 
 def cloud_config(port: int, *, threads: int = 1, metrics_port: int | None = None,
-                 max_queue_delay_us: int = 2000) -> dict[str, Any]:
-    return {"server": {"host": "127.0.0.1", "port": port, "grace_s": 2, "metrics_port": metrics_port},
-            "runtime": {"device": "auto", "intra_op_threads": threads},
-            "batching": {"max_queue_delay_us": max_queue_delay_us}}
+                 max_queue_delay_us: int = 2000, http_port: int | None = None,
+                 generative_model_dir: Path | str | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port, "http_port": http_port, "grace_s": 2,
+                   "metrics_port": metrics_port},
+        "runtime": {"device": "auto", "intra_op_threads": threads},
+        "batching": {"max_queue_delay_us": max_queue_delay_us}}
+    if generative_model_dir is not None:
+        config["models"] = [{"kind": "reference"}, {"kind": "generative", "path": str(generative_model_dir)}]
+    return config
 
 
 def gateway_config(port: int, edge: str | None, workers: list[str], *, http_port: int | None = None,

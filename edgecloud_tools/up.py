@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 PORT_ROLES = {"http": "gateway HTTP", "grpc": "gateway gRPC", "gateway_metrics": "gateway metrics",
-              "edge": "edge agent gRPC", "cloud": "cloud worker gRPC", "metrics": "cloud worker metrics"}
+              "edge": "edge agent gRPC", "edge_http": "edge agent HTTP", "cloud": "cloud worker gRPC",
+              "cloud_http": "cloud worker HTTP", "metrics": "cloud worker metrics"}
+GENERATIVE_MODEL = "smollm2-135m-instruct"
 
 
 def ports_in_use(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
@@ -40,8 +42,9 @@ def ports_in_use(ports: dict[str, int], host: str = "127.0.0.1") -> list[str]:
 
 def _ports(random_ports: bool) -> dict[str, int]:
     if random_ports:
-        return {name: free_port() for name in ("http", "grpc", "gateway_metrics", "edge", "cloud", "metrics")}
-    return {"http": 8000, "grpc": 8001, "gateway_metrics": 8002, "edge": 8101, "cloud": 8201, "metrics": 8202}
+        return {name: free_port() for name in PORT_ROLES}
+    return {"http": 8000, "grpc": 8001, "gateway_metrics": 8002, "edge": 8101, "edge_http": 8100, "cloud": 8201,
+            "cloud_http": 8200, "metrics": 8202}
 
 
 def redis_reachable(url_host: str = "127.0.0.1", port: int = 6379) -> bool:
@@ -77,6 +80,32 @@ def sample_calls(grpc_port: int, http_port: int) -> str:
 """
 
 
+def generation_calls(edge_http: int, cloud_http: int, edge_grpc: int) -> str:
+    prompt = "<|im_start|>user\\nWrite a haiku about the edge.<|im_end|>\\n<|im_start|>assistant\\n"
+    return f"""
+  text generation ({GENERATIVE_MODEL}; the edge streams INT4 onnxruntime-genai, the cloud torch):
+    curl -sN -X POST localhost:{edge_http}/v2/models/{GENERATIVE_MODEL}/generate_stream \\
+      -d '{{"text_input":"{prompt}","sampling_parameters":{{"max_tokens":48,"temperature":0}}}}'
+    (the same on the cloud worker: localhost:{cloud_http}; tritonclient's start_stream / async_stream_infer
+     against 127.0.0.1:{edge_grpc} streams over gRPC ModelStreamInfer)
+"""
+
+
+def _generation_smoke(http_port: int) -> str:
+    import json
+    import urllib.request
+
+    body = json.dumps({"text_input": "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n",
+                       "exclude_input_in_output": True,
+                       "sampling_parameters": {"max_tokens": 12, "temperature": 0}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/{GENERATIVE_MODEL}/generate", body,
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.load(response)
+    return (f"sample generation (edge, {answer['variant']}): {answer['text_output']!r} "
+            f"({answer['completion_tokens']} tokens, {answer['finish_reason']})")
+
+
 def _smoke_call(grpc_port: int) -> str:
     import grpc
 
@@ -107,16 +136,22 @@ def run(args) -> int:
         from edge_agent.build.pipeline import build_model_dir
 
         build_model_dir(model_dir)
+    generative = Path(getattr(args, "generative_model_dir", "") or "models/smollm2-135m-instruct").resolve()
+    if not (generative / "model.json").exists():
+        print(f"no generative model at {generative} (make model builds it): serving embeddings only", flush=True)
+        generative = None
     workdir = Path(tempfile.mkdtemp(prefix="edgecloud-up-"))
     services = []
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        edge = launch("edge", edge_config(model_dir, ports["edge"], threads=0), workdir)
+        edge = launch("edge", edge_config(model_dir, ports["edge"], threads=0, http_port=ports["edge_http"],
+                                          generative_model_dir=generative), workdir)
         services.append(edge)
         workers = []
         if not args.no_cloud:
-            cloud = launch("cloud", cloud_config(ports["cloud"], threads=None, metrics_port=ports["metrics"]),
+            cloud = launch("cloud", cloud_config(ports["cloud"], threads=None, metrics_port=ports["metrics"],
+                                                 http_port=ports["cloud_http"], generative_model_dir=generative),
                            workdir)
             services.append(cloud)
             workers = [cloud.address]
@@ -140,13 +175,19 @@ def run(args) -> int:
         print("\nedgecloud is up:")
         print(f"  gateway   grpc 127.0.0.1:{ports['grpc']}   http http://127.0.0.1:{ports['http']}"
               f"   metrics http://127.0.0.1:{ports['gateway_metrics']}/metrics")
-        print(f"  edge      grpc {edge.address}   (INT8 ONNX Runtime)")
+        print(f"  edge      grpc {edge.address}   http http://127.0.0.1:{ports['edge_http']}"
+              f"   (INT8 ONNX Runtime{', INT4 onnxruntime-genai' if generative else ''})")
         if workers:
-            print(f"  cloud     grpc {workers[0]}   metrics http://127.0.0.1:{ports['metrics']}/metrics")
+            print(f"  cloud     grpc {workers[0]}   http http://127.0.0.1:{ports['cloud_http']}"
+                  f"   metrics http://127.0.0.1:{ports['metrics']}/metrics")
         print(f"  {cache_line}")
         print(f"  logs and configs: {workdir}")
         print(sample_calls(ports["grpc"], ports["http"]))
+        if generative is not None:
+            print(generation_calls(ports["edge_http"], ports["cloud_http"], ports["edge"]))
         print(_smoke_call(ports["grpc"]), flush=True)
+        if generative is not None:
+            print(_generation_smoke(ports["edge_http"]), flush=True)
         if args.exit_after_ready:
             return 0
         print("\nCtrl-C stops everything.", flush=True)

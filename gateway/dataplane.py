@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from edgecloud import __version__
 from edgecloud.admission import Admission
@@ -211,6 +212,15 @@ class GatewayDataplane:
         except InferenceError as exc:
             self.metrics.errors.labels(exc.kind.value).inc()
             raise
+
+    async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """``ModelStreamInfer`` through the gateway, one answer per request for now: each request is
+        served as ``infer`` serves it (cached, routed, hedged) and answered once, flagged final.
+        Token streams (``stream: true``) are refused by the backends' unary path until the gateway
+        routes them (the stream-routing issue)."""
+        response = await self.infer(request)
+        response.parameters["triton_final_response"] = True
+        yield response
 
     async def _infer(self, request: InferRequest) -> InferResponse:
         started = time.perf_counter()

@@ -15,11 +15,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir):
+def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir, generative_model_dir):
     url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there: the in-process cache is used
     proc = subprocess.run(
         [sys.executable, "-m", "edgecloud_tools", "up", "--model-dir", str(model_dir), "--random-ports",
-         "--exit-after-ready", "--redis-url", url],
+         "--exit-after-ready", "--redis-url", url, "--generative-model-dir", str(generative_model_dir)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -29,6 +29,8 @@ def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir):
     # Served by the edge on a quiet machine; a busy one may make the cold edge's first probes slower
     # than the default 200 ms threshold, and then the cloud answers: either way the stack works.
     assert re.search(r"sample call: embedding \[1, 384\] served by (edge|cloud)\b", out), out[-2000:]
+    assert "generate_stream" in out
+    assert re.search(r"sample generation \(edge, int4\): '.+' \(\d+ tokens, (stop|length)\)", out), out[-2000:]
     assert out.rstrip().endswith("stopped")
 
 
@@ -42,7 +44,7 @@ def test_a_port_in_use_is_named_before_anything_starts(model_dir, monkeypatch, c
         taken.listen()
         port = taken.getsockname()[1]
         ports = {"http": free_port(), "grpc": port, "gateway_metrics": free_port(), "edge": free_port(),
-                 "cloud": free_port(), "metrics": free_port()}
+                 "edge_http": free_port(), "cloud": free_port(), "cloud_http": free_port(), "metrics": free_port()}
         monkeypatch.setattr(up, "_ports", lambda random_ports: ports)
         launched = []
         monkeypatch.setattr(up, "launch", lambda *a, **k: launched.append(a))
