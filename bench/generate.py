@@ -23,11 +23,12 @@ and distinct, ~30 tokens each, asking for long answers so that most generations 
    its next request as soon as the last one finished). Warm-up: each client's first request, whose
    ``max_tokens`` is staggered (client i of c asks for (i+1)/c of the length), so clients reach the
    steady state out of phase instead of in lock step. The measured window opens when every client
-   has finished its warm-up and closes when every client has finished ``--per-client`` requests sent
-   inside it; requests still running then are cancelled. Total tokens/s = completion tokens
+   has finished its warm-up and closes once every client has finished ``--per-client`` more requests
+   (every client stays busy all along); requests still running then are cancelled. Total tokens/s = completion tokens
    delivered inside the window (each response of a request weighted completion_tokens / responses)
    / window length; TTFT p50/p99 over the requests sent inside the window that got text (a request
-   cancelled before its first token is not a sample). Ratios: batching / one-at-a-time tokens/s at
+   cancelled before its first token is not a sample), and inter-token latency (a decode step with
+   everyone running, and the prefills that cut in). Ratios: batching / one-at-a-time tokens/s at
    each concurrency, and batching's TTFT p99 at the top concurrency / at concurrency 1.
 
 Targets (2-core CPU, printed met/MISS): edge TTFT p50 <= 150 ms; edge decode >= 30 tokens/s; edge
@@ -58,7 +59,6 @@ import numpy as np
 
 from bench.common import RESULTS_DIR, print_table, ratio, summarize, write_result
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = Path("models/smollm2-135m-instruct")
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 START_TIMEOUT_S = 300
@@ -389,7 +389,7 @@ async def closed_loop_level(channel: grpc.aio.Channel, model: str, prompts: list
     stop = asyncio.Event()
     all_warm = asyncio.Event()
     warm = 0
-    window_start = 0.0
+    window_start = window_end = 0.0
     finished = [0] * concurrency
     records: list[Record] = []
     errors: list[str] = []
@@ -404,7 +404,7 @@ async def closed_loop_level(channel: grpc.aio.Channel, model: str, prompts: list
     payloads = [[next_payload(max_tokens) for _ in range(per_client + concurrency + 2)] for _ in range(concurrency)]
 
     async def client(index: int) -> None:
-        nonlocal warm, window_start
+        nonlocal warm, window_start, window_end
         stagger = max(1, round(max_tokens * (index + 1) / concurrency))
         record = await stream_one(channel, next_payload(stagger), stop=stop)
         if record.error is not None:
@@ -428,9 +428,10 @@ async def closed_loop_level(channel: grpc.aio.Channel, model: str, prompts: list
                 errors.append(record.error)
                 stop.set()
                 return
-            if all_warm.is_set() and record.sent >= window_start:
+            if all_warm.is_set():  # finished inside the window (every warm-up is over)
                 finished[index] += 1
                 if min(finished) >= per_client and not stop.is_set():
+                    window_end = time.perf_counter()
                     stop.set()
 
     clients = [loop.create_task(client(i)) for i in range(concurrency)]
@@ -442,17 +443,18 @@ async def closed_loop_level(channel: grpc.aio.Channel, model: str, prompts: list
         await asyncio.gather(*clients, return_exceptions=True)
     if errors:
         raise RuntimeError(f"{tag}: {errors[0]}")
-    window_end = max(t for r in records for t in r.times if r.complete and r.sent >= window_start)
     return Level(records, window_start, window_end)
 
 
 def level_row(mode: str, concurrency: int, level: Level) -> dict:
     measured = level.measured()
     ttft = summarize([r.ttft for r in measured if r.ttft is not None])
+    itl = summarize([g for r in measured for g in r.gaps()])
     return {
         "mode": mode, "concurrency": concurrency,
         "tokens_per_s": ratio(level.tokens_in_window(), level.seconds),
         "ttft_p50_ms": ttft["p50_ms"], "ttft_p99_ms": ttft["p99_ms"], "ttft_n": ttft["n"],
+        "itl_p50_ms": itl["p50_ms"], "itl_p99_ms": itl["p99_ms"],
         "completed": sum(r.complete for r in measured), "cancelled": sum(r.cancelled for r in measured),
         "window_s": level.seconds,
     }
@@ -613,11 +615,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print_table(result["edge_vs_cloud"], title=f"1. edge (INT4, onnxruntime-genai) vs cloud (FP32 torch, batching "
                                                f"worker), concurrency 1, max_tokens {args.max_tokens}, gRPC stream")
-    print_table([{k: v for k, v in result["memory"].items()}], title="edge memory and model size (MiB)")
+    print_table([result["memory"]], title="edge memory and model size (MiB)")
     print_table(result["batching"], title=f"2. cloud continuous batching vs one at a time, closed loop, max_tokens "
                                           f"{args.load_max_tokens}")
     print_table(result["targets"], title="targets")
-    print(f"\nwall {result['wall_s']:.0f} s; load average before {load_before}, after {result['load_average']['after']}")
+    after = tuple(round(x, 2) for x in result["load_average"]["after"])
+    print(f"\nwall {result['wall_s']:.0f} s; load average before {tuple(round(x, 2) for x in load_before)}, "
+          f"after {after}")
     print(f"wrote {write_result(args.name, result, args.results_dir)}")
     return 0
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.build.prompts import BENCH_PROMPT, chat_prompts
+from edge_agent.build.prompts import BENCH_MESSAGES, chat_prompts
 from edge_agent.model_dir import MODEL_FORMAT
 
 __all__ = ["DEFAULT_OUT", "MODEL_NAME", "build_generative_dir", "locate_gguf"]
@@ -149,44 +149,65 @@ class _Edge:
 
 
 class _Cloud:
-    def __init__(self, path: Path):
+    """The cloud's own engine (``cloud_worker.generation.llama``, what the cloud worker serves), used
+    in batches: greedy generation, and scoring a given continuation teacher-forced."""
+
+    BATCH = 16
+
+    def __init__(self, path: Path, context_length: int = 512):
         import torch
-        from transformers import AutoModelForCausalLM
+
+        from cloud_worker.generation.llama import LlamaModel
 
         self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        self.eos = {int(self.model.config.eos_token_id)}
+        self.engine = LlamaModel.load(path, max_batch_size=self.BATCH, context_length=context_length,
+                                      device=torch.device("cpu"), dtype=torch.float32)
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        eos = config.get("eos_token_id")
+        self.eos = set(eos if isinstance(eos, list) else [eos])
 
-    def greedy(self, prompt_ids: Sequence[int], n: int, timings: list[float] | None = None) -> list[int]:
+    def run(self, prompts: Sequence[Sequence[int]], n: int, forced: Sequence[Sequence[int]] | None = None):
+        """For each prompt: (tokens, summed negative log-likelihood of those tokens, greedy choice at
+        each of their positions). Greedy when ``forced`` is None; otherwise the given tokens."""
         torch = self.torch
-        out: list[int] = []
+        results = []
+        for start in range(0, len(prompts), self.BATCH):
+            batch = list(prompts[start:start + self.BATCH])
+            given = None if forced is None else list(forced[start:start + self.BATCH])
+            slots = list(range(len(batch)))
+            tokens: list[list[int]] = [[] for _ in batch]
+            nll = [0.0] * len(batch)
+            choice: list[list[int]] = [[] for _ in batch]
+            active = [i for i in slots if given is None or given[i]]
+            logits = self.engine.prefill(slots, batch)
+            while active:
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                best = logp.argmax(-1).tolist()
+                still = []
+                for row, i in enumerate(active):
+                    token = best[row] if given is None else given[i][len(tokens[i])]
+                    choice[i].append(best[row])
+                    tokens[i].append(token)
+                    nll[i] -= float(logp[row, token])
+                    limit = n if given is None else len(given[i])
+                    if len(tokens[i]) < limit and (given is not None or token not in self.eos):
+                        still.append(i)
+                active = still
+                if active:
+                    logits = self.engine.decode(active, [tokens[i][-1] for i in active],
+                                                [len(batch[i]) + len(tokens[i]) - 1 for i in active])
+            results += list(zip(tokens, nll, choice))
+        return results
+
+    def timed_greedy(self, prompt_ids: Sequence[int], n: int, marks: list[float]) -> None:
         start = time.perf_counter()
-        with torch.inference_mode():
-            ids = torch.tensor([list(prompt_ids)])
-            past = None
-            while len(out) < n:
-                result = self.model(input_ids=ids, cache=past, use_cache=True)
-                past = result.cache
-                token = int(result.logits[0, -1].argmax())
-                out.append(token)
-                if timings is not None:
-                    timings.append(time.perf_counter() - start)
-                if token in self.eos:
-                    break
-                ids = torch.tensor([[token]])
-        return out
-
-    def score(self, prompt_ids: Sequence[int], continuation: Sequence[int]) -> tuple[float, list[int]]:
-        """(negative log-likelihood summed over ``continuation``, the greedy choice at each of its
-        positions), teacher-forced on prompt + continuation."""
-        torch = self.torch
-        with torch.inference_mode():
-            ids = torch.tensor([list(prompt_ids) + list(continuation)])
-            logits = self.model(input_ids=ids).logits[0, len(prompt_ids) - 1: -1]
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            target = torch.tensor(list(continuation))
-            nll = -float(logp[torch.arange(len(continuation)), target].sum())
-            return nll, logits.argmax(-1).tolist()
+        logits = self.engine.prefill([0], [list(prompt_ids)])
+        out = [int(logits[0].argmax())]
+        marks.append(time.perf_counter() - start)
+        while len(out) < n and out[-1] not in self.eos:
+            logits = self.engine.decode([0], [out[-1]], [len(prompt_ids) + len(out) - 1])
+            out.append(int(logits[0].argmax()))
+            marks.append(time.perf_counter() - start)
 
 
 def _timing(run: Callable[[list[float]], list[int]], rounds: int) -> dict[str, float]:
@@ -209,35 +230,39 @@ def quality_report(edge_dir: Path, cloud_dir: Path, progress: Callable[[str], No
     edge, cloud = _Edge(edge_dir), _Cloud(cloud_dir)
     tokenizer = AutoTokenizer.from_pretrained(cloud_dir)
 
-    def encode(message: str) -> list[int]:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                             add_generation_prompt=True)
+    def encode(message: str | Sequence[dict]) -> list[int]:
+        messages = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    rows = []
     chosen = chat_prompts()[:prompts]
-    for index, message in enumerate(chosen, 1):
-        ids = encode(message)
-        edge_out, cloud_out = edge.greedy(ids, tokens), cloud.greedy(ids, tokens)
-        edge_nll, forced = cloud.score(ids, edge_out)
-        cloud_nll, _ = cloud.score(ids, cloud_out)
+    prompt_ids = [encode(message) for message in chosen]
+    edge_outputs = []
+    for index, ids in enumerate(prompt_ids, 1):
+        edge_outputs.append(edge.greedy(ids, tokens))
+        if index % 40 == 0 or index == len(prompt_ids):
+            progress(f"    edge: {index}/{len(prompt_ids)} prompts")
+    cloud_runs = cloud.run(prompt_ids, tokens)
+    progress(f"    cloud: {len(prompt_ids)}/{len(prompt_ids)} prompts")
+    scored = cloud.run(prompt_ids, tokens, forced=edge_outputs)
+    rows = []
+    for message, ids, edge_out, (cloud_out, cloud_nll, _), (_, edge_nll, forced) in zip(
+            chosen, prompt_ids, edge_outputs, cloud_runs, scored):
         rows.append({"prompt": message, "prompt_tokens": len(ids), "edge": edge_out, "cloud": cloud_out,
                      "forced_agree": sum(a == b for a, b in zip(forced, edge_out)), "edge_nll": edge_nll,
                      "cloud_nll": cloud_nll})
-        if index % 20 == 0 or index == len(chosen):
-            progress(f"    {index}/{len(chosen)} prompts")
 
     def identical(n: int) -> float:
         return sum(r["edge"][:n] == r["cloud"][:n] for r in rows) / len(rows)
 
     edge_tokens = sum(len(r["edge"]) for r in rows)
     cloud_tokens = sum(len(r["cloud"]) for r in rows)
-    bench_ids = encode(BENCH_PROMPT)
+    bench_ids = encode(BENCH_MESSAGES)
     progress(f"    timing: {len(bench_ids)}-token prompt, {timing_rounds} rounds each")
     speed = {
         "prompt_tokens": len(bench_ids),
         "edge": _timing(lambda marks: edge.greedy(bench_ids, 64, marks), timing_rounds),
-        "cloud": _timing(lambda marks: cloud.greedy(bench_ids, 64, marks), timing_rounds),
+        "cloud": _timing(lambda marks: cloud.timed_greedy(bench_ids, 64, marks), timing_rounds),
     }
     return {
         "prompts": len(rows),
@@ -256,7 +281,7 @@ def quality_report(edge_dir: Path, cloud_dir: Path, progress: Callable[[str], No
 def render_report(report: dict) -> str:
     q, sizes, speed = report["quality"], report["sizes"], report["quality"]["speed"]
     lines = [
-        f"{MODEL_NAME}: edge {EDGE_VARIANT} (onnxruntime-genai) vs cloud fp32 (torch), greedy",
+        f"{MODEL_NAME}: edge {EDGE_VARIANT} (onnxruntime-genai) vs cloud fp32 (the cloud worker's torch engine), greedy",
         f"  prompts: {q['prompts']}, {q['tokens_per_prompt']} tokens each",
         f"  first 16 tokens identical: {q['first16_identical_share']:.0%}   first 32: {q['first32_identical_share']:.0%}",
         f"  token agreement (cloud's greedy choice after the edge's own prefix): {q['token_agreement']:.1%}",
