@@ -1,7 +1,7 @@
 """Text generation, edge vs cloud and continuous batching vs one at a time, over real gRPC streams.
 
     python -m bench.generate [--model-dir models/smollm2-135m-instruct] [--requests 8] [--max-tokens 64]
-                             [--load-max-tokens 32] [--per-client 2] [--concurrency 1 4 16] [--quick]
+                             [--per-client 2] [--min-requests 8] [--concurrency 1 4 16] [--quick]
 
 What it measures, side by side in one run. Three servers run in spawned child processes (started
 together, then driven strictly one at a time, so each measurement has the machine to itself; an
@@ -24,11 +24,12 @@ and distinct, ~30 tokens each, asking for long answers so that most generations 
    ``max_tokens`` is staggered (client i of c asks for (i+1)/c of the length), so clients reach the
    steady state out of phase instead of in lock step. The measured window opens when every client
    has finished its warm-up and closes once every client has finished ``--per-client`` more requests
-   (every client stays busy all along); requests still running then are cancelled. Total tokens/s = completion tokens
-   delivered inside the window (each response of a request weighted completion_tokens / responses)
-   / window length; TTFT p50/p99 over the requests sent inside the window that got text (a request
-   cancelled before its first token is not a sample), and inter-token latency (a decode step with
-   everyone running, and the prefills that cut in). Ratios: batching / one-at-a-time tokens/s at
+   and all of them at least ``--min-requests`` (every client stays busy all along); requests still
+   running then are cancelled. Total tokens/s = completion tokens delivered inside the window (each
+   response of a request weighted completion_tokens / responses) / window length; TTFT p50/p99
+   over the requests sent inside the window that got text (a request cancelled before its first
+   token is not a sample), and inter-token latency (a decode step with everyone running, and the
+   prefills that cut in). Ratios: batching / one-at-a-time tokens/s at
    each concurrency, and batching's TTFT p99 at the top concurrency / at concurrency 1.
 
 Targets (2-core CPU, printed met/MISS): edge TTFT p50 <= 150 ms; edge decode >= 30 tokens/s; edge
@@ -384,7 +385,7 @@ class Level:
 
 
 async def closed_loop_level(channel: grpc.aio.Channel, model: str, prompts: list[str], concurrency: int,
-                            per_client: int, max_tokens: int, tag: str) -> Level:
+                            per_client: int, min_requests: int, max_tokens: int, tag: str) -> Level:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     all_warm = asyncio.Event()
@@ -430,7 +431,7 @@ async def closed_loop_level(channel: grpc.aio.Channel, model: str, prompts: list
                 return
             if all_warm.is_set():  # finished inside the window (every warm-up is over)
                 finished[index] += 1
-                if min(finished) >= per_client and not stop.is_set():
+                if min(finished) >= per_client and sum(finished) >= min_requests and not stop.is_set():
                     window_end = time.perf_counter()
                     stop.set()
 
@@ -510,8 +511,8 @@ async def main_async(args) -> dict:
             for mode in modes if index % 2 == 0 else modes[::-1]:
                 begin = time.perf_counter()
                 levels[(mode, concurrency)] = await closed_loop_level(
-                    servers[mode].channel, model, prompts, concurrency, args.per_client, args.load_max_tokens,
-                    f"{mode}-c{concurrency}")
+                    servers[mode].channel, model, prompts, concurrency, args.per_client, args.min_requests,
+                    args.load_max_tokens, f"{mode}-c{concurrency}")
                 print(f"phase 2: {mode} c={concurrency} done in {time.perf_counter() - begin:.0f} s", flush=True)
     finally:
         for server in servers.values():
@@ -568,6 +569,7 @@ async def main_async(args) -> dict:
         "settings": {
             "quick": args.quick, "requests": args.requests, "warmup": args.warmup, "max_tokens": args.max_tokens,
             "load_max_tokens": args.load_max_tokens, "per_client": args.per_client,
+            "min_requests": args.min_requests,
             "concurrency": args.concurrency, "prompt_example": prompts[0],
             "edge": edge_config(str(model_dir), THREADS),
             "cloud_batching": cloud_config(str(model_dir), BATCHING_SLOTS, THREADS),
@@ -589,9 +591,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"generative model directory (default {DEFAULT_MODEL_DIR})")
     parser.add_argument("--requests", type=int, default=8, help="phase 1: measured requests per server")
     parser.add_argument("--warmup", type=int, default=1, help="phase 1: unrecorded requests per server first")
-    parser.add_argument("--max-tokens", type=int, default=64, help="phase 1: max_tokens per request")
-    parser.add_argument("--load-max-tokens", type=int, default=32, help="phase 2: max_tokens per request")
+    parser.add_argument("--max-tokens", type=int, default=64,
+                        help="max_tokens per request (phase 1, and phase 2 unless --load-max-tokens)")
+    parser.add_argument("--load-max-tokens", type=int, default=None,
+                        help="phase 2: max_tokens per request (default: --max-tokens)")
     parser.add_argument("--per-client", type=int, default=2, help="phase 2: measured requests per client (at least)")
+    parser.add_argument("--min-requests", type=int, default=8,
+                        help="phase 2: measured requests per level (at least; matters at low concurrency)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="phase 2 concurrencies")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 2 requests of 8 tokens, concurrency 1 and 4, 1 request per client")
@@ -600,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.warmup, args.max_tokens, args.load_max_tokens = 2, 1, 8, 8
-        args.per_client, args.concurrency = 1, [1, 4]
+        args.per_client, args.min_requests, args.concurrency = 1, 2, [1, 4]
+    if args.load_max_tokens is None:
+        args.load_max_tokens = args.max_tokens
     args.concurrency = sorted(set(args.concurrency))
     if not (args.model_dir / "model.json").is_file():
         parser.error(f"{args.model_dir}: no model.json (build it with: edgecloud model build --model smollm2 "
