@@ -58,7 +58,7 @@ def _model_pack(args) -> int:
     except ModelDirError as exc:
         print(f"edgecloud model pack: {exc}", file=sys.stderr)
         return 2
-    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print(f"wrote {out} ({size:.1f} MiB): serve it with an edge-only install (pip install 'edgecloud[edge]')")
     return 0
 

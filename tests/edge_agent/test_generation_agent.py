@@ -115,3 +115,12 @@ def test_bad_input_is_refused_by_field(agent, kwargs, field):
 def test_asking_for_another_model_is_not_found(agent):
     with pytest.raises(NotFound):
         list(agent.generate("hi", model_name="no-such-model"))
+
+
+def test_a_packed_device_directory_generates_without_the_cloud_checkpoint(generative_model_dir, tmp_path):
+    from edge_agent.model_dir import pack_variant
+
+    packed = pack_variant(generative_model_dir, tmp_path / "device")
+    assert sorted(p.name for p in packed.iterdir()) == ["edge-int4", "model.json", "report.json", "report.txt"]
+    with EdgeAgent.from_model_dir(packed) as device:
+        assert list(device.generate("Hi", max_tokens=2, temperature=0))[-1].final
