@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.build.pipeline import swap_in
 from edge_agent.build.prompts import BENCH_MESSAGES, chat_prompts
 from edge_agent.model_dir import MODEL_FORMAT
 
@@ -335,13 +336,7 @@ def build_generative_dir(out_dir: Path, *, force: bool = False, progress: Callab
     progress(f"building {MODEL_NAME} into {out_dir} (staging in {staging.name})")
     try:
         _build(staging, progress, report_prompts, timing_rounds, edge_precision)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-        staging.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -146,7 +146,8 @@ def _latency(fp32: Path, fused: Path, int8: Path, encoder, tokenizer, iterations
     }
 
 
-def _swap_in(staging: Path, out_dir: Path) -> None:
+def swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` with the finished ``staging`` directory by renames (never half-built)."""
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -179,7 +180,7 @@ def build_model_dir(out_dir: Path, *, force: bool = False, progress: Callable[[s
     try:
         _build(staging, progress, report_sentences, sensitivity_mode, calibration_sentences,
                latency_iterations, targets)
-        _swap_in(staging, out_dir)
+        swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
