@@ -10,6 +10,7 @@ operator port's ``/metrics`` serves.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -47,9 +48,24 @@ class WorkerMetrics:
                              registry=r)
         self.requests = Counter("edgecloud_cloud_requests", "Requests that left the batcher, by outcome.",
                                 ["model", "outcome"], registry=r)
+        self.time_to_first_token = Histogram("edgecloud_cloud_time_to_first_token_seconds",
+                                             "Generation: from submission to the first generated token.",
+                                             ["model"], buckets=SECONDS_BUCKETS, registry=r)
+        self.generated_tokens = Counter("edgecloud_cloud_generated_tokens", "Generation: completion tokens produced.",
+                                        ["model"], registry=r)
+        self.generation_slots = Gauge("edgecloud_cloud_generation_slots_active",
+                                      "Generation: KV-cache slots holding a running generation.", ["model"],
+                                      registry=r)
+        self.generation_queued = Gauge("edgecloud_cloud_generation_queued",
+                                       "Generation: requests waiting for a KV-cache slot.", ["model"], registry=r)
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(self, model)
+
+    def for_generation(self, model: str, status: Callable[[], tuple[int, int]]) -> GenerationMetrics:
+        """Bound children for a generative model; ``status()`` -> (active slots, queued), read at
+        scrape time."""
+        return GenerationMetrics(self, model, status)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -74,4 +90,18 @@ class ModelMetrics:
         self._outcomes[outcome].inc(count)
 
 
-__all__ = ["ModelMetrics", "Outcome", "WorkerMetrics"]
+class GenerationMetrics:
+    """One generative model's bound metric children; what its ``generate`` records."""
+
+    def __init__(self, metrics: WorkerMetrics, model: str, status: Callable[[], tuple[int, int]]):
+        self.time_to_first_token = metrics.time_to_first_token.labels(model=model)
+        self.generated_tokens = metrics.generated_tokens.labels(model=model)
+        metrics.generation_slots.labels(model=model).set_function(lambda: status()[0])
+        metrics.generation_queued.labels(model=model).set_function(lambda: status()[1])
+        self._outcomes = {outcome: metrics.requests.labels(model=model, outcome=outcome.value) for outcome in Outcome}
+
+    def outcome(self, outcome: Outcome) -> None:
+        self._outcomes[outcome].inc()
+
+
+__all__ = ["GenerationMetrics", "ModelMetrics", "Outcome", "WorkerMetrics"]

@@ -124,6 +124,8 @@ class CloudWorker(InferenceServer):
                          clock=clock)
             for runtime in chosen
         ]
+        for model in generative:
+            model.attach_metrics(self.metrics)
         self.models += generative
         server = self.config.server
         dataplane = Dataplane(

@@ -27,7 +27,8 @@ from tokenizers import Tokenizer
 from cloud_worker.generation.llama import LlamaModel
 from cloud_worker.generation.scheduler import BatcherStatus, ContinuousBatcher
 from cloud_worker.generation.settings import GenerationSettings
-from edgecloud.errors import FailedPrecondition
+from cloud_worker.metrics import GenerationMetrics, Outcome, WorkerMetrics
+from edgecloud.errors import ErrorKind, FailedPrecondition, InferenceError
 from edgecloud.generation import Chunk, GenerateRequest, GenerativeModel, SamplingParams
 
 __all__ = ["TorchGenerativeModel", "eos_token_ids"]
@@ -117,24 +118,55 @@ class TorchGenerativeModel(GenerativeModel):
         if batcher is not None:
             await asyncio.to_thread(batcher.stop)
 
+    def attach_metrics(self, metrics: WorkerMetrics) -> None:
+        """Record time to first token, tokens, outcomes, and (at scrape time) slots and queue."""
+        self._metrics = metrics.for_generation(self.name, lambda: (self.status.active, self.status.queued))
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         batcher, tokenizer = self._batcher, self._tokenizer
         if batcher is None or tokenizer is None:
             raise FailedPrecondition(f"model {self.name!r} is not loaded")
+        metrics, started = self._metrics, self._clock()
         if len(request.prompt) <= INLINE_TOKENIZE_CHARS:
             ids = tokenizer.encode(request.prompt, add_special_tokens=False).ids
         else:
             ids = (await asyncio.to_thread(tokenizer.encode, request.prompt, add_special_tokens=False)).ids
-        generation = batcher.submit(ids, request.sampling, deadline=request.deadline)
+        outcome = Outcome.CANCELLED  # unless it ends otherwise: the consumer left
         try:
-            async for chunk in generation:
-                if chunk.text or chunk.final:
-                    yield chunk
+            generation = batcher.submit(ids, request.sampling, deadline=request.deadline)
+            try:
+                first = True
+                async for chunk in generation:
+                    if first and metrics is not None:
+                        metrics.time_to_first_token.observe(self._clock() - started)
+                    first = False
+                    if chunk.final:
+                        outcome = Outcome.OK
+                        if metrics is not None:
+                            metrics.generated_tokens.inc(chunk.usage.completion_tokens)
+                    if chunk.text or chunk.final:
+                        yield chunk
+            finally:
+                generation.cancel()
+        except InferenceError as exc:
+            outcome = _OUTCOMES.get(exc.kind, Outcome.ERROR)
+            raise
         finally:
-            generation.cancel()
+            if metrics is not None:
+                metrics.outcome(outcome)
+
+    _metrics: GenerationMetrics | None = None
 
     def _read_checkpoint(self) -> tuple[LlamaModel, Tokenizer, frozenset[int]]:
         tokenizer = Tokenizer.from_file(str(self.checkpoint_dir / "tokenizer.json"))
         engine = LlamaModel.load(self.checkpoint_dir, max_batch_size=self.settings.max_batch_size,
                                  context_length=self.settings.context_length, device=self.device, dtype=self.dtype)
         return engine, tokenizer, eos_token_ids(self.checkpoint_dir, tokenizer)
+
+
+_OUTCOMES = {
+    ErrorKind.OVERLOADED: Outcome.QUEUE_FULL,
+    ErrorKind.DEADLINE_EXCEEDED: Outcome.DEADLINE_EXCEEDED,
+    ErrorKind.UNAVAILABLE: Outcome.UNAVAILABLE,
+    ErrorKind.CANCELLED: Outcome.CANCELLED,
+}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
+
 import pytest
 import pytest_asyncio
 
@@ -30,7 +32,7 @@ MAX_TOKENS = 12
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cloud(generative_model_dir):
     config = CloudConfig(
-        server=CloudServerSettings(port=0, http_port=0, metrics_port=None, grace_s=1),
+        server=CloudServerSettings(port=0, http_port=0, metrics_port=0, grace_s=1),
         models=[GenerativeModelSpec(kind="generative", path=generative_model_dir, max_batch_size=4,
                                     context_length=1024)],
     )
@@ -57,6 +59,17 @@ async def test_tritonclient_streams_from_the_cloud(cloud, tritonclient_stream_ch
     seen = await asyncio.to_thread(tritonclient_stream_check, f"127.0.0.1:{cloud.port}", MODEL, PROMPT,
                                    "--max-tokens", str(MAX_TOKENS))
     check_tritonclient_streams(seen, prompt=PROMPT, expected=expected, max_tokens=MAX_TOKENS, variant="fp32")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{cloud.metrics_port}/metrics") as response:
+            exposition = await response.text()
+    label = f'model="{MODEL}"'
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in exposition.splitlines()
+               if line.startswith("edgecloud_cloud_") and label in line}
+    assert samples[f"edgecloud_cloud_time_to_first_token_seconds_count{{{label}}}"] >= 8
+    assert samples[f"edgecloud_cloud_generated_tokens_total{{{label}}}"] >= 8 * MAX_TOKENS // 2
+    assert samples[f'edgecloud_cloud_requests_total{{{label},outcome="ok"}}'] >= 8
+    assert samples[f'edgecloud_cloud_requests_total{{{label},outcome="cancelled"}}'] >= 1  # the cancelled stream
+    assert samples[f"edgecloud_cloud_generation_queued{{{label}}}"] == 0
 
 
 async def test_http_generate_and_server_sent_events(cloud):
