@@ -1,6 +1,6 @@
 # edgecloud: two commands on a fresh machine.
-#   make up     set up, build the INT8 model if missing, run the local stack
-#   make test   set up, build the model if missing, run the whole test suite
+#   make up     set up, build the models if missing (embeddings INT8, generation INT4 + FP32), run the local stack
+#   make test   set up, build the models if missing, run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 TRITON_VENV := .venv-triton
