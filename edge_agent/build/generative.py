@@ -28,14 +28,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from edge_agent.build.pipeline import swap_in
+from edge_agent.build.staging import staged
 from edge_agent.build.prompts import BENCH_MESSAGES, chat_prompts
 from edge_agent.model_dir import MODEL_FORMAT
 
@@ -88,7 +87,9 @@ def save_cloud_checkpoint(gguf: Path, out: Path) -> None:
     """Dequantize the GGUF weights to an FP32 safetensors checkpoint with its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # the build prints its own progress, a line a step
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a model that still carries the GGUF quantizer; the weights are plain FP32.
@@ -331,15 +332,10 @@ def build_generative_dir(out_dir: Path, *, force: bool = False, progress: Callab
         progress(f"{out_dir}/model.json exists; keeping it (--force rebuilds)")
         return out_dir
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
-    progress(f"building {MODEL_NAME} into {out_dir} (staging in {staging.name})")
-    try:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    with staged(out_dir) as staging:
+        progress(f"building {MODEL_NAME} into {out_dir} (staging in {staging.name})")
         _build(staging, progress, report_prompts, timing_rounds, edge_precision)
-        swap_in(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for line in (out_dir / REPORT_TXT).read_text(encoding="utf-8").rstrip("\n").split("\n"):
         progress(line)
     progress(f"model directory ready: {out_dir}")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,7 @@ from edge_agent.build.quantize import Level, Recipe
 from edge_agent.build.report import render_summary, write_report
 from edge_agent.build.runners import OrtRunner, TorchRunner, default_tokenizer
 from edge_agent.build.search import greedy, sensitivity
+from edge_agent.build.staging import staged
 from edge_agent.build.targets import Targets
 from edge_agent.build.trials import EvalSet, TrialBench
 from edgecloud.reference_model import MODEL_NAME, tokenizer_file
@@ -146,17 +145,6 @@ def _latency(fp32: Path, fused: Path, int8: Path, encoder, tokenizer, iterations
     }
 
 
-def swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` with the finished ``staging`` directory by renames (never half-built)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_model_dir(out_dir: Path, *, force: bool = False, progress: Callable[[str], None] = console,
                     report_sentences: int = 200, sensitivity_mode: str = "fast",
                     calibration_sentences: int = 48, latency_iterations: int = 100,
@@ -174,16 +162,10 @@ def build_model_dir(out_dir: Path, *, force: bool = False, progress: Callable[[s
     if sensitivity_mode not in SENSITIVITY_MODES:
         raise ValueError(f"sensitivity_mode must be one of {SENSITIVITY_MODES}, not {sensitivity_mode!r}")
     targets = targets or Targets()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".building", dir=out_dir.parent))
-    progress(f"building {MODEL_NAME} into {out_dir} (staging in {staging.name})")
-    try:
+    with staged(out_dir) as staging:
+        progress(f"building {MODEL_NAME} into {out_dir} (staging in {staging.name})")
         _build(staging, progress, report_sentences, sensitivity_mode, calibration_sentences,
                latency_iterations, targets)
-        swap_in(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report = json.loads((out_dir / manifest.REPORT_JSON).read_text())
     for line in render_summary(report, out_dir / manifest.REPORT_TXT).rstrip("\n").split("\n"):
         progress(line)

@@ -64,10 +64,24 @@ def test_cli_arguments_defaults():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([])
-    assert args.out == Path("models/all-MiniLM-L6-v2")
+    assert args.out is None  # each model's own default directory, chosen by `edgecloud model build --model`
     assert (args.force, args.sensitivity, args.report_sentences, args.strict) == (False, "fast", 200, False)
     args = parser.parse_args(["--out", "x", "--force", "--sensitivity", "full"])
     assert (args.out, args.force, args.sensitivity) == (Path("x"), True, "full")
+
+
+def test_the_cli_builds_each_model_into_its_own_default_directory(monkeypatch):
+    from edge_agent.build import generative, pipeline
+    from edgecloud_tools.cli import main
+
+    built: list[tuple[str, Path]] = []
+    monkeypatch.setattr(pipeline, "build_model_dir", lambda out, **kw: built.append(("minilm", out)) or out)
+    monkeypatch.setattr(generative, "build_generative_dir", lambda out, **kw: built.append(("smollm2", out)) or out)
+    assert main(["model", "build"]) == 0
+    assert main(["model", "build", "--model", "smollm2"]) == 0
+    assert main(["model", "build", "--model", "smollm2", "--out", "elsewhere"]) == 0
+    assert built == [("minilm", Path("models/all-MiniLM-L6-v2")), ("smollm2", Path("models/smollm2-135m-instruct")),
+                     ("smollm2", Path("elsewhere"))]
 
 
 def test_existing_model_dir_is_reused_without_building(tmp_path):
