@@ -27,7 +27,23 @@ TRITON_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_check.py"
 TRITON_STREAM_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_stream_check.py"
 
 
+def uncollected_test_files(config, items) -> list[str]:
+    """Test files under tests/ that a run of the whole suite did not collect (a folder pytest skips
+    by default, such as one named ``build``, hid a whole package of tests once). Empty when the run
+    names only part of the suite, or deselects by keyword or marker."""
+    tests_root = REPO_ROOT / "tests"
+    partial = config.option.keyword or config.option.markexpr or config.getoption("deselect", None)
+    if [Path(arg).resolve() for arg in config.args] != [tests_root] or partial:
+        return []
+    collected = {Path(str(item.path)).resolve() for item in items}
+    on_disk = {path.resolve() for path in tests_root.rglob("test_*.py")}
+    return sorted(str(path.relative_to(REPO_ROOT)) for path in on_disk - collected)
+
+
 def pytest_collection_modifyitems(config, items):
+    missing = uncollected_test_files(config, items)
+    if missing:
+        raise pytest.UsageError(f"test files the whole-suite run did not collect: {missing}")
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return  # importing torch costs seconds; only pay it when GPU tests were collected
