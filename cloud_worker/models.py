@@ -50,6 +50,11 @@ class BatchedModel(Model):
         self._parameters = {"variant": runtime.variant}
         self._loaded = False
 
+    @property
+    def variant(self) -> str:
+        """What responses report as ``variant`` (the runtime's precision)."""
+        return self.runtime.variant
+
     def ready(self) -> bool:
         return self._loaded
 

@@ -141,8 +141,7 @@ class CloudWorker(InferenceServer):
         port = await super().start()
         batched = [m for m in self.models if isinstance(m, BatchedModel)]
         log.info("cloud worker serving %s on %s:%d (metrics port %s; batching %s, max batch %d)",
-                 ", ".join(f"{m.metadata.name} ({m.variant if not isinstance(m, BatchedModel) else m.runtime.variant})"
-                           for m in self.models), self.settings.host,
+                 ", ".join(f"{m.metadata.name} ({m.variant})" for m in self.models), self.settings.host,
                  port, self.metrics_port, "on" if self.config.batching.enabled else "off",
                  max((batch_limit(m.runtime, self.config.batching) for m in batched), default=0))
         return port

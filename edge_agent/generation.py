@@ -34,6 +34,7 @@ from edgecloud.generation import (
     GenerateRequest,
     GenerationLimits,
     GenerativeModel,
+    SamplingParams,
     TextStream,
     Usage,
 )
@@ -97,7 +98,7 @@ class GenAIModel(GenerativeModel):
         self._model = og.Model(config)
         self._tokenizer = og.Tokenizer(self._model)
         self._eos = set(int(t) for t in self._tokenizer.eos_token_ids)
-        for _ in self.generate_blocking(GenerateRequest("Hello", _warm_up_sampling())):
+        for _ in self.generate_blocking(GenerateRequest("Hello", SamplingParams(max_tokens=2, temperature=0.0))):
             pass
 
     async def load(self) -> None:
@@ -224,9 +225,3 @@ class GenAIModel(GenerativeModel):
             stop.set()  # the token loop ends before its next token; its thread is free again
             if not work.done():
                 work.cancel()
-
-
-def _warm_up_sampling():
-    from edgecloud.generation import SamplingParams
-
-    return SamplingParams(max_tokens=2, temperature=0.0)

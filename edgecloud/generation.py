@@ -23,7 +23,7 @@ import json
 import math
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -265,11 +265,25 @@ class TextStream:
         self.text = ""
         """The text emitted so far."""
         self.stopped = False
+        self._decoded = ""  # the text of tokens[:_read], settled (no incomplete character)
+        self._prefix = 0  # tokens[_prefix:_read] are decoded again as context for the next ones
+        self._read = 0
+
+    def _full_text(self) -> str:
+        """The text of every token so far, decoding only the newest ones (with one settled step of
+        context, as a tokenizer may write a token differently at the start of a text): a token
+        costs the same at the end of a long answer as at its start."""
+        settled = self._decode(self.tokens[self._prefix:self._read])
+        fresh = self._decode(self.tokens[self._prefix:])
+        full = self._decoded + fresh[len(settled):]
+        if not full.endswith("\ufffd"):
+            self._decoded, self._prefix, self._read = full, self._read, len(self.tokens)
+        return full
 
     def push(self, token: int) -> str:
         """Add one token; the text that can be emitted now (maybe "")."""
         self.tokens.append(token)
-        full = self._decode(self.tokens)
+        full = self._full_text()
         if full.endswith("\ufffd"):
             return ""  # an incomplete multi-byte character: wait for its next byte
         if self._stop:
@@ -285,7 +299,7 @@ class TextStream:
         """The held-back tail once generation ended without a stop string."""
         if self.stopped or not self.tokens:
             return ""
-        return self._emit(self._decode(self.tokens))
+        return self._emit(self._full_text())
 
     def _emit(self, upto: str) -> str:
         if len(upto) <= len(self.text):
@@ -303,10 +317,6 @@ class TextStream:
                     best = n
                     break
         return best
-
-
-def _bool_tensor(name: str, value: bool) -> Tensor:
-    return Tensor(name, "BOOL", (1,), np.array([value], dtype=bool))
 
 
 def text_tensor(text: str) -> Tensor:
@@ -378,8 +388,3 @@ class GenerativeModel(Model):
                     yield self._response(generate, "", True, chunk.usage)
                 else:
                     yield self._response(generate, text, True, chunk.usage)
-
-
-def with_sampling(request: GenerateRequest, **changes) -> GenerateRequest:
-    """A copy of ``request`` with some sampling parameters changed."""
-    return replace(request, sampling=replace(request.sampling, **changes))

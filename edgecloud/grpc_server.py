@@ -200,16 +200,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 await outbox.put(codec.stream_error_to_wire("internal error", decoded))
 
         async def read() -> None:
+            """Start each request as it arrives; once the client half-closes (or its side of the
+            stream breaks) and every started request has answered, end the stream."""
             try:
                 async for raw in requests:
                     task = asyncio.create_task(serve(raw))
                     running.add(task)
                     task.add_done_callback(running.discard)
-                while running:
-                    await asyncio.wait(set(running))
-            finally:
-                if not running:
-                    await outbox.put(None)
+            except Exception:  # noqa: BLE001 - a broken request stream still lets started requests answer
+                log.debug("ModelStreamInfer: the request stream ended with an error", exc_info=True)
+            while running:
+                await asyncio.wait(set(running))
+            await outbox.put(None)
 
         reader = asyncio.create_task(read())
         try:

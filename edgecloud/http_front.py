@@ -63,6 +63,7 @@ OCTET_STREAM = "application/octet-stream"
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 """Request header: how long the client will wait, in milliseconds."""
 _INFER_TYPES = frozenset({JSON, OCTET_STREAM})
+_GENERATE_TYPES = frozenset({JSON})
 CONTENT_ENCODINGS = ("identity", "gzip", "deflate")
 """Body encodings the REST front decodes; any other is 415."""
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,6 +109,19 @@ def _unsupported_encoding(encoding: str) -> UnsupportedMediaType:
 def _encoding_error_response(encoding: str) -> web.Response:
     error = _unsupported_encoding(encoding)
     return _error(http_status(error.kind), error.message, {"Accept-Encoding": ", ".join(CONTENT_ENCODINGS)})
+
+
+def _check_body_headers(request: web.Request, types: frozenset[str], accepted: str) -> None:
+    """415 for a Content-Type outside ``types`` (none at all is accepted: tritonclient sends none)
+    or a Content-Encoding this front does not decode."""
+    headers = request.headers
+    mimetype = headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
+    if hdrs.CONTENT_TYPE in headers and mimetype not in types:
+        raise UnsupportedMediaType(f"{request.content_type!r} is not accepted; send {accepted}",
+                                   field=hdrs.CONTENT_TYPE)
+    encoding = headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in CONTENT_ENCODINGS:
+        raise _unsupported_encoding(encoding)
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:
@@ -266,13 +280,7 @@ class RestFront:
 
     async def _infer(self, request: web.Request) -> web.Response:
         headers = request.headers
-        mimetype = headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
-        if hdrs.CONTENT_TYPE in headers and mimetype not in _INFER_TYPES:
-            raise UnsupportedMediaType(f"{request.content_type!r} is not accepted; send {JSON} or {OCTET_STREAM}",
-                                       field=hdrs.CONTENT_TYPE)
-        encoding = headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-        if encoding not in CONTENT_ENCODINGS:
-            raise _unsupported_encoding(encoding)
+        _check_body_headers(request, _INFER_TYPES, f"{JSON} or {OCTET_STREAM}")
         header_length = _header_length(headers.get(json_codec.HEADER_LENGTH))
         deadline = _deadline(headers.get(TIMEOUT_HEADER))
         match = request.match_info
@@ -303,13 +311,7 @@ class RestFront:
         """A generate body as an ``InferRequest``: keys of ``parameters`` that name one of the
         model's inputs become that input (Triton's rule), the rest stay request parameters."""
         headers = request.headers
-        mimetype = headers.get(hdrs.CONTENT_TYPE, "").partition(";")[0].strip().lower()
-        if hdrs.CONTENT_TYPE in headers and mimetype != JSON:
-            raise UnsupportedMediaType(f"{request.content_type!r} is not accepted; send {JSON}",
-                                       field=hdrs.CONTENT_TYPE)
-        encoding = headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-        if encoding not in CONTENT_ENCODINGS:
-            raise _unsupported_encoding(encoding)
+        _check_body_headers(request, _GENERATE_TYPES, JSON)
         match = request.match_info
         name, version = match["name"], match.get("version", "")
         meta = await self.dataplane.model_metadata(name, version)

@@ -9,17 +9,7 @@ import pytest
 from cloud_worker.batcher import DynamicBatcher
 from cloud_worker.metrics import Outcome, WorkerMetrics
 from edgecloud.errors import DeadlineExceeded, InternalError, InvalidArgument, ResourceExhausted, Unavailable
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.virtual_clock import ManualClock
 
 
 class Model:
@@ -57,7 +47,7 @@ class Model:
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return ManualClock()
 
 
 @pytest.fixture

@@ -30,6 +30,20 @@ async def settle() -> None:
             return
 
 
+class ManualClock:
+    """A plain callable monotonic clock (what threads and batchers take as ``clock=``) that moves
+    only when a test calls ``advance``; ``now`` is the current time."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class VirtualClock:
     def __init__(self, start: float = 1000.0):
         self._now = start

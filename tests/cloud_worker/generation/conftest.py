@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cloud_worker.generation.llama import LlamaModel
+from tests.support.virtual_clock import ManualClock
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2, as in SmolLM2
 CORPUS = [
@@ -87,20 +88,9 @@ def make_engine(tiny_checkpoint):
     return make
 
 
-class FakeClock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 class PausableEngine:
