@@ -37,6 +37,7 @@ from edgecloud.generation import (
     SamplingParams,
     TextStream,
     Usage,
+    chat_template_of,
 )
 from edgecloud.model import BlockingRunner
 
@@ -71,7 +72,7 @@ class GenAIModel(GenerativeModel):
         context = settings.context_length or _context_length(self.model_dir)
         self.limits = GenerationLimits(context_length=context, max_tokens=min(settings.max_tokens, context - 1),
                                        default_max_tokens=min(settings.default_max_tokens, settings.max_tokens))
-        self.metadata = GenerativeModel.describe(name, version)
+        self.metadata = GenerativeModel.describe(name, version, chat_template_of(self.model_dir))
         self._model = None
         self._tokenizer = None
         self._runner: BlockingRunner | None = BlockingRunner(settings.concurrency, name=f"genai-{name}")
@@ -181,10 +182,10 @@ class GenAIModel(GenerativeModel):
                 if text.stopped:
                     reason = "stop"
                     if delta:
-                        yield Chunk(delta)
+                        yield Chunk(delta, tokens=produced)
                     break
                 if delta:
-                    yield Chunk(delta)
+                    yield Chunk(delta, tokens=produced)
             yield Chunk(text.finish(), Usage(len(prompt), produced, reason))
         finally:
             del generator

@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from edgecloud.datatypes import DATATYPES, DatatypeInfo
-from edgecloud.errors import InvalidArgument, ResourceExhausted
+from edgecloud.errors import ErrorKind, InferenceError, InvalidArgument, ResourceExhausted, error_for_kind
 from edgecloud.limits import RequestLimits
 from edgecloud.types import (
     InferRequest,
@@ -326,6 +326,7 @@ def model_metadata_to_proto(meta: ModelMetadata) -> pb.ModelMetadataResponse:
         msg.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
     for spec in meta.outputs:
         msg.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+    parameters_to_proto(meta.parameters, msg.parameters)
     return msg
 
 
@@ -336,6 +337,7 @@ def model_metadata_from_proto(msg: pb.ModelMetadataResponse) -> ModelMetadata:
         platform=msg.platform,
         inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs),
         outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.outputs),
+        parameters=parameters_from_proto(msg.parameters, "parameters"),
     )
 
 
@@ -414,12 +416,31 @@ def stream_response_to_wire(response: InferResponse) -> bytes:
     return b"".join((_STREAM_RESPONSE_TAG, _varint(len(inner)), inner))
 
 
-def stream_error_to_wire(message: str, request: InferRequest | None = None) -> bytes:
+STREAM_ERROR_KIND_PARAMETER = "error_kind"
+"""Parameter of a stream error's response part: the failure's ``ErrorKind`` value (an edgecloud
+addition: the protocol's stream errors carry only a message, and a gateway must know whether
+another backend may serve the request)."""
+
+
+def stream_error_to_wire(message: str, request: InferRequest | None = None, kind: ErrorKind | None = None) -> bytes:
     """A serialized ``ModelStreamInferResponse`` reporting one request's failure; the response part
-    names the request (model, version, id) when it was decoded far enough to know them."""
+    names the request (model, version, id) when it was decoded far enough to know them, and the
+    error's kind when known."""
     out = pb.ModelStreamInferResponse(error_message=message)
     if request is not None:
         out.infer_response.model_name = request.model_name
         out.infer_response.model_version = request.model_version
         out.infer_response.id = request.id
+    if kind is not None:
+        out.infer_response.parameters[STREAM_ERROR_KIND_PARAMETER].string_param = kind.value
     return out.SerializeToString()
+
+
+def stream_error_from_proto(msg: pb.ModelStreamInferResponse) -> InferenceError:
+    """The typed error a stream response reports (INTERNAL when it does not say its kind)."""
+    param = msg.infer_response.parameters.get(STREAM_ERROR_KIND_PARAMETER)
+    try:
+        kind = ErrorKind(param.string_param) if param is not None else ErrorKind.INTERNAL
+    except ValueError:
+        kind = ErrorKind.INTERNAL
+    return error_for_kind(kind, msg.error_message or "the stream failed")

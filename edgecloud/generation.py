@@ -24,6 +24,7 @@ import math
 from contextlib import aclosing
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +33,8 @@ from edgecloud.model import Model
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, ParameterValue, Tensor, TensorSpec
 
 __all__ = [
+    "CHAT_TEMPLATE_PARAMETER",
+    "COMPLETION_TOKENS_PARAMETER",
     "Chunk",
     "FINAL_PARAMETER",
     "EMPTY_FINAL_PARAMETER",
@@ -40,6 +43,7 @@ __all__ = [
     "GenerationLimits",
     "SamplingParams",
     "TextStream",
+    "chat_template_of",
     "Usage",
     "generation_inputs",
     "generation_outputs",
@@ -52,6 +56,9 @@ SAMPLING_INPUT = "sampling_parameters"
 EXCLUDE_INPUT = "exclude_input_in_output"
 TEXT_OUTPUT = "text_output"
 FINAL_PARAMETER = "triton_final_response"
+COMPLETION_TOKENS_PARAMETER = "completion_tokens"
+CHAT_TEMPLATE_PARAMETER = "chat_template"
+"""Model metadata parameter: the model's chat template (Jinja, as in its tokenizer config)."""
 EMPTY_FINAL_PARAMETER = "triton_enable_empty_final_response"
 PLATFORM = "edgecloud_generate"
 
@@ -192,6 +199,9 @@ class Chunk:
     text: str
     usage: Usage | None = None
     """Set on the final chunk only."""
+    tokens: int = 0
+    """Completion tokens generated up to and including this chunk (a chunk may hold several: text
+    held back for an incomplete character or a possible stop string comes out with a later one)."""
 
     @property
     def final(self) -> bool:
@@ -319,6 +329,20 @@ class TextStream:
         return best
 
 
+def chat_template_of(model_dir: Path) -> str | None:
+    """The chat template a model directory ships: ``chat_template.jinja``, else the
+    ``chat_template`` of its ``tokenizer_config.json``; None when it has neither."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+    return None
+
+
 def text_tensor(text: str) -> Tensor:
     data = np.empty(1, dtype=object)
     data[0] = text.encode("utf-8")
@@ -332,9 +356,12 @@ class GenerativeModel(Model):
     variant: str
 
     @staticmethod
-    def describe(name: str, version: str) -> ModelMetadata:
-        """The metadata every generative model advertises."""
-        return ModelMetadata(name, (version,), PLATFORM, generation_inputs(), generation_outputs())
+    def describe(name: str, version: str, chat_template: str | None = None) -> ModelMetadata:
+        """The metadata every generative model advertises (with its chat template when it has one,
+        so a gateway can render chat requests the way the model was trained)."""
+        parameters = {CHAT_TEMPLATE_PARAMETER: chat_template} if chat_template else {}
+        return ModelMetadata(name, (version,), PLATFORM, generation_inputs(), generation_outputs(),
+                             parameters=parameters)
 
     @abc.abstractmethod
     def generate(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -343,8 +370,12 @@ class GenerativeModel(Model):
     def parse(self, request: InferRequest) -> GenerateRequest:
         return parse_generate_request(request, self.limits)
 
-    def _response(self, request: GenerateRequest, text: str, final: bool, usage: Usage | None) -> InferResponse:
-        parameters: dict[str, ParameterValue] = {"variant": self.variant, FINAL_PARAMETER: final}
+    def _response(self, request: GenerateRequest, text: str, final: bool, usage: Usage | None,
+                  tokens: int = 0) -> InferResponse:
+        """One response; every chunk says how many completion tokens were generated so far
+        (``completion_tokens``), which is what a gateway needs to continue a broken stream elsewhere."""
+        parameters: dict[str, ParameterValue] = {"variant": self.variant, FINAL_PARAMETER: final,
+                                                 COMPLETION_TOKENS_PARAMETER: tokens}
         if usage is not None:
             parameters.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                               finish_reason=usage.finish_reason)
@@ -381,10 +412,10 @@ class GenerativeModel(Model):
                 text = chunk.text
                 if not chunk.final:
                     if text:
-                        yield self._response(generate, text, False, None)
+                        yield self._response(generate, text, False, None, chunk.tokens)
                 elif generate.empty_final_response:
                     if text:
-                        yield self._response(generate, text, False, None)
+                        yield self._response(generate, text, False, None, chunk.usage.completion_tokens)
                     yield self._response(generate, "", True, chunk.usage)
                 else:
                     yield self._response(generate, text, True, chunk.usage)

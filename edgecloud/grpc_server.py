@@ -194,7 +194,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 finally:
                     await responses.aclose()
             except InferenceError as exc:
-                await outbox.put(codec.stream_error_to_wire(exc.message, decoded))
+                await outbox.put(codec.stream_error_to_wire(exc.message, decoded, exc.kind))
             except Exception:
                 log.exception("unexpected error in ModelStreamInfer")
                 await outbox.put(codec.stream_error_to_wire("internal error", decoded))

@@ -54,7 +54,7 @@ from edgecloud.dataplane import InferenceDataplane
 from edgecloud.status import http_status
 from edgecloud.types import InferRequest, InferResponse
 
-__all__ = ["RestFront", "TIMEOUT_HEADER"]
+__all__ = ["RestFront", "TIMEOUT_HEADER", "check_body_headers", "deadline_from_header", "read_body"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _encoding_error_response(encoding: str) -> web.Response:
     return _error(http_status(error.kind), error.message, {"Accept-Encoding": ", ".join(CONTENT_ENCODINGS)})
 
 
-def _check_body_headers(request: web.Request, types: frozenset[str], accepted: str) -> None:
+def check_body_headers(request: web.Request, types: frozenset[str], accepted: str) -> None:
     """415 for a Content-Type outside ``types`` (none at all is accepted: tritonclient sends none)
     or a Content-Encoding this front does not decode."""
     headers = request.headers
@@ -138,7 +138,7 @@ def _header_length(value: str | None) -> int | None:
         raise InvalidArgument("must be an integer", field=json_codec.HEADER_LENGTH) from None
 
 
-def _deadline(value: str | None) -> float | None:
+def deadline_from_header(value: str | None) -> float | None:
     """The monotonic time after which the client stops waiting, from ``X-Request-Timeout-Ms``."""
     if value is None:
         return None
@@ -280,9 +280,9 @@ class RestFront:
 
     async def _infer(self, request: web.Request) -> web.Response:
         headers = request.headers
-        _check_body_headers(request, _INFER_TYPES, f"{JSON} or {OCTET_STREAM}")
+        check_body_headers(request, _INFER_TYPES, f"{JSON} or {OCTET_STREAM}")
         header_length = _header_length(headers.get(json_codec.HEADER_LENGTH))
-        deadline = _deadline(headers.get(TIMEOUT_HEADER))
+        deadline = deadline_from_header(headers.get(TIMEOUT_HEADER))
         match = request.match_info
         decoded = json_codec.request_from_json(await self._body(request), header_length, self.dataplane.limits,
                                                model_name=match["name"], model_version=match.get("version", ""))
@@ -311,7 +311,7 @@ class RestFront:
         """A generate body as an ``InferRequest``: keys of ``parameters`` that name one of the
         model's inputs become that input (Triton's rule), the rest stay request parameters."""
         headers = request.headers
-        _check_body_headers(request, _GENERATE_TYPES, JSON)
+        check_body_headers(request, _GENERATE_TYPES, JSON)
         match = request.match_info
         name, version = match["name"], match.get("version", "")
         meta = await self.dataplane.model_metadata(name, version)
@@ -322,7 +322,7 @@ class RestFront:
         for key in [key for key in decoded.parameters if key in inputs and key not in given]:
             decoded.inputs.append(generate_json.input_from_value(key, decoded.parameters.pop(key),
                                                                  self.dataplane.limits))
-        decoded.deadline = _deadline(headers.get(TIMEOUT_HEADER))
+        decoded.deadline = deadline_from_header(headers.get(TIMEOUT_HEADER))
         decoded.tenant = request.get(TENANT_KEY, "default")
         return decoded
 
@@ -365,25 +365,28 @@ class RestFront:
             await responses.aclose()
 
     async def _body(self, request: web.Request) -> bytes:
-        """The whole body, never buffering more than ``max_body_bytes`` (plus one read)."""
-        limit = self._max_body_bytes
-        declared = request.content_length
-        if declared is not None and declared > limit:
-            raise ResourceExhausted(f"{declared} bytes exceed the limit of {limit}", field="body")
-        try:
-            async with asyncio.timeout(self._body_timeout_s):
-                return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ResourceExhausted(f"exceeds the limit of {limit} bytes", field="body") from None
-        except RequestPayloadError:
-            request[CLOSE_AFTER] = True  # the rest of it would not decode either: do not linger over it
-            raise InvalidArgument("could not be read as sent (check Content-Encoding)", field="body") from None
-        except MalformedBody as exc:
-            request[CLOSE_AFTER] = True
-            raise InvalidArgument(f"is not well-formed HTTP: {exc}", field="body") from None
-        except TimeoutError:
-            request[CLOSE_AFTER] = True
-            raise RequestTimeout(f"did not arrive within {self._body_timeout_s:g} s of its headers",
-                                 field="body") from None
-        except ConnectionError:  # the client went away mid-body: nobody is left to answer
-            raise Cancelled("the client closed the connection", field="body") from None
+        return await read_body(request, self._max_body_bytes, self._body_timeout_s)
+
+
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, never buffering more than ``limit`` bytes (plus one read); 413 past it, 408
+    when it has not arrived ``timeout_s`` after the headers, 400 when it is malformed."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ResourceExhausted(f"{declared} bytes exceed the limit of {limit}", field="body")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ResourceExhausted(f"exceeds the limit of {limit} bytes", field="body") from None
+    except RequestPayloadError:
+        request[CLOSE_AFTER] = True  # the rest of it would not decode either: do not linger over it
+        raise InvalidArgument("could not be read as sent (check Content-Encoding)", field="body") from None
+    except MalformedBody as exc:
+        request[CLOSE_AFTER] = True
+        raise InvalidArgument(f"is not well-formed HTTP: {exc}", field="body") from None
+    except TimeoutError:
+        request[CLOSE_AFTER] = True
+        raise RequestTimeout(f"did not arrive within {timeout_s:g} s of its headers", field="body") from None
+    except ConnectionError:  # the client went away mid-body: nobody is left to answer
+        raise Cancelled("the client closed the connection", field="body") from None

@@ -465,8 +465,11 @@ def _specs(specs: Iterable) -> list[dict[str, Any]]:
 
 
 def model_metadata_to_json(meta: ModelMetadata) -> bytes:
-    return _dumps({"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
-                   "inputs": _specs(meta.inputs), "outputs": _specs(meta.outputs)}).encode("ascii")
+    doc = {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+           "inputs": _specs(meta.inputs), "outputs": _specs(meta.outputs)}
+    if meta.parameters:
+        doc["parameters"] = dict(meta.parameters)
+    return _dumps(doc).encode("ascii")
 
 
 def server_metadata_to_json(meta: ServerMetadata) -> bytes:

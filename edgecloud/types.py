@@ -8,6 +8,7 @@ non-negative ints in requests and responses; metadata shapes may use -1 for a va
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Union
 
 import numpy as np
@@ -95,6 +96,9 @@ class ModelMetadata:
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 0
     """0: the model takes no batch dimension limit beyond the request limits."""
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    """What the model advertises beyond its tensors (a generative model's ``chat_template``);
+    carried in the metadata's ``parameters`` (an edgecloud extension other clients ignore)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """What the dispatcher talks to: one edge or cloud backend, behind one small protocol.
 
 Contract: a ``Backend`` does I/O only — ``start`` (before serving), ``infer`` (a decoded request within ``timeout_s``),
+``stream`` (a generation's responses as the backend sends them, the last flagged final),
 ``probe`` (one small real inference, not counted as load), ``model_metadata`` and ``close`` — and
 fails only with ``InferenceError``s (``DeadlineExceeded`` when ``timeout_s`` passed), whose kind
 says whether another backend may be tried and whether the failure counts against this one
@@ -17,7 +18,9 @@ and the fakes of the dispatcher's unit tests.
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 
+from edgecloud.errors import Unavailable
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata
 
 __all__ = ["Backend", "CLOUD", "EDGE"]
@@ -61,6 +64,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse: ...
+
+    async def stream(self, request: InferRequest, timeout_s: float | None) -> AsyncIterator[InferResponse]:
+        """The responses of one streamed request (``ModelStreamInfer``), ending with the one flagged
+        ``triton_final_response``; a failure reported on the stream raises its typed error. Closing
+        the iterator early cancels the call upstream (the generation stops)."""
+        raise Unavailable(f"{self.role} backend {self.name!r} does not serve streams")
+        yield  # pragma: no cover - makes this an async generator
 
     @abc.abstractmethod
     async def probe(self, request: InferRequest, timeout_s: float) -> None: ...

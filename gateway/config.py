@@ -27,6 +27,27 @@ class RetryBudgetSettings(Section):
     the requests one worker can hold in flight: when a worker dies, each of those needs one failover."""
 
 
+class StreamRoutingSettings(Section):
+    """How token streams (generative models) are routed: by time to first token (TTFT) against the
+    same ``threshold_ms``, with the same hysteresis and probes as other requests."""
+
+    hedge_after_ms: float | None = Field(None, gt=0, le=600_000)
+    """Start the same stream on the cloud too when the edge has produced no token after this long
+    (the first side to produce a token wins, the other is cancelled); default: ``threshold_ms``.
+    Hedging is on when ``routing.hedging`` is."""
+    first_token_timeout_ms: float = Field(10_000, gt=0, le=600_000)
+    """A backend that has produced no token after this long has failed (the other side serves)."""
+    stall_ms: float = Field(1000, gt=0, le=600_000)
+    """A stream that produces no token for this long mid-answer has failed: it is continued on the
+    other side from the text already sent (see ``midstream_failover``)."""
+    midstream_failover: bool = True
+    """Continue a stream that breaks or stalls mid-answer on the other side (the prompt plus the
+    text already sent, nothing repeated); off: the stream ends with the error."""
+    inter_token_threshold_ms: float | None = Field(None, gt=0, le=600_000)
+    """Also move streams to the cloud when the edge's inter-token latency statistic exceeds this;
+    default: no limit (only TTFT counts)."""
+
+
 class RoutingSettings(Section):
     threshold_ms: float = Field(200, gt=0, le=600_000)
     """Edge RTT statistic above which traffic moves to the cloud."""
@@ -68,6 +89,13 @@ class RoutingSettings(Section):
     """Deadline for requests whose client set none."""
     retry_budget: RetryBudgetSettings = Field(default_factory=RetryBudgetSettings)
     """Retries (never of INVALID_ARGUMENT and the like) are paid from this budget."""
+    streams: StreamRoutingSettings = Field(default_factory=StreamRoutingSettings)
+    """Token streams: TTFT routing, first-token hedging, mid-stream failover."""
+
+    @property
+    def stream_hedge_after_s(self) -> float:
+        hedge = self.streams.hedge_after_ms
+        return (hedge if hedge is not None else self.threshold_ms) / 1000.0
 
     @property
     def hedge_after_s(self) -> float:
@@ -145,6 +173,19 @@ class CloudPoolSettings(Section):
         return self
 
 
+class OpenAISettings(Section):
+    """The OpenAI-compatible API on the HTTP front (``/v1/chat/completions``, ``/v1/completions``,
+    ``/v1/models``) for generative models."""
+
+    enabled: bool = True
+    """Serve the ``/v1`` routes (on ``server.http_port``)."""
+    models: list[str] = Field(default_factory=lambda: ["smollm2-135m-instruct"])
+    """What ``GET /v1/models`` lists (those the backends serve as generative models); any
+    generative model the backends serve can be asked for by name."""
+    default_max_tokens: int = Field(256, ge=1, le=1_000_000)
+    """Completion tokens when a request sets no ``max_tokens`` (bounded by each backend's limit)."""
+
+
 class GatewayServerSettings(ServerSettings):
     port: int = Field(8001, ge=0, le=65535)
     """gRPC port; 0 picks a free one."""
@@ -167,6 +208,8 @@ class GatewayConfig(Section):
     """Latency-aware routing between edge and cloud."""
     cache: CacheSettings = Field(default_factory=CacheSettings)
     """The result cache (Redis, Redis Cluster or in-process LRU); off unless ``cache.enabled``."""
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    """The OpenAI-compatible API for generative models."""
     auth: AuthSettings = Field(default_factory=AuthSettings)
     """API keys for both fronts; each key maps to a tenant (cache entries never cross tenants)."""
     reload_poll_ms: float = Field(1000, gt=0)

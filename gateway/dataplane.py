@@ -25,6 +25,7 @@ from edgecloud.admission import Admission
 from edgecloud.clock import Clock, MonotonicClock, Sleep
 from edgecloud.dataplane import PROTOCOL_EXTENSIONS
 from edgecloud.errors import InferenceError, InvalidArgument
+from edgecloud.generation import FINAL_PARAMETER, GenerateRequest
 from edgecloud.lifecycle import raise_collected
 from edgecloud.loop_lag import LoopLag
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, RequestedOutput, ServerMetadata
@@ -42,13 +43,17 @@ from gateway.pool import CloudPool
 from gateway.probes import Prober
 from gateway.retry_budget import RetryBudget
 from gateway.routing import RouteState, RoutingPolicy
+from gateway.where_served import ROUTE_REASON, SERVED_BY
+from gateway.streams.dispatch import StreamDispatcher
+from gateway.streams.probes import StreamProber
+from gateway.streams.requests import as_generative, is_generative
+from gateway.streams.requests import parse as parse_generation
+from gateway.streams.service import StreamService
 
 __all__ = ["GatewayDataplane", "QUALITIES", "ROUTE_REASON", "SERVED_BY", "SERVER_METADATA"]
 
 log = logging.getLogger(__name__)
 
-SERVED_BY = "served_by"
-ROUTE_REASON = "route_reason"
 QUALITIES = ("auto", "cloud")
 """Values of the ``quality`` request parameter."""
 SERVER_METADATA = ServerMetadata("edgecloud-gateway", __version__, PROTOCOL_EXTENSIONS)
@@ -81,6 +86,20 @@ class GatewayDataplane:
                              on_round=self._update_gauges, lag=self.lag)
         self.metadata = MetadataCache(self._metadata_sources, self.clock)
         self.cache = build_cache(config.cache, self.metrics.cache)
+        # Token streams: the same routing on time to first token, with samples of their own.
+        self.ttft = LatencyMonitor(self.clock, window_s=routing.window_ms / 1000.0, ewma_alpha=routing.ewma_alpha,
+                                   warmup=0)
+        self.inter_token = LatencyMonitor(self.clock, window_s=routing.window_ms / 1000.0,
+                                          ewma_alpha=routing.ewma_alpha, warmup=0)
+        self.stream_policy = RoutingPolicy(routing, self.ttft.stats(EDGE), self.clock,
+                                           cloud_statistic=self._cloud_ttft)
+        self.stream_dispatcher = StreamDispatcher(self.dispatcher, policy=self.stream_policy, ttft=self.ttft,
+                                                  itl=self.inter_token, settings=routing, clock=self.clock,
+                                                  sleep=sleep, metrics=self.metrics)
+        self.streams = StreamService(self.stream_dispatcher, self.cache, self.metrics)
+        self.stream_prober = StreamProber(lambda: self.edge, self.stream_policy, routing, clock=self.clock,
+                                          sleep=sleep)
+        self._stream_probe_task: asyncio.Task | None = None
         self._ready = False
         self._probe_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
@@ -120,6 +139,14 @@ class GatewayDataplane:
         routing = self.config.routing
         return self.pool.statistic(routing.statistic, routing.min_samples)
 
+    def _cloud_ttft(self) -> float | None:
+        """The best cloud worker's TTFT statistic (None until some worker has enough samples)."""
+        routing = self.config.routing
+        values = [self.ttft.stats(w.name).statistic(routing.statistic, min_samples=routing.min_samples)
+                  for w in self.pool.workers]
+        known = [v for v in values if v is not None]
+        return min(known) if known else None
+
     def _metadata_sources(self) -> list[Backend]:
         """Whoever traffic goes to now first: a slow edge is not asked while the cloud serves."""
         edge = [self.edge] if self.dispatcher.edge_up() else []
@@ -134,14 +161,15 @@ class GatewayDataplane:
             await self.edge.start()
         self._lag_task = asyncio.create_task(self.lag.run(), name="gateway-loop-lag")
         self._probe_task = asyncio.create_task(self.prober.run(), name="gateway-probes")
+        self._stream_probe_task = asyncio.create_task(self.stream_prober.run(), name="gateway-stream-probes")
 
     async def stop(self) -> None:
         errors: list[Exception] = []
-        tasks = [task for task in (self._probe_task, self._lag_task) if task is not None]
+        tasks = [task for task in (self._probe_task, self._stream_probe_task, self._lag_task) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._probe_task = self._lag_task = None
+        self._probe_task = self._stream_probe_task = self._lag_task = None
         await self.metadata.close()
         for backend in self.backends() + self._retired:
             try:
@@ -165,8 +193,13 @@ class GatewayDataplane:
         self.auth = ApiKeyAuthenticator(config.auth)
         routing = config.routing
         self.monitor.reconfigure(routing.window_ms / 1000.0, routing.ewma_alpha, routing.warmup_samples)
+        self.ttft.reconfigure(routing.window_ms / 1000.0, routing.ewma_alpha, 0)
+        self.inter_token.reconfigure(routing.window_ms / 1000.0, routing.ewma_alpha, 0)
         self.policy.update_settings(routing)
+        self.stream_policy.update_settings(routing)
+        self.stream_dispatcher.settings = routing
         self.prober.reconfigure(routing)
+        self.stream_prober.reconfigure(routing)
         self.retry_budget.reconfigure(routing.retry_budget.ratio, routing.retry_budget.burst)
         self.dispatcher.settings = DispatchSettings.from_config(config)
         if config.edge != old.edge:
@@ -208,23 +241,76 @@ class GatewayDataplane:
     async def infer(self, request: InferRequest) -> InferResponse:
         try:
             with self.admission.admit():
-                return await self._infer(request)
+                meta = await self.metadata.get(request.model_name, request.model_version)
+                if is_generative(meta):
+                    generate, options = self._generation(request, meta)
+                    if generate.stream:
+                        raise InvalidArgument("true asks for a stream: use ModelStreamInfer or generate_stream",
+                                              field="inputs[stream]")
+                    return await self._generate_whole(request, generate, options)
+                return await self._infer(request, meta)
         except InferenceError as exc:
             self.metrics.errors.labels(exc.kind.value).inc()
             raise
 
     async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
-        """``ModelStreamInfer`` through the gateway, one answer per request for now: each request is
-        served as ``infer`` serves it (cached, routed, hedged) and answered once, flagged final.
-        Token streams (``stream: true``) are refused by the backends' unary path until the gateway
-        routes them (the stream-routing issue)."""
-        response = await self.infer(request)
-        response.parameters["triton_final_response"] = True
-        yield response
+        """``ModelStreamInfer`` / ``generate_stream`` through the gateway. A generative model's
+        request with ``stream: true`` is a token stream (``gateway.streams``: routed on time to
+        first token, hedged, failed over mid-answer, cached when deterministic), its chunks
+        carrying ``served_by`` / ``route_reason`` on the first and the final one. Any other
+        request is served as ``infer`` serves it and answered once, flagged final."""
+        try:
+            with self.admission.admit():
+                meta = await self.metadata.get(request.model_name, request.model_version)
+                if not is_generative(meta):
+                    response = await self._infer(request, meta)
+                    response.parameters[FINAL_PARAMETER] = True
+                    yield response
+                    return
+                generate, options = self._generation(request, meta)
+                if not generate.stream:
+                    yield await self._generate_whole(request, generate, options)
+                    return
+                started = time.perf_counter()
+                responses = self.streams.stream(request, generate, **options)
+                try:
+                    async for response in responses:
+                        if response.parameters.get(FINAL_PARAMETER) is True:
+                            self._count_served(response, started)
+                        yield response
+                finally:
+                    await responses.aclose()
+        except InferenceError as exc:
+            self.metrics.errors.labels(exc.kind.value).inc()
+            raise
 
-    async def _infer(self, request: InferRequest) -> InferResponse:
+    def _generation(self, request: InferRequest, meta: ModelMetadata) -> tuple[GenerateRequest, dict]:
+        """A generative request validated (tensors against the metadata, then its prompt and
+        sampling) and the options its stream is served with."""
+        validate_request(request, as_generative(meta), self.limits)
+        generate = parse_generation(request)
+        require_cloud = _require_cloud(request)
+        deadline = request.deadline
+        if deadline is None:
+            deadline = self.clock.now() + self.config.routing.default_timeout_ms / 1000.0
+        version = request.model_version or (meta.versions[0] if meta.versions else "")
+        self.stream_prober.saw(request.model_name, request.model_version)
+        return generate, {"model_version": version, "deadline": deadline, "require_cloud": require_cloud,
+                          "bypass_cache": request.parameters.get(NO_CACHE_PARAMETER) is True}
+
+    async def _generate_whole(self, request: InferRequest, generate: GenerateRequest, options: dict) -> InferResponse:
         started = time.perf_counter()
-        meta = await self.metadata.get(request.model_name, request.model_version)
+        response = await self.streams.whole(request, generate, **options)
+        self._count_served(response, started)
+        return response
+
+    def _count_served(self, response: InferResponse, started: float) -> None:
+        served_by = str(response.parameters.get(SERVED_BY, ""))
+        self.metrics.served.labels(served_by, str(response.parameters.get(ROUTE_REASON, ""))).inc()
+        self.metrics.latency.labels(served_by).observe(time.perf_counter() - started)
+
+    async def _infer(self, request: InferRequest, meta: ModelMetadata) -> InferResponse:
+        started = time.perf_counter()
         validate_request(request, meta, self.limits)
         require_cloud = _require_cloud(request)
         deadline = request.deadline

@@ -112,8 +112,8 @@ class Dispatcher:
         primary = asyncio.ensure_future(self._attempt(first, request, deadline))
         tasks = [primary]
         try:
-            hedge_after = min(self.settings.hedge_after_s, self._remaining(deadline))
-            if not await self._done_within(primary, hedge_after) and self._available(second):
+            hedge_after = min(self.settings.hedge_after_s, self.remaining(deadline))
+            if not await self._done_within(primary, hedge_after) and self.available(second):
                 backup = asyncio.ensure_future(self._attempt(second, request, deadline))
                 tasks.append(backup)
                 winner = await self._first_success(primary, backup)
@@ -161,9 +161,9 @@ class Dispatcher:
         """After ``error`` on one side: the other side, when it may and can be tried."""
         if not error.retryable:
             raise error
-        if self._remaining(deadline) <= 0:
+        if self.remaining(deadline) <= 0:
             raise DeadlineExceeded("the request's deadline passed") from error
-        if not self._available(side) or not self._spend_retry():
+        if not self.available(side) or not self.spend_retry():
             raise error
         response = await self._attempt(side, request, deadline)
         return Served(response, side, Reason.FAILOVER)
@@ -177,7 +177,7 @@ class Dispatcher:
         edge = self.edge
         if edge is None:
             raise Unavailable("no edge is configured")
-        timeout = self._remaining(deadline)
+        timeout = self.remaining(deadline)
         if self.settings.edge_attempt_timeout_s is not None:
             timeout = min(timeout, self.settings.edge_attempt_timeout_s)
         if timeout <= 0:
@@ -194,11 +194,11 @@ class Dispatcher:
         except InferenceError as exc:
             if exc.kind is ErrorKind.DEADLINE_EXCEEDED:
                 self._record_edge(edge, start)
-            self._failed(edge, exc)
+            self.note_failure(edge, exc)
             raise
         finally:
             edge.outstanding -= 1
-        self._answered(edge)
+        self.note_answered(edge)
         self._record_edge(edge, start)
         return response
 
@@ -210,10 +210,10 @@ class Dispatcher:
             worker = self.pool.pick(tried)
             if worker is None:
                 break
-            remaining = self._remaining(deadline)
+            remaining = self.remaining(deadline)
             if remaining <= 0:
                 raise DeadlineExceeded("the request's deadline passed") from last
-            if tried and not self._spend_retry():
+            if tried and not self.spend_retry():
                 break
             tried.add(worker.name)
             start = self.clock.now()
@@ -221,7 +221,7 @@ class Dispatcher:
             try:
                 response = await worker.infer(request, min(self.settings.cloud_attempt_timeout_s, remaining))
             except InferenceError as exc:
-                self._failed(worker, exc)
+                self.note_failure(worker, exc)
                 if exc.backend_fault and self.pool.on_failure(worker):
                     self.metrics.ejections.inc()
                 if not exc.retryable:
@@ -230,8 +230,8 @@ class Dispatcher:
                 continue
             finally:
                 worker.outstanding -= 1
-            self._answered(worker)
-            if self._measured_the_backend(start):
+            self.note_answered(worker)
+            if self.measured_the_backend(start):
                 self.monitor.record(worker.name, self.clock.now() - start)
             self.pool.on_success(worker)
             return response
@@ -241,21 +241,21 @@ class Dispatcher:
 
     # bookkeeping -----------------------------------------------------------------------------
 
-    def _remaining(self, deadline: float) -> float:
+    def remaining(self, deadline: float) -> float:
         return deadline - self.clock.now()
 
     def edge_up(self) -> bool:
         return self.edge is not None and self.edge.up
 
-    def _available(self, side: str) -> bool:
+    def available(self, side: str) -> bool:
         return self.edge_up() if side == EDGE else self.pool.available()
 
-    def _spend_retry(self) -> bool:
+    def spend_retry(self) -> bool:
         allowed = self.budget.try_spend()
         self.metrics.retries.labels("allowed" if allowed else "refused").inc()
         return allowed
 
-    def _measured_the_backend(self, start: float) -> bool:
+    def measured_the_backend(self, start: float) -> bool:
         """False when this process's loop stalled since ``start``: the time is partly our own."""
         if self.lag is not None and self.lag.stalled_since(start):
             self.metrics.discarded_samples.inc()
@@ -263,16 +263,16 @@ class Dispatcher:
         return True
 
     def _record_edge(self, edge: Backend, start: float) -> None:
-        if self._measured_the_backend(start):
+        if self.measured_the_backend(start):
             rtt_s = self.clock.now() - start
             self.monitor.record(edge.name, rtt_s)
             self.policy.observe_edge(rtt_s)
 
-    def _answered(self, backend: Backend) -> None:
+    def note_answered(self, backend: Backend) -> None:
         if backend.mark_success():
             self.monitor.stats(backend.name).restart_warmup()
 
     @staticmethod
-    def _failed(backend: Backend, error: InferenceError) -> None:
+    def note_failure(backend: Backend, error: InferenceError) -> None:
         if error.kind is ErrorKind.UNAVAILABLE:
             backend.mark_failure()

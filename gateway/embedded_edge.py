@@ -40,6 +40,16 @@ class EmbeddedEdge(Backend):
     async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
         return await self._run(request, timeout_s)
 
+    async def stream(self, request: InferRequest, timeout_s: float | None):
+        """The agent's own stream (its generative models); the dispatcher bounds the time."""
+        await self.agent.aload()
+        responses = self.agent.dataplane.stream(request)
+        try:
+            async for response in responses:
+                yield response
+        finally:
+            await responses.aclose()
+
     async def probe(self, request: InferRequest, timeout_s: float) -> None:
         await self._run(request, timeout_s)
 

@@ -14,14 +14,15 @@ event loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
 
 from edgecloud import codec
 from edgecloud.errors import ErrorKind, InferenceError, InternalError, error_for_kind
-from edgecloud.grpc_calls import unary
+from edgecloud.generation import FINAL_PARAMETER
+from edgecloud.grpc_calls import cancel_in_core, unary
 from edgecloud.limits import RequestLimits
 from edgecloud.rpc_errors import error_from_rpc
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata
@@ -68,6 +69,7 @@ class GrpcBackend(Backend):
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._infer_call: Callable | None = None
+        self._stream_call: Callable | None = None
         self._metadata_call: Callable | None = None
 
     def _connect(self) -> None:
@@ -78,6 +80,7 @@ class GrpcBackend(Backend):
         self._channel = channel
         # Serialized messages in and out: the codec decodes each once.
         self._infer_call = channel.unary_unary(f"{_SERVICE}/ModelInfer")
+        self._stream_call = channel.stream_stream(f"{_SERVICE}/ModelStreamInfer")
         self._metadata_call = channel.unary_unary(
             f"{_SERVICE}/ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
             response_deserializer=pb.ModelMetadataResponse.FromString)
@@ -107,6 +110,39 @@ class GrpcBackend(Backend):
             log.warning("%s (%s) sent a malformed response: %s", self.name, self.address, exc.message)
             raise InternalError("a backend sent a malformed response") from exc
 
+    async def stream(self, request: InferRequest, timeout_s: float | None) -> AsyncIterator[InferResponse]:
+        """One request on its own ``ModelStreamInfer`` call (half-closed at once), its responses
+        until the final one; the call is cancelled upstream when the iterator is closed early."""
+        if self._stream_call is None:
+            self._connect()
+        call = self._stream_call(timeout=timeout_s)
+        try:
+            with self._translated():
+                await call.write(codec.request_to_wire(request))
+                await call.done_writing()
+                while True:
+                    raw = await call.read()
+                    if raw is grpc.aio.EOF:
+                        break
+                    response = self._stream_message(raw)
+                    yield response
+                    if response.parameters.get(FINAL_PARAMETER) is True:
+                        return
+            raise InternalError("a backend ended a stream before its final response")
+        finally:
+            if not call.done():
+                cancel_in_core(call)
+
+    def _stream_message(self, raw: bytes) -> InferResponse:
+        try:
+            message = pb.ModelStreamInferResponse.FromString(raw)
+            if not message.error_message:
+                return codec.response_from_proto(message.infer_response, self._limits)
+        except Exception as exc:
+            log.warning("%s (%s) sent a malformed stream response: %s", self.name, self.address, exc)
+            raise InternalError("a backend sent a malformed response") from exc
+        raise codec.stream_error_from_proto(message)
+
     async def probe(self, request: InferRequest, timeout_s: float) -> None:
         await self._send(request, timeout_s)
 
@@ -120,6 +156,6 @@ class GrpcBackend(Backend):
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
-        self._infer_call = self._metadata_call = None
+        self._infer_call = self._stream_call = self._metadata_call = None
         if channel is not None:
             await channel.close()

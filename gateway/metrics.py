@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+INTER_TOKEN_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -58,6 +59,21 @@ class GatewayMetrics:
                                          "stalled while they were taken", registry=r)
         self.backend_up = Gauge("edgecloud_gateway_backend_up", "1 when a backend is up and not ejected",
                                 ["backend"], registry=r)
+        self.ttft = Histogram("edgecloud_gateway_time_to_first_token_seconds",
+                              "Time from a stream's start on a backend to its first token, by side",
+                              ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token = Histogram("edgecloud_gateway_inter_token_seconds",
+                                     "Time between a stream's chunks, by side", ["backend"],
+                                     buckets=INTER_TOKEN_BUCKETS, registry=r)
+        self.active_streams = Gauge("edgecloud_gateway_active_streams", "Streams being answered now", registry=r)
+        self.stream_hedges = Counter("edgecloud_gateway_stream_hedges", "First-token hedges: started, and won by "
+                                     "which side", ["event"], registry=r)
+        self.midstream_failovers = Counter("edgecloud_gateway_midstream_failovers",
+                                           "Streams continued on another side mid-answer, from and to",
+                                           ["from_side", "to_side"], registry=r)
+        self.stream_cache = Counter("edgecloud_gateway_stream_cache", "Streams answered by the cache: hit "
+                                    "(replayed), joined (shared a live generation), stored", ["result"],
+                                    registry=r)
         self.cache = CacheMetrics(r)
 
     def exposition(self) -> tuple[bytes, str]:

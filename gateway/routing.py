@@ -55,6 +55,8 @@ class Reason:
     NO_BACKEND = "no_backend"
     HEDGE_WON = "hedge_won"
     FAILOVER = "failover"
+    FAILOVER_MIDSTREAM = "failover_midstream"
+    EDGE_SLOW_INTER_TOKEN = "edge_slow_inter_token"
     QUALITY_CLOUD = "quality_cloud"
     CACHE_HIT = "cache_hit"
     COALESCED = "coalesced"
@@ -100,6 +102,17 @@ class RoutingPolicy:
         self._good_probes = 0
         self._compared_at = float("-inf")
         self.transitions += 1
+
+    @property
+    def since(self) -> float:
+        """When the current state began: samples older than this do not count."""
+        return self._since
+
+    def fall_back(self, why: str, value_s: float | None = None) -> None:
+        """Move to the cloud for a reason the edge's own statistic does not see (its inter-token
+        latency); recovery is as always, by probes."""
+        if self.state is RouteState.EDGE_PREFERRED:
+            self._switch(RouteState.CLOUD_FALLBACK, why, value_s)
 
     def edge_statistic(self) -> float | None:
         return self.edge_stats.statistic(self.settings.statistic, since=self._since,

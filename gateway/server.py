@@ -24,26 +24,14 @@ from aiohttp import web
 
 from edgecloud.config import ConfigError
 from edgecloud.server import InferenceServer, Resource, RestOptions
-from edgecloud.types import InferResponse
 from gateway.config import GatewayConfig, load_gateway_config
-from gateway.dataplane import ROUTE_REASON, SERVED_BY, GatewayDataplane
+from gateway.dataplane import GatewayDataplane
+from gateway.openai_api.front import OpenAIFront
+from gateway.where_served import ROUTE_REASON_HEADER, SERVED_BY_HEADER, where_served_headers
 
 __all__ = ["GatewayServer", "ROUTE_REASON_HEADER", "SERVED_BY_HEADER", "where_served_headers"]
 
 log = logging.getLogger(__name__)
-
-SERVED_BY_HEADER = "X-Edgecloud-Served-By"
-ROUTE_REASON_HEADER = "X-Edgecloud-Route-Reason"
-
-
-def where_served_headers(response: InferResponse) -> dict[str, str]:
-    headers = {}
-    if SERVED_BY in response.parameters:
-        headers[SERVED_BY_HEADER] = str(response.parameters[SERVED_BY])
-    if ROUTE_REASON in response.parameters:
-        headers[ROUTE_REASON_HEADER] = str(response.parameters[ROUTE_REASON])
-    return headers
-
 
 def _latency_trace_route(dataplane: GatewayDataplane):
     async def handler(request: web.Request) -> web.Response:
@@ -74,9 +62,16 @@ class GatewayServer(InferenceServer):
         resources = [Resource("gateway dataplane", self.dataplane.start, self.dataplane.stop)]
         if self.config_path is not None:
             resources.append(Resource("config watch", self._start_watch, self._stop_watch))
-        rest = RestOptions(response_headers=where_served_headers, extra_routes=_latency_trace_route(self.dataplane))
+        self.openai = OpenAIFront(self.dataplane, max_body_bytes=config.server.max_message_bytes,
+                                  body_timeout_s=config.server.body_read_timeout_ms / 1000.0)
+        rest = RestOptions(response_headers=where_served_headers, extra_routes=self._add_routes)
         super().__init__("gateway", self.dataplane, config.server, resources=resources,
                          authenticate=self._authenticate, rest=rest, metrics=self.dataplane.metrics.exposition)
+
+    def _add_routes(self, app: web.Application) -> None:
+        _latency_trace_route(self.dataplane)(app)
+        if self.config.openai.enabled:
+            self.openai.add_routes(app)
 
     def _authenticate(self, headers: Mapping[str, str]) -> str:
         return self.dataplane.auth.tenant_for(headers)  # the authenticator a reload installed

@@ -29,7 +29,7 @@ from cloud_worker.generation.scheduler import BatcherStatus, ContinuousBatcher
 from cloud_worker.generation.settings import GenerationSettings
 from cloud_worker.metrics import GenerationMetrics, Outcome, WorkerMetrics
 from edgecloud.errors import ErrorKind, FailedPrecondition, InferenceError
-from edgecloud.generation import Chunk, GenerateRequest, GenerativeModel, SamplingParams
+from edgecloud.generation import Chunk, GenerateRequest, GenerativeModel, SamplingParams, chat_template_of
 
 __all__ = ["TorchGenerativeModel", "eos_token_ids"]
 
@@ -66,7 +66,7 @@ class TorchGenerativeModel(GenerativeModel):
                  device: torch.device, dtype: torch.dtype, variant: str,
                  clock: Callable[[], float] = time.monotonic):
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.metadata = GenerativeModel.describe(name, version)
+        self.metadata = GenerativeModel.describe(name, version, chat_template_of(self.checkpoint_dir))
         self.settings = settings
         self.limits = settings.limits
         self.variant = variant

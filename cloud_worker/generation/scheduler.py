@@ -367,7 +367,7 @@ class ContinuousBatcher:
                       or len(request.prompt) + request.generated >= self.context_length):
                     text, reason = text + request.stream.finish(), "length"
             if reason is None:
-                if text and not request.handle._deliver(Chunk(text)):
+                if text and not request.handle._deliver(Chunk(text, tokens=request.generated)):
                     finished.append(request)
                 continue
             finished.append(request)

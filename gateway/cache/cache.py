@@ -50,6 +50,7 @@ from edgecloud.codec import response_from_wire, response_to_wire
 
 from edgecloud.clock import Clock, MonotonicClock
 from edgecloud.errors import DeadlineExceeded, Unavailable
+from edgecloud.types import InferResponse
 from gateway.cache.backend import BackendError, CacheBackend
 from gateway.cache.breaker import BreakerState, CircuitBreaker
 from gateway.cache.envelope import HEADER, CorruptEntry, Entry, Provenance, decode, encode
@@ -291,6 +292,61 @@ class GatewayCache:
                     response.parameters[CACHE_SOURCE] = entry.provenance.label
                     return Served(response, SERVED_BY_CACHE, CACHE_HIT)
         return await self._compute_shared(key, digest, request, compute)
+
+    # whole answers stored by their producer (streams) -------------------------------------------
+
+    def _key_of(self, request: CacheRequest) -> tuple[str, bytes] | None:
+        """The backend key and digest for ``request``, or None when it is not cached (cache off for
+        the model, bypass, stateful, or a key that cannot be built)."""
+        if self._backend is None or not self.settings.model_enabled(request.request.model_name):
+            return None
+        if request.bypass or uncacheable(request):
+            self._m_bypass.inc()
+            return None
+        try:
+            digest = cache_key(request, self._ignored)
+        except Exception:  # fail open, loudly
+            log.exception("cache: could not build a key; computing without the cache")
+            self._m_errors.labels("key", "error").inc()
+            return None
+        return self.settings.key_prefix + digest.hex(), digest
+
+    async def lookup(self, request: CacheRequest) -> tuple[InferResponse, Provenance] | None:
+        """The stored answer for ``request`` and who produced it, or None (a miss, an expired or
+        edge entry when the cloud is required, any cache failure). No single-flight: a caller that
+        produces answers itself (a stream) shares live work on its own and ``store``s the result."""
+        located = self._key_of(request)
+        if located is None:
+            return None
+        backend = self._backend
+        entry = await self._read(backend, *located) if backend is not None else None
+        if entry is None:
+            return None
+        if request.require_cloud and entry.provenance is Provenance.EDGE:
+            self._m_quality_miss.inc()
+            return None
+        if self._wall() >= entry.expires_at:
+            self._m_expired.inc()
+            return None
+        self._m_hit.inc()
+        return entry.response, entry.provenance
+
+    def store(self, request: CacheRequest, response: InferResponse, served_by: str, compute_s: float) -> None:
+        """Write ``response`` (produced by ``served_by``: edge or cloud) for ``request`` in the
+        background, under the same rules as computed answers (size, breaker, bounded writes)."""
+        located = self._key_of(request)
+        provenance = Provenance.of(served_by)
+        if located is None or provenance is None:
+            return
+        key, digest = located
+        body = response_to_wire(dataclasses.replace(response, id="", wire=None))
+        if len(body) + HEADER.size > self.settings.max_entry_bytes:
+            self._m_writes.labels("too_big").inc()
+            return
+        now = self._wall()
+        ttl_s = self.settings.ttl_s(request.request.model_name)
+        value = encode(body, provenance, created_at=now, expires_at=now + ttl_s, compute_s=compute_s, digest=digest)
+        self._store(key, value, ttl_s, lambda: None)
 
     async def _read(self, backend: CacheBackend, key: str, digest: bytes) -> Entry | None:
         """The entry under ``key``, or None (miss, error, open breaker, corrupt: each counted)."""

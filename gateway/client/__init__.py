@@ -1,6 +1,7 @@
 """The edgecloud client SDK: call the gateway (or any Open Inference Protocol server) over gRPC.
 
 ``Client`` (blocking) and ``AsyncClient`` (asyncio) share one API: ``infer``, ``embed``,
+``generate`` / ``chat`` (token streams: iterators of ``GenerationChunk``),
 ``server_live``, ``server_ready``, ``model_ready``, ``server_metadata``, ``model_metadata``.
 Failures are ``edgecloud.errors.InferenceError`` subclasses (re-exported here). Needs only grpcio,
 protobuf, numpy and the edgecloud core — never torch or onnxruntime.
@@ -28,6 +29,7 @@ from edgecloud.errors import (
 )
 from edgecloud.types import ModelMetadata, ServerMetadata, TensorSpec
 from gateway.client.async_client import AsyncClient
+from gateway.client.generation import GenerationChunk
 from gateway.client.results import EmbedResult, InferResult
 from gateway.client.retry import Jitter, RetryPolicy
 from gateway.client.sync_client import Client
@@ -41,6 +43,7 @@ __all__ = [
     "EmbedResult",
     "ErrorKind",
     "FailedPrecondition",
+    "GenerationChunk",
     "InferResult",
     "InferenceError",
     "InternalError",

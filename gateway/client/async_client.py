@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +21,7 @@ from edgecloud.errors import InferenceError
 from edgecloud.grpc_calls import unary
 from edgecloud.types import ModelMetadata, ParameterValue, ServerMetadata
 from gateway.client.calls import REFERENCE_MODEL, Call, Calls
+from gateway.client.generation import GenerationChunk, chat_prompt, chunk_from_message, generation_request
 from gateway.client.inputs import InputValue
 from gateway.client.results import EmbedResult, InferResult
 from gateway.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
@@ -165,6 +166,45 @@ class AsyncClient:
         """
         return await self._run(self._calls.infer(model, inputs, outputs=outputs, parameters=parameters, version=version,
                                            request_id=request_id, timeout_s=timeout_s))
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+        version: str = "",
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a generation from ``prompt`` (see ``Client.generate``); leaving the loop early
+        (or cancelling the task) cancels the call and stops the generation upstream."""
+        sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                    "seed": seed, "stop": stop}
+        request = generation_request(model, prompt, sampling, parameters, version)
+        timeout = self.settings.timeout_s if timeout_s is None else timeout_s
+        call = self._stub_on_this_loop().ModelStreamInfer(iter([request]), timeout=timeout,
+                                                          metadata=self.settings.metadata)
+        try:
+            with translate_rpc_errors():
+                async for message in call:
+                    chunk = chunk_from_message(message)
+                    yield chunk
+                    if chunk.final:
+                        return
+        finally:
+            call.cancel()
+
+    async def chat(self, model: str, messages: Sequence[Mapping[str, str]], **options) -> AsyncIterator[GenerationChunk]:
+        """``generate`` on ``messages`` rendered with the model's chat template (from its metadata)."""
+        prompt = chat_prompt(await self.model_metadata(model, options.get("version", "")), messages)
+        async for chunk in self.generate(model, prompt, **options):
+            yield chunk
 
     async def embed(
         self,

@@ -9,7 +9,7 @@ by threads (gRPC channels are thread-safe; the client holds no per-call state).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +17,7 @@ import grpc
 from edgecloud.errors import InferenceError
 from edgecloud.types import ModelMetadata, ParameterValue, ServerMetadata
 from gateway.client.calls import REFERENCE_MODEL, Call, Calls
+from gateway.client.generation import GenerationChunk, chat_prompt, chunk_from_message, generation_request
 from gateway.client.inputs import InputValue
 from gateway.client.results import EmbedResult, InferResult
 from gateway.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
@@ -144,6 +145,46 @@ class Client:
         """
         return self._run(self._calls.infer(model, inputs, outputs=outputs, parameters=parameters, version=version,
                                            request_id=request_id, timeout_s=timeout_s))
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+        version: str = "",
+        timeout_s: float | None = None,
+    ) -> Iterator[GenerationChunk]:
+        """Stream a generation from ``prompt`` (``ModelStreamInfer``): one ``GenerationChunk`` per
+        chunk the server sends, the last ``final`` with the usage and where it was served. Not
+        retried (the gateway fails over mid-stream itself); leaving the loop early cancels the
+        call, which stops the generation upstream."""
+        sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+                    "seed": seed, "stop": stop}
+        request = generation_request(model, prompt, sampling, parameters, version)
+        timeout = self.settings.timeout_s if timeout_s is None else timeout_s
+        call = self._stub.ModelStreamInfer(iter([request]), timeout=timeout, metadata=self.settings.metadata)
+        try:
+            with translate_rpc_errors():
+                for message in call:
+                    chunk = chunk_from_message(message)
+                    yield chunk
+                    if chunk.final:
+                        return
+        finally:
+            call.cancel()
+
+    def chat(self, model: str, messages: Sequence[Mapping[str, str]], **options) -> Iterator[GenerationChunk]:
+        """``generate`` on ``messages`` ([{"role", "content"}]) rendered with the model's chat
+        template (from its metadata); the same options."""
+        prompt = chat_prompt(self.model_metadata(model, options.get("version", "")), messages)
+        return self.generate(model, prompt, **options)
 
     def embed(
         self,

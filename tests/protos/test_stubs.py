@@ -59,6 +59,7 @@ def test_field_numbers_match_the_protocol():
     }
     assert _numbers(pb.ModelMetadataResponse) == {
         "name": 1, "versions": 2, "platform": 3, "inputs": 4, "outputs": 5,
+        "parameters": 100,  # edgecloud's extension, outside the spec's numbers (a model's chat template)
     }
     assert _numbers(pb.ModelMetadataResponse.TensorMetadata) == {"name": 1, "datatype": 2, "shape": 3}
     assert _numbers(pb.ServerMetadataResponse) == {"name": 1, "version": 2, "extensions": 3}

@@ -10,7 +10,7 @@ import gateway.client
 
 def test_all_lists_exactly_the_public_names():
     public = {name for name in vars(gateway.client) if not name.startswith("_")}
-    modules = {"async_client", "calls", "inputs", "results", "retry", "settings", "sync_client", "tls"}
+    modules = {"async_client", "calls", "generation", "inputs", "results", "retry", "settings", "sync_client", "tls"}
     assert set(gateway.client.__all__) == public - modules
     assert sorted(gateway.client.__all__) == gateway.client.__all__
 
