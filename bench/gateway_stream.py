@@ -8,9 +8,16 @@ generator: ``grpc.aio`` clients, one ``ModelStreamInfer`` call per stream, greed
 chat-rendered prompts. TTFT = send -> first response with text; inter-token = gaps between
 consecutive text responses.
 
-(a) Overhead, gateway vs direct to the edge, interleaved stream by stream at concurrency 1 and 16
+(a) Overhead, gateway vs direct to the edge and vs a bare gRPC relay (``bench.relay_floor``: bytes
+    piped, nothing decoded: the floor any relay pays on this machine), interleaved stream by stream
+    at concurrency 1 and 16
     (at 16 every client alternates, so both paths see the same edge load): TTFT and inter-token
-    p50/p99 for both and the differences (added); the gateway process's CPU per stream.
+    p50/p99 for both, and what the gateway adds: per prompt (both paths ran it, one right after
+    the other) the gateway's TTFT minus the direct one, and its median inter-token gap minus the
+    direct one; p50/p99 of those paired differences; the gateway process's CPU per stream and per
+    chunk. The gateway here has the edge only (no cloud worker), so that what is measured is the
+    relay, not routing (at concurrency 16 the edge's TTFT is over the threshold and a full gateway
+    would rightly send streams to the cloud).
 (b) Slow edge: concurrency 8 through a gateway whose edge link runs through a proxy that holds
     every chunk from the edge 300 ms (from --slowdown-s/4 to /2 of the run). Failed streams;
     every stream's TTFT against threshold + cloud TTFT p99 + 20 ms; time until streams are served
@@ -31,6 +38,8 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from bench.common import print_table, summarize, write_result
 from edge_agent.build.prompts import chat_prompts
@@ -112,6 +122,17 @@ def ms(values: list[float]) -> dict:
     return summarize(values) if values else {"p50_ms": float("nan"), "p99_ms": float("nan")}
 
 
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -120,42 +141,56 @@ def cpu_seconds(pid: int) -> float:
 # (a) ------------------------------------------------------------------------------------------
 
 
-async def overhead(edge_addr: str, gw_addr: str, gw_pid: int, streams: int, concurrency: int,
-                   max_tokens: int) -> dict:
-    channels = {name: grpc.aio.insecure_channel(addr) for name, addr in (("direct", edge_addr), ("gateway", gw_addr))}
+async def overhead(paths: dict[str, str], gw_pid: int, streams: int, concurrency: int, max_tokens: int) -> dict:
+    """Streams on every path in ``paths`` (name -> address; ``direct``, ``floor`` and ``gateway``),
+    each prompt on all of them one right after the other, in a rotating order."""
+    names = list(paths)
+    channels = {name: grpc.aio.insecure_channel(addr) for name, addr in paths.items()}
     stubs = {name: pb_grpc.GRPCInferenceServiceStub(ch) for name, ch in channels.items()}
-    results: dict[str, list[Stream]] = {"direct": [], "gateway": []}
+    results: dict[str, list[Stream]] = {name: [] for name in names}
     queue = list(enumerate(prompts(streams, salt=f" c{concurrency}")))
     cpu_before = cpu_seconds(gw_pid)
 
-    async def client(index: int) -> None:
-        turn = index % 2
+    async def client() -> None:
         while queue:
             i, prompt = queue.pop()
-            for name in (("direct", "gateway") if turn == 0 else ("gateway", "direct")):
-                results[name].append(await run_stream(stubs[name], prompt, max_tokens, {"no_cache": True}
-                                                      if name == "gateway" else None))
-            turn ^= 1
+            order = names[i % len(names):] + names[:i % len(names)]
+            for name in order:
+                params = {"no_cache": True} if name == "gateway" else None
+                results[name].append(await run_stream(stubs[name], prompt, max_tokens, params))
 
     try:
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
+        await asyncio.gather(*(client() for _ in range(concurrency)))
     finally:
         for ch in channels.values():
             await ch.close()
     cpu = cpu_seconds(gw_pid) - cpu_before
-    row = {}
+    row: dict = {}
     for name, got in results.items():
         ok = [s for s in got if s.error is None and s.ttft is not None]
         row[name] = {"streams": len(got), "failed": len(got) - len(ok),
                      "ttft": ms([s.ttft for s in ok]), "inter_token": ms([g for s in ok for g in s.gaps])}
-    added = {
-        "ttft_p50_ms": row["gateway"]["ttft"]["p50_ms"] - row["direct"]["ttft"]["p50_ms"],
-        "ttft_p99_ms": row["gateway"]["ttft"]["p99_ms"] - row["direct"]["ttft"]["p99_ms"],
-        "inter_token_p50_ms": row["gateway"]["inter_token"]["p50_ms"] - row["direct"]["inter_token"]["p50_ms"],
-        "inter_token_p99_ms": row["gateway"]["inter_token"]["p99_ms"] - row["direct"]["inter_token"]["p99_ms"],
-    }
+    # What a path adds, paired: the same prompt on both paths, one right after the other, so the
+    # prompt's own cost and the edge's momentary load cancel out (unpaired quantiles of two noisy
+    # samples differ by more than what is measured).
+    by_prompt = {name: {s.prompt: s for s in got if s.error is None and s.ttft is not None}
+                 for name, got in results.items()}
+
+    def added(path: str, base: str) -> dict:
+        pairs = [(by_prompt[path][p], by_prompt[base][p]) for p in by_prompt[path] if p in by_prompt[base]]
+        ttft = [a.ttft - b.ttft for a, b in pairs]
+        itl = [float(np.median(a.gaps)) - float(np.median(b.gaps)) for a, b in pairs if a.gaps and b.gaps]
+
+        def q(values, pct):
+            return float(np.percentile(values, pct)) * 1000 if values else float("nan")
+
+        return {"pairs": len(pairs), "ttft_p50_ms": q(ttft, 50), "ttft_p99_ms": q(ttft, 99),
+                "inter_token_p50_ms": q(itl, 50), "inter_token_p99_ms": q(itl, 99)}
+
     chunks = sum(len(s.texts) for s in results["gateway"])
-    return {"concurrency": concurrency, **row, "added": added,
+    return {"concurrency": concurrency, **row, "added": added("gateway", "direct"),
+            "added_over_floor": added("gateway", "floor") if "floor" in paths else None,
+            "floor_added": added("floor", "direct") if "floor" in paths else None,
             "gateway_cpu_ms_per_stream": cpu * 1000 / max(1, len(results["gateway"])),
             "gateway_cpu_us_per_chunk": cpu * 1e6 / max(1, chunks)}
 
@@ -307,6 +342,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--slowdown-s", type=float, default=24.0, help="length of run (b)")
     parser.add_argument("--threshold-ms", type=float, default=200.0)
+    parser.add_argument("--parts", default="abcd", help="which of (a) (b) (c) (d) to run, e.g. 'a' or 'bc'")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -333,8 +369,10 @@ def main() -> int:
         services += [proxy, redis]
         routing = {"threshold_ms": args.threshold_ms, "probe_interval_ms": 100,
                    "streams": {"stall_ms": 1000}}
-        direct = launch("gateway", gateway_config(free_port(), edge.address, [cloud.address], routing=routing),
-                        workdir, name="gateway-direct")
+        # (a) measures what the gateway adds to an edge stream: a gateway with the edge only, so that
+        # routing (a saturated edge's TTFT moves streams to the cloud) never changes who answers.
+        direct = launch("gateway", gateway_config(free_port(), edge.address, [], routing=routing),
+                        workdir, name="gateway-edge-only")
         slowed = launch("gateway", gateway_config(free_port(), proxy.address, [cloud.address], routing=routing),
                         workdir, name="gateway-via-proxy")
         cached_config = gateway_config(free_port(), edge.address, [cloud.address], routing=routing)
@@ -345,91 +383,27 @@ def main() -> int:
             wait_ready(service, 120)
         result: dict = {"config": vars(args)}
 
-        print(f"(a) overhead: {args.streams} streams per path, interleaved, {args.max_tokens} tokens each")
-        result["overhead"] = [asyncio.run(overhead(edge.address, direct.address, direct.proc.pid, args.streams, c,
-                                                   args.max_tokens)) for c in (1, 16)]
-        rows = []
-        for entry in result["overhead"]:
-            for name in ("direct", "gateway"):
-                rows.append({"c": entry["concurrency"], "path": name, "failed": entry[name]["failed"],
-                             "ttft_p50_ms": entry[name]["ttft"]["p50_ms"], "ttft_p99_ms": entry[name]["ttft"]["p99_ms"],
-                             "itl_p50_ms": entry[name]["inter_token"]["p50_ms"],
-                             "itl_p99_ms": entry[name]["inter_token"]["p99_ms"]})
-            rows.append({"c": entry["concurrency"], "path": "added", **{
-                "ttft_p50_ms": entry["added"]["ttft_p50_ms"], "ttft_p99_ms": entry["added"]["ttft_p99_ms"],
-                "itl_p50_ms": entry["added"]["inter_token_p50_ms"], "itl_p99_ms": entry["added"]["inter_token_p99_ms"]}})
-        print_table(rows, "(a) gateway vs direct to the edge")
-        print_table([{"c": e["concurrency"], "cpu_ms_per_stream": e["gateway_cpu_ms_per_stream"],
-                      "cpu_us_per_chunk": e["gateway_cpu_us_per_chunk"]} for e in result["overhead"]],
-                    "(a) gateway CPU")
-
-        slow_at, recover_at = args.slowdown_s / 4, args.slowdown_s / 2
-
-        async def faults(t0):
-            await asyncio.sleep(slow_at)
-            proxy.send(signal.SIGUSR1)
-            await asyncio.sleep(recover_at - slow_at)
-            proxy.send(signal.SIGUSR2)
-
-        print(f"\n(b) edge +300 ms per chunk from t={slow_at:.0f}s to t={recover_at:.0f}s of {args.slowdown_s:.0f}s, c=8")
-        streams, t0 = asyncio.run(closed_loop_streams(slowed.address, duration_s=args.slowdown_s, concurrency=8,
-                                                      max_tokens=args.max_tokens, events=faults))
-        ok = [s for s in streams if s.error is None and s.ttft is not None]
-        cloud_ttft = [s.ttft for s in ok if s.sides and s.sides[0] == "cloud"]
-        cloud_p99_ms = ms(cloud_ttft)["p99_ms"]
-        bound_ms = args.threshold_ms + cloud_p99_ms + 20.0
-        slow = {"streams": len(streams), "failed": len(streams) - len(ok), "cloud_ttft_p99_ms": cloud_p99_ms,
-                "bound_ms": bound_ms, "ttft_max_ms": max((s.ttft for s in ok), default=0) * 1000,
-                "over_bound": sum(1 for s in ok if s.ttft * 1000 > bound_ms),
-                "on_cloud_after_s": first_served(ok, t0, slow_at, "cloud"),
-                "back_on_edge_after_s": first_served(ok, t0, recover_at, "edge"),
-                "edge_share": sum(1 for s in ok if s.sides and s.sides[0] == "edge") / max(1, len(ok))}
-        result["slow_edge"] = slow
-        print_table([slow], "(b) slow edge")
-
-        print("\n(c) the edge killed and frozen mid-stream, c=8")
-        faults_out = []
-        for how in ("freeze", "kill"):
-            victim = edge_service(f"victim-{how}")
-            services.append(victim)
-            wait_ready(victim, 180)
-            gw_config = gateway_config(free_port(), victim.address, [cloud.address], routing=routing)
-            gw = launch("gateway", gw_config, workdir, name=f"gateway-{how}")
-            services.append(gw)
-            wait_ready(gw, 120)
-            faults_out.append(asyncio.run(fault_run(gw.address, victim, cloud.address, how,
-                                                    concurrency=8, max_tokens=args.max_tokens * 2,
-                                                    streams_each=2)))
-            gw.stop()
-            victim.stop()
-        result["faults"] = faults_out
-        print_table([{k: v for k, v in f.items() if k not in ("examples", "errors")} for f in faults_out],
-                    "(c) faults mid-stream")
-
-        print("\n(d) cached replay, c=1")
-        result["cache"] = asyncio.run(cached_replay(cached.address, max(20, args.streams), args.max_tokens))
-        print_table([{"streams": result["cache"]["streams"], "hits": result["cache"]["hits_with_same_text"],
-                      "first_ttft_ms": result["cache"]["first_ttft_ms"],
-                      "hit_ttft_p50_ms": result["cache"]["hit_ttft"]["p50_ms"],
-                      "hit_ttft_p99_ms": result["cache"]["hit_ttft"]["p99_ms"]}], "(d) cache")
-
-        c1, c16 = result["overhead"]
-        targets = {
-            "c1_added_ttft_p50_ms<=2": c1["added"]["ttft_p50_ms"] <= 2.0,
-            "c1_added_itl_p50_ms<=0.5": c1["added"]["inter_token_p50_ms"] <= 0.5,
-            "c16_added_ttft_p50_ms<=2": c16["added"]["ttft_p50_ms"] <= 2.0,
-            "c16_added_itl_p50_ms<=0.5": c16["added"]["inter_token_p50_ms"] <= 0.5,
-            "slow_edge_zero_failed": slow["failed"] == 0,
-            "slow_edge_every_ttft_within_bound": slow["over_bound"] == 0,
-            "on_cloud_within_1s": slow["on_cloud_after_s"] is not None and slow["on_cloud_after_s"] <= 1.0,
-            "back_on_edge_within_5s": slow["back_on_edge_after_s"] is not None and slow["back_on_edge_after_s"] <= 5.0,
-            "faults_zero_broken": all(f["broken"] == 0 for f in faults_out),
-            "faults_text_continuity": all(f["wrong_text"] == 0 for f in faults_out),
-            "cached_ttft_p50_ms<=3": result["cache"]["hit_ttft"]["p50_ms"] <= 3.0,
-        }
+        targets: dict = {}
+        if "a" in args.parts:
+            floor_port = free_port()
+            floor = subprocess.Popen([sys.executable, "-m", "bench.relay_floor", "--port", str(floor_port),
+                                      "--target", edge.address], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            try:
+                wait_listening(floor_port)
+                overhead_part(args, edge, direct, f"127.0.0.1:{floor_port}", result, targets)
+            finally:
+                floor.terminate()
+                floor.wait(10)
+        if "b" in args.parts:
+            slow_edge_part(args, proxy, slowed, result, targets)
+        if "c" in args.parts:
+            faults_part(args, edge_service, cloud, routing, workdir, services, result, targets)
+        if "d" in args.parts:
+            cache_part(args, cached, result, targets)
         result["targets"] = targets
         print_table([{"target": k, "met": v} for k, v in targets.items()], "targets")
-        path = write_result("gateway_stream", result)
+        path = write_result("gateway_stream" if args.parts == "abcd" else f"gateway_stream_{args.parts}", result)
         print(f"\nwrote {path}")
         return 0
     finally:
@@ -438,6 +412,107 @@ def main() -> int:
                 service.stop()
             except Exception:  # noqa: BLE001 - stop the rest regardless
                 pass
+
+
+def overhead_part(args, edge, direct, floor_address, result, targets) -> None:
+    print(f"(a) overhead: {args.streams} streams per path, interleaved, {args.max_tokens} tokens each")
+    paths = {"direct": edge.address, "floor": floor_address, "gateway": direct.address}
+    result["overhead"] = [asyncio.run(overhead(paths, direct.proc.pid, args.streams, c, args.max_tokens))
+                          for c in (1, 16)]
+    rows = []
+    for entry in result["overhead"]:
+        for name in paths:
+            rows.append({"c": entry["concurrency"], "path": name, "failed": entry[name]["failed"],
+                         "ttft_p50_ms": entry[name]["ttft"]["p50_ms"], "ttft_p99_ms": entry[name]["ttft"]["p99_ms"],
+                         "itl_p50_ms": entry[name]["inter_token"]["p50_ms"],
+                         "itl_p99_ms": entry[name]["inter_token"]["p99_ms"]})
+    print_table(rows, "(a) streams direct to the edge, through a bare relay (floor), through the gateway")
+    rows = []
+    for entry in result["overhead"]:
+        for label, key in (("gateway - direct", "added"), ("floor - direct", "floor_added"),
+                           ("gateway - floor", "added_over_floor")):
+            rows.append({"c": entry["concurrency"], "paired": label, **entry[key]})
+    print_table(rows, "(a) added, paired by prompt (ms)")
+    print_table([{"c": e["concurrency"], "cpu_ms_per_stream": e["gateway_cpu_ms_per_stream"],
+                  "cpu_us_per_chunk": e["gateway_cpu_us_per_chunk"]} for e in result["overhead"]],
+                "(a) gateway CPU")
+    c1, c16 = result["overhead"]
+    targets.update({
+        "c1_added_ttft_p50_ms<=2": c1["added"]["ttft_p50_ms"] <= 2.0,
+        "c1_added_itl_p50_ms<=0.5": c1["added"]["inter_token_p50_ms"] <= 0.5,
+        "c16_added_ttft_p50_ms<=2": c16["added"]["ttft_p50_ms"] <= 2.0,
+        "c16_added_itl_p50_ms<=0.5": c16["added"]["inter_token_p50_ms"] <= 0.5,
+    })
+
+
+def slow_edge_part(args, proxy, slowed, result, targets) -> None:
+    slow_at, recover_at = args.slowdown_s / 4, args.slowdown_s / 2
+
+    async def faults(t0):
+        await asyncio.sleep(slow_at)
+        proxy.send(signal.SIGUSR1)
+        await asyncio.sleep(recover_at - slow_at)
+        proxy.send(signal.SIGUSR2)
+
+    print(f"\n(b) edge +300 ms per chunk from t={slow_at:.0f}s to t={recover_at:.0f}s of {args.slowdown_s:.0f}s, c=8")
+    streams, t0 = asyncio.run(closed_loop_streams(slowed.address, duration_s=args.slowdown_s, concurrency=8,
+                                                  max_tokens=args.max_tokens, events=faults))
+    ok = [s for s in streams if s.error is None and s.ttft is not None]
+    cloud_ttft = [s.ttft for s in ok if s.sides and s.sides[0] == "cloud"]
+    cloud_p99_ms = ms(cloud_ttft)["p99_ms"]
+    bound_ms = args.threshold_ms + cloud_p99_ms + 20.0
+    slow = {"streams": len(streams), "failed": len(streams) - len(ok), "cloud_ttft_p99_ms": cloud_p99_ms,
+            "bound_ms": bound_ms, "ttft_max_ms": max((s.ttft for s in ok), default=0) * 1000,
+            "over_bound": sum(1 for s in ok if s.ttft * 1000 > bound_ms),
+            "on_cloud_after_s": first_served(ok, t0, slow_at, "cloud"),
+            "back_on_edge_after_s": first_served(ok, t0, recover_at, "edge"),
+            "edge_share": sum(1 for s in ok if s.sides and s.sides[0] == "edge") / max(1, len(ok))}
+    result["slow_edge"] = slow
+    print_table([slow], "(b) slow edge")
+    targets.update({
+        "slow_edge_zero_failed": slow["failed"] == 0,
+        "slow_edge_every_ttft_within_bound": slow["over_bound"] == 0,
+        "on_cloud_within_1s": slow["on_cloud_after_s"] is not None and slow["on_cloud_after_s"] <= 1.0,
+        "back_on_edge_within_5s": slow["back_on_edge_after_s"] is not None and slow["back_on_edge_after_s"] <= 5.0,
+    })
+
+
+def faults_part(args, edge_service, cloud, routing, workdir, services, result, targets) -> None:
+
+    print("\n(c) the edge killed and frozen mid-stream, c=8")
+    faults_out = []
+    for how in ("freeze", "kill"):
+        victim = edge_service(f"victim-{how}")
+        services.append(victim)
+        wait_ready(victim, 180)
+        gw_config = gateway_config(free_port(), victim.address, [cloud.address], routing=routing)
+        gw = launch("gateway", gw_config, workdir, name=f"gateway-{how}")
+        services.append(gw)
+        wait_ready(gw, 120)
+        faults_out.append(asyncio.run(fault_run(gw.address, victim, cloud.address, how,
+                                                concurrency=8, max_tokens=args.max_tokens * 2,
+                                                streams_each=2)))
+        gw.stop()
+        victim.stop()
+    result["faults"] = faults_out
+    print_table([{k: v for k, v in f.items() if k not in ("examples", "errors")} for f in faults_out],
+                "(c) faults mid-stream")
+    targets.update({
+        "faults_zero_broken": all(f["broken"] == 0 for f in faults_out),
+        "faults_text_continuity": all(f["wrong_text"] == 0 for f in faults_out),
+    })
+
+
+def cache_part(args, cached, result, targets) -> None:
+
+    print("\n(d) cached replay, c=1")
+    result["cache"] = asyncio.run(cached_replay(cached.address, max(20, args.streams), args.max_tokens))
+    print_table([{"streams": result["cache"]["streams"], "hits": result["cache"]["hits_with_same_text"],
+                  "first_ttft_ms": result["cache"]["first_ttft_ms"],
+                  "hit_ttft_p50_ms": result["cache"]["hit_ttft"]["p50_ms"],
+                  "hit_ttft_p99_ms": result["cache"]["hit_ttft"]["p99_ms"]}], "(d) cache")
+
+    targets["cached_ttft_p50_ms<=3"] = result["cache"]["hit_ttft"]["p50_ms"] <= 3.0
 
 
 if __name__ == "__main__":

@@ -416,6 +416,23 @@ def stream_response_to_wire(response: InferResponse) -> bytes:
     return b"".join((_STREAM_RESPONSE_TAG, _varint(len(inner)), inner))
 
 
+def stream_response_part(data: bytes) -> bytes | None:
+    """The serialized ``infer_response`` of a ``ModelStreamInferResponse`` that holds nothing else
+    (no error), sliced out without decoding; None for any other message (decode it whole)."""
+    if len(data) < 2 or data[0] != 0x12:
+        return None
+    length = shift = 0
+    position = 1
+    while position < len(data) and position < 11:
+        byte = data[position]
+        position += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return data[position:] if position + length == len(data) else None
+    return None
+
+
 STREAM_ERROR_KIND_PARAMETER = "error_kind"
 """Parameter of a stream error's response part: the failure's ``ErrorKind`` value (an edgecloud
 addition: the protocol's stream errors carry only a message, and a gateway must know whether

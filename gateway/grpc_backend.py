@@ -134,7 +134,13 @@ class GrpcBackend(Backend):
                 cancel_in_core(call)
 
     def _stream_message(self, raw: bytes) -> InferResponse:
+        """One ``ModelStreamInferResponse``: its response part decoded with the part's own bytes
+        kept as the response's ``wire`` (relayed downstream without encoding again), or the error
+        it reports."""
+        inner = codec.stream_response_part(raw)
         try:
+            if inner is not None:
+                return codec.response_from_wire(inner, self._limits)
             message = pb.ModelStreamInferResponse.FromString(raw)
             if not message.error_message:
                 return codec.response_from_proto(message.infer_response, self._limits)

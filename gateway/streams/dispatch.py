@@ -69,7 +69,7 @@ async def _next(responses: AsyncIterator[InferResponse]):
 class _Leg:
     """One backend's stream: its responses, read one at a time."""
 
-    __slots__ = ("side", "backend", "responses", "opened", "last_at", "pending", "closed")
+    __slots__ = ("side", "backend", "responses", "opened", "last_at", "pending", "closed", "watchdog", "expired")
 
     def __init__(self, side: str, backend: Backend, responses: AsyncIterator[InferResponse], opened: float):
         self.side = side
@@ -79,6 +79,9 @@ class _Leg:
         self.last_at = opened
         self.pending: asyncio.Task | None = None
         self.closed = False
+        self.watchdog: asyncio.Task | None = None
+        self.expired: str | None = None
+        """Set by the watchdog when it ended a wait: ``stall`` or ``deadline``."""
         backend.outstanding += 1
 
     def next(self) -> asyncio.Task:
@@ -100,6 +103,8 @@ class _Leg:
             return
         self.closed = True
         self.backend.outstanding -= 1
+        if self.watchdog is not None and self.watchdog is not asyncio.current_task():
+            self.watchdog.cancel()
         task, self.pending = self.pending, None
         if task is not None:
             if not task.done():
@@ -300,15 +305,27 @@ class StreamDispatcher:
 
     async def _next_chunk(self, leg: _Leg, request: InferRequest, deadline: float, answer: _Answer,
                           require_cloud: bool) -> tuple[_Leg | None, InferResponse]:
-        stall_s = self.settings.streams.stall_ms / 1000.0
+        """The serving leg's next chunk. A watchdog per leg (not a timer per chunk: a chunk costs
+        no more than reading it) ends a wait that passes ``stall_ms`` since the last chunk, or the
+        deadline; then the stream is continued elsewhere (a stall) or ends (the deadline)."""
+        if leg.watchdog is None:
+            leg.watchdog = asyncio.ensure_future(self._watch(leg, deadline, require_cloud))
         task = leg.next()
-        done = await self._wait_any([task], max(0.0, min(stall_s, self.core.remaining(deadline))))
+        error: InferenceError | None = None
+        if not task.done():
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if leg.expired is None or (current is not None and current.cancelling()):
+                    raise  # our own caller was cancelled (the client left)
+            except Exception:  # noqa: BLE001 - read again below, from the finished task
+                pass
         now = self.clock.now()
-        if not done:
-            if now >= deadline:
-                raise DeadlineExceeded(f"the request's deadline passed after {answer.chunks} chunks")
-            error: InferenceError = Unavailable(f"the {leg.side} stalled: no token for "
-                                                f"{self.settings.streams.stall_ms:g} ms")
+        if leg.expired == "deadline":
+            raise DeadlineExceeded(f"the request's deadline passed after {answer.chunks} chunks")
+        if leg.expired == "stall":
+            error = Unavailable(f"the {leg.side} stalled: no token for {self.settings.streams.stall_ms:g} ms")
             self.itl.record(leg.backend.name, now - leg.last_at)
         else:
             try:
@@ -324,6 +341,33 @@ class StreamDispatcher:
         self._leg_failed(leg, error)
         await leg.close()
         return await self._continue_elsewhere(error, leg, request, deadline, answer, require_cloud)
+
+    async def _watch(self, leg: _Leg, deadline: float, require_cloud: bool) -> None:
+        """Cancel the leg's pending read once no chunk came for ``stall_ms`` and another backend
+        could go on with the stream, or at the deadline. A stalled leg that nothing could replace
+        is waited for: slow is better than failed."""
+        stall_s = self.settings.streams.stall_ms / 1000.0
+        while not leg.closed:
+            now = self.clock.now()
+            due = min(leg.last_at + stall_s, deadline)
+            if now >= due:
+                pending = leg.pending
+                waiting = pending is not None and not pending.done()
+                if waiting and (now >= deadline or self._replaceable(leg, require_cloud)):
+                    leg.expired = "deadline" if now >= deadline else "stall"
+                    pending.cancel()
+                    return
+                due = min(now + stall_s, deadline)  # look again later
+            await self._sleep(max(0.0, due - now))
+
+    def _replaceable(self, leg: _Leg, require_cloud: bool) -> bool:
+        """Whether a stream on ``leg`` could be continued elsewhere now."""
+        if not self.settings.streams.midstream_failover:
+            return False
+        core = self.core
+        if leg.side == EDGE:
+            return core.pool.available()
+        return (not require_cloud and core.edge_up()) or core.pool.pick({leg.backend.name}) is not None
 
     async def _continue_elsewhere(self, error: InferenceError, failed: _Leg, request: InferRequest,
                                   deadline: float, answer: _Answer,

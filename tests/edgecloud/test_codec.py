@@ -166,3 +166,38 @@ def test_property_arbitrary_bytes_never_crash_the_decoder(raw, count):
         codec.deserialize_bytes(raw, count, "f")
     except (InvalidArgument, ResourceExhausted):
         pass
+
+
+# --- stream responses -------------------------------------------------------------------------
+
+
+def test_a_stream_response_part_is_sliced_out_as_is():
+    from edgecloud.codec import stream_error_to_wire, stream_response_part, stream_response_to_wire
+    from edgecloud.errors import ErrorKind
+
+    inner = pb.ModelInferResponse(model_name="m" * 300, id="r1")  # a length over one varint byte
+    inner.parameters["triton_final_response"].bool_param = True
+    wrapped = pb.ModelStreamInferResponse(infer_response=inner).SerializeToString()
+    assert stream_response_part(wrapped) == inner.SerializeToString()
+    # an error (with its response part naming the request) is not a bare response: decode it whole
+    assert stream_response_part(stream_error_to_wire("bad", None, ErrorKind.INVALID_ARGUMENT)) is None
+    assert stream_response_part(b"") is None and stream_response_part(b"\x12\x05ab") is None
+    assert stream_response_part(wrapped + b"\x0a\x01x") is None  # something after the part
+    from edgecloud.types import InferResponse
+
+    relayed = stream_response_to_wire(InferResponse("m", [], id="r2", wire=inner.SerializeToString(),
+                                                    parameters={"served_by": "edge"}))
+    merged = pb.ModelStreamInferResponse.FromString(relayed).infer_response
+    assert merged.id == "r2" and merged.parameters["served_by"].string_param == "edge"
+    assert merged.parameters["triton_final_response"].bool_param is True
+
+
+def test_a_stream_error_says_its_kind():
+    from edgecloud.codec import stream_error_from_proto, stream_error_to_wire
+    from edgecloud.errors import ErrorKind, InternalError, InvalidArgument
+
+    error = stream_error_from_proto(pb.ModelStreamInferResponse.FromString(
+        stream_error_to_wire("bad", None, ErrorKind.INVALID_ARGUMENT)))
+    assert isinstance(error, InvalidArgument) and error.message == "bad"
+    unknown = stream_error_from_proto(pb.ModelStreamInferResponse(error_message="?"))  # a Triton stand-in
+    assert isinstance(unknown, InternalError)

@@ -200,6 +200,31 @@ async def test_a_stalled_edge_is_continued_on_the_cloud_after_stall_ms(clock):
     assert e.cancelled == 1 and out[-1].parameters["route_reason"] == Reason.FAILOVER_MIDSTREAM
 
 
+async def test_a_stalled_edge_with_nowhere_to_go_is_waited_for(clock):
+    e = FakeStreamBackend.edge(clock, first_s=0.01, gap_s=0.01)
+    d = make(clock, e, [], streams={"stall_ms": 500})
+    e.gap_s = 2.0  # slow, not dead: with no cloud there is nothing better than waiting
+    out, times, text = await collect(clock, d, max_tokens=3)
+    assert text == "e0 e1 e2 " and out[-1].parameters["served_by"] == "edge"
+    assert times[1] == pytest.approx(2.01)
+
+
+async def test_a_stall_is_failed_over_only_while_the_other_side_is_up(clock):
+    e = FakeStreamBackend.edge(clock, first_s=0.01, gap_s=0.01, stall_after=1)
+    w = FakeStreamBackend.cloud(clock)
+    w.up = False
+    d = make(clock, e, [w], streams={"stall_ms": 500})
+    request = generate_request("P:", max_tokens=3)
+    with pytest.raises(DeadlineExceeded):
+        await clock.run(_drain(d.stream(request, parse(request), clock.now() + 3.0)))
+    assert w.calls == 0
+
+
+async def _drain(responses):
+    async for _ in responses:
+        pass
+
+
 async def test_a_cloud_worker_dying_mid_stream_continues_on_the_edge(clock):
     e = FakeStreamBackend.edge(clock, gap_s=0.01)
     w = FakeStreamBackend.cloud(clock, gap_s=0.01, fail_after=2, error=Unavailable("worker died"))
