@@ -1,5 +1,10 @@
 """``edgecloud demo``: watch traffic move edge -> cloud -> edge while the edge is slowed down.
 
+With ``--streams`` the traffic is token streams (SmolLM2 chat through the SDK's ``chat()``, greedy):
+each outcome's latency is its time to the first token and its backend the side that produced it,
+routed by the gateway on the same threshold (first-token hedging moves new streams to the cloud
+while every chunk from the edge is held back).
+
 Contract: ``run_demo(options)`` drives an open-loop workload (``rate`` requests/s for
 ``duration_s``; a ``repeat_ratio`` share of the sentences come from a small popular set, so a
 gateway cache hits) through a gateway with the SDK, and makes the edge slow for the middle third
@@ -333,6 +338,11 @@ class DemoOptions:
     """Redraw in place; None: when the output is a terminal."""
     seed: int = 0
     refresh_s: float = 0.5
+    streams: bool = False
+    """Token streams (SmolLM2 through ``generate``) instead of embeddings: each outcome's latency
+    is the time to the first token and its backend the side that produced it."""
+    generative_model_dir: str = "models/smollm2-135m-instruct"
+    max_tokens: int = 12
 
 
 @dataclass
@@ -368,9 +378,13 @@ async def _own_stack(options: DemoOptions, out: TextIO) -> AsyncIterator[_Stack]
                                         delay_ms=options.slow_ms)
         services.append(proxy)
         print(f"starting an edge agent, a cloud worker and a gateway (logs in {workdir}) ...", file=out, flush=True)
-        edge = launch("edge", edge_config(model_dir, edge_port, threads=1), workdir)
+        generative = Path(options.generative_model_dir).resolve() if options.streams else None
+        if generative is not None and not (generative / "model.json").exists():
+            raise ValueError(f"{generative} is missing: run `make model` first")
+        edge = launch("edge", edge_config(model_dir, edge_port, threads=1, generative_model_dir=generative),
+                      workdir)
         services.append(edge)
-        cloud = launch("cloud", cloud_config(cloud_port, threads=1), workdir)
+        cloud = launch("cloud", cloud_config(cloud_port, threads=1, generative_model_dir=generative), workdir)
         services.append(cloud)
         await asyncio.gather(asyncio.to_thread(wait_ready, edge, 120), asyncio.to_thread(wait_ready, cloud, 180))
         routing = {} if options.threshold_ms is None else {"threshold_ms": options.threshold_ms}
@@ -412,20 +426,44 @@ async def _running_stack(options: DemoOptions) -> AsyncIterator[_Stack]:
 
 # the run -----------------------------------------------------------------------------------------
 
-async def _warm_up(client, threshold_ms: float | None, timeout_s: float = 30.0, settle_s: float = 2.5) -> None:
+GENERATIVE_MODEL = "smollm2-135m-instruct"
+
+
+async def _first_token(client, prompt: str, max_tokens: int, parameters: dict | None = None) -> tuple[float, str]:
+    """One greedy stream read to its end: (seconds to its first token, who produced that token)."""
+    start = time.monotonic()
+    first_s, served_by = None, "?"
+    async for chunk in client.chat(GENERATIVE_MODEL, [{"role": "user", "content": prompt}],
+                                   max_tokens=max_tokens, temperature=0, parameters=parameters):
+        if chunk.served_by and served_by == "?":
+            served_by = chunk.served_by
+        if first_s is None and (chunk.text or chunk.final):
+            first_s = time.monotonic() - start
+    return (first_s if first_s is not None else time.monotonic() - start), served_by
+
+
+async def _warm_up(client, threshold_ms: float | None, timeout_s: float = 30.0, settle_s: float = 2.5,
+                   streams: bool = False) -> None:
     """Pay for connections, metadata and first inferences before the clock starts (one call through
     the cloud warms the cloud), then wait until the edge has answered fast for ``settle_s`` (longer
     than the gateway's statistics window): a cold or just-reachable edge looks slow to the gateway,
     which would start the demo on the cloud."""
     with contextlib.suppress(Exception):
-        await client.embed(["edgecloud demo warm-up (cloud)"], parameters={"no_cache": True, "quality": "cloud"})
+        if streams:
+            await _first_token(client, "warm-up", 2, {"no_cache": True, "quality": "cloud"})
+        else:
+            await client.embed(["edgecloud demo warm-up (cloud)"], parameters={"no_cache": True, "quality": "cloud"})
     fast_s = (threshold_ms or 200.0) / 2000.0
     deadline = time.monotonic() + timeout_s
     settled_since, n = time.monotonic(), 0
     while time.monotonic() < deadline:
         start = time.monotonic()
-        answer = await client.embed([f"edgecloud demo warm-up {n}"], parameters={"no_cache": True})
-        if answer.served_by != "edge" or time.monotonic() - start > fast_s:
+        if streams:
+            took, served_by = await _first_token(client, f"warm-up {n}", 2, {"no_cache": True})
+        else:
+            served_by = (await client.embed([f"edgecloud demo warm-up {n}"], parameters={"no_cache": True})).served_by
+            took = time.monotonic() - start
+        if served_by != "edge" or took > fast_s:
             settled_since = time.monotonic()
         elif time.monotonic() - settled_since >= settle_s:
             return
@@ -448,7 +486,7 @@ async def _drive(options: DemoOptions, stack: _Stack, out: TextIO) -> DemoResult
         async with AsyncClient(stack.gateway, timeout_s=10.0) as client:
             await edge_view.refresh()
             result.threshold_ms = edge_view.threshold_ms or options.threshold_ms
-            await _warm_up(client, result.threshold_ms)
+            await _warm_up(client, result.threshold_ms, streams=options.streams)
             t0 = time.monotonic()
 
             def phase_at(at: float) -> int:
@@ -457,6 +495,10 @@ async def _drive(options: DemoOptions, stack: _Stack, out: TextIO) -> DemoResult
             async def one(n: int, at: float) -> None:
                 start = time.monotonic()
                 try:
+                    if options.streams:
+                        first_s, served_by = await _first_token(client, pick(n), options.max_tokens)
+                        result.outcomes.append(Outcome(at, first_s, served_by, phase_at(at)))
+                        return
                     answer = await client.embed([pick(n)])
                     result.outcomes.append(Outcome(at, time.monotonic() - start, answer.served_by or "?", phase_at(at)))
                 except InferenceError as exc:
@@ -513,7 +555,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``edgecloud demo``."""
     parser.add_argument("--duration", type=float, default=60.0, metavar="S",
                         help="seconds of traffic; the edge is slow for the middle third (default 60)")
-    parser.add_argument("--rate", type=float, default=15.0, metavar="RPS", help="requests per second (default 15)")
+    parser.add_argument("--rate", type=float, default=None, metavar="RPS",
+                        help="requests per second (default 15; with --streams 3)")
+    parser.add_argument("--streams", action="store_true",
+                        help="token streams (SmolLM2 chat, greedy) instead of embeddings: latency is the time to "
+                             "the first token, routed on the same threshold")
+    parser.add_argument("--max-tokens", type=int, default=12, help="tokens per stream with --streams (default 12)")
     parser.add_argument("--slow-ms", type=float, default=500.0, help="delay added to the edge (default 500)")
     parser.add_argument("--threshold-ms", type=float, default=300.0,
                         help="routing threshold of the gateway the demo starts (default 300: clear of a busy "
@@ -541,7 +588,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``edgecloud demo``; 0 when every request was answered, 1 otherwise (2: bad options)."""
     out = out or sys.stdout
-    options = DemoOptions(duration_s=args.duration, rate=args.rate, slow_ms=args.slow_ms,
+    rate = args.rate if args.rate is not None else (3.0 if args.streams else 15.0)
+    options = DemoOptions(duration_s=args.duration, rate=rate, slow_ms=args.slow_ms, streams=args.streams,
+                          max_tokens=args.max_tokens,
                           repeat_ratio=args.repeat_ratio, start_stack=args.gateway is None,
                           model_dir=args.model_dir, gateway=args.gateway, gateway_http=args.gateway_http,
                           edge=args.edge, proxy_port=args.proxy_port, proxy_pid=args.proxy_pid,

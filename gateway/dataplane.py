@@ -98,7 +98,7 @@ class GatewayDataplane:
                                                   sleep=sleep, metrics=self.metrics)
         self.streams = StreamService(self.stream_dispatcher, self.cache, self.metrics)
         self.stream_prober = StreamProber(lambda: self.edge, self.stream_policy, routing, clock=self.clock,
-                                          sleep=sleep)
+                                          sleep=sleep, monitor=self.ttft)
         self._stream_probe_task: asyncio.Task | None = None
         self._ready = False
         self._probe_task: asyncio.Task | None = None

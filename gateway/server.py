@@ -35,14 +35,21 @@ log = logging.getLogger(__name__)
 
 def _latency_trace_route(dataplane: GatewayDataplane):
     async def handler(request: web.Request) -> web.Response:
-        """``GET /v2/debug/latency-trace?since=T``: per-backend RTT samples (``edgecloud tune record``)."""
+        """``GET /v2/debug/latency-trace?since=T[&kind=ttft]``: per-backend samples for ``edgecloud
+        tune record``: request round trips (``rtt``, the default) or streams' time to first token
+        (``ttft``), both as ``rtt_ms``."""
         try:
             since = float(request.query.get("since", "-inf"))
         except ValueError:
             return web.json_response({"error": "since: must be a number"}, status=400)
+        kind = request.query.get("kind", "rtt")
+        monitors = {"rtt": dataplane.monitor, "ttft": dataplane.ttft}
+        if kind not in monitors:
+            return web.json_response({"error": "kind: must be rtt or ttft"}, status=400)
+        monitor = monitors[kind]
         samples = [{"t": t, "backend": "edge" if backend == "edge" else "cloud", "rtt_ms": rtt * 1000.0,
-                    "probe": probe} for t, backend, rtt, probe in dataplane.monitor.trace.since(since)]
-        return web.json_response({"now": dataplane.monitor.clock.now(),
+                    "probe": probe} for t, backend, rtt, probe in monitor.trace.since(since)]
+        return web.json_response({"now": monitor.clock.now(), "kind": kind,
                                   "threshold_ms": dataplane.config.routing.threshold_ms, "samples": samples})
 
     def add(app: web.Application) -> None:

@@ -3,7 +3,8 @@
 Contract: ``StreamProber.run()`` loops until cancelled. While the stream policy is in
 ``CLOUD_FALLBACK`` and the edge is up, every ``probe_interval_ms`` it asks the edge for one token
 (greedy, ``max_tokens`` 1) of the generative model streams last used, and feeds the time to that
-token to ``policy.observe_probe`` (None when it failed), which brings streams back after
+token to ``policy.observe_probe`` (None when it failed; the time is recorded as a probe sample in
+``monitor``, which ``edgecloud tune --kind ttft`` reads), which brings streams back after
 ``recover_probes`` fast probes in a row. Nothing is probed before any stream was served (there is
 no model to ask) or while streams prefer the edge (real streams are the samples then). Time comes
 from the injected clock and sleep.
@@ -21,6 +22,7 @@ from edgecloud.generation import FINAL_PARAMETER, SamplingParams
 from edgecloud.types import InferRequest
 from gateway.backend import Backend
 from gateway.config import RoutingSettings
+from gateway.latency import LatencyMonitor
 from gateway.routing import RouteState, RoutingPolicy
 from gateway.streams.requests import upstream_request
 
@@ -33,9 +35,10 @@ PROBE_PROMPT = "Hi"
 
 class StreamProber:
     def __init__(self, edge: Callable[[], Backend | None], policy: RoutingPolicy, settings: RoutingSettings, *,
-                 clock: Clock, sleep: Sleep = asyncio.sleep):
+                 clock: Clock, sleep: Sleep = asyncio.sleep, monitor: LatencyMonitor | None = None):
         self._edge = edge
         self.policy = policy
+        self.monitor = monitor
         self.settings = settings
         self._clock = clock
         self._sleep = sleep
@@ -59,7 +62,10 @@ class StreamProber:
             edge = self._edge()
             if self.policy.state is RouteState.CLOUD_FALLBACK and edge is not None and edge.up and \
                     self.model is not None:
-                self.policy.observe_probe(await self.probe(edge))
+                ttft = await self.probe(edge)
+                if ttft is not None and self.monitor is not None:
+                    self.monitor.record(edge.name, ttft, probe=True)
+                self.policy.observe_probe(ttft)
 
     async def probe(self, edge: Backend) -> float | None:
         """Time to the edge's first token, in seconds; None when it failed or took too long."""

@@ -72,6 +72,9 @@ def _add_source(parser: argparse.ArgumentParser, *, trace_allowed: bool) -> None
                         help="the gateway's HTTP front (http://host:port) to record from")
     parser.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds to record (default 60)")
     parser.add_argument("--poll-s", type=float, default=1.0, help="seconds between polls (default 1)")
+    parser.add_argument("--kind", choices=("rtt", "ttft"), default="rtt",
+                        help="rtt: request round trips (default); ttft: streams' time to first token (the "
+                             "same threshold_ms routes streams)")
     parser.add_argument("--include-history", action="store_true",
                         help="also take the samples the gateway already holds (its last 100k)")
     if trace_allowed:
@@ -141,8 +144,10 @@ def _recorded(args: argparse.Namespace, out: TextIO) -> Trace:
     if not args.gateway_http:
         raise RecordError("give --gateway-http URL to record from" +
                           (" or --trace FILE" if hasattr(args, "trace") else ""))
-    print(f"recording {args.gateway_http} for {args.duration:g} s ...", file=out, flush=True)
-    trace = record_trace(args.gateway_http, args.duration, poll_s=args.poll_s, include_history=args.include_history)
+    what = "time-to-first-token" if args.kind == "ttft" else "round-trip"
+    print(f"recording {args.gateway_http}'s {what} samples for {args.duration:g} s ...", file=out, flush=True)
+    trace = record_trace(args.gateway_http, args.duration, poll_s=args.poll_s, include_history=args.include_history,
+                         kind=args.kind)
     print(f"recorded {len(trace.samples)} samples over {trace.duration_s:.1f} s", file=out)
     return trace
 
@@ -192,7 +197,8 @@ def _recommend(args: argparse.Namespace, out: TextIO) -> int:
         raise TraceError("the trace holds no requests, only probes (it was recorded while no traffic ran): "
                          "record under the load you tune for, or replay the probes' RTTs at a request rate "
                          "with --rate N")
-    print(f"trace: {source}: {trace.duration_s:.1f} s, {len(workload.arrivals)} requests "
+    print(f"trace: {source}: {'streams, time to first token; ' if trace.kind == 'ttft' else ''}"
+          f"{trace.duration_s:.1f} s, {len(workload.arrivals)} requests "
           f"({workload.rate:.1f}/s), {len(workload.edge)} edge RTTs ({workload.censored} cancelled hedge losers "
           f"left out), {len(workload.cloud)} cloud RTTs", file=out)
     base = _base_settings(args, trace, out)

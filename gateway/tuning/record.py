@@ -33,10 +33,12 @@ class RecordError(RuntimeError):
     """The gateway's trace endpoint could not be read."""
 
 
-def trace_url(gateway_http: str, since: float) -> str:
-    """The endpoint's URL on ``gateway_http`` (``http://host:port`` or ``host:port``)."""
+def trace_url(gateway_http: str, since: float, kind: str = "rtt") -> str:
+    """The endpoint's URL on ``gateway_http`` (``http://host:port`` or ``host:port``); ``kind``
+    ``ttft`` asks for streams' time-to-first-token samples instead of round trips."""
     base = gateway_http if "://" in gateway_http else f"http://{gateway_http}"
-    return f"{base.rstrip('/')}{ENDPOINT}?" + urllib.parse.urlencode({"since": repr(since)})
+    query = {"since": repr(since)} if kind == "rtt" else {"since": repr(since), "kind": kind}
+    return f"{base.rstrip('/')}{ENDPOINT}?" + urllib.parse.urlencode(query)
 
 
 def fetch_json(url: str, timeout_s: float = 10.0) -> Any:
@@ -52,13 +54,13 @@ def record_trace(gateway_http: str, duration_s: float, *, poll_s: float = 1.0, i
                  retries: int = 3, fetch: Callable[[str], Any] = fetch_json,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
-                 on_poll: Callable[[int], None] | None = None) -> Trace:
+                 on_poll: Callable[[int], None] | None = None, kind: str = "rtt") -> Trace:
     """Poll the gateway for ``duration_s`` seconds; ``on_poll(samples so far)`` after each poll."""
 
     def poll(since: float) -> dict[str, Any]:
         for attempt in range(retries):
             try:
-                payload = fetch(trace_url(gateway_http, since))
+                payload = fetch(trace_url(gateway_http, since, kind))
                 if not isinstance(payload, dict) or "now" not in payload or "samples" not in payload:
                     raise RecordError(f"{gateway_http}{ENDPOINT}: not a latency trace: {str(payload)[:200]}")
                 return payload
@@ -98,4 +100,4 @@ def record_trace(gateway_http: str, duration_s: float, *, poll_s: float = 1.0, i
             break
     samples = [s for s in seen.values() if s.t > start or include_history]
     return Trace.build(samples, start=start, end=end, source=gateway_http,
-                       recorded_threshold_ms=None if threshold is None else float(threshold))
+                       recorded_threshold_ms=None if threshold is None else float(threshold), kind=kind)

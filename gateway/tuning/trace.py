@@ -22,6 +22,10 @@ FORMAT = "edgecloud-latency-trace/1"
 BACKENDS = ("edge", "cloud")
 
 
+KINDS = ("rtt", "ttft")
+"""What a trace's samples measure (see ``Trace.kind``)."""
+
+
 class TraceError(ValueError):
     """A trace that cannot be used; the message names the offending field."""
 
@@ -95,10 +99,13 @@ class Trace:
     """Where the trace was recorded (the gateway's HTTP address), informational."""
     recorded_threshold_ms: float | None = None
     """The gateway's ``threshold_ms`` while recording, informational."""
+    kind: str = "rtt"
+    """``rtt``: round trips of requests (and probes); ``ttft``: streams' time to first token (and
+    TTFT probes). Both are judged against the same ``threshold_ms``."""
 
     @classmethod
     def build(cls, samples: Iterable[TraceSample], *, start: float | None = None, end: float | None = None,
-              source: str = "", recorded_threshold_ms: float | None = None) -> Trace:
+              source: str = "", recorded_threshold_ms: float | None = None, kind: str = "rtt") -> Trace:
         """A trace of ``samples`` (any order); the span defaults to the first and last sample."""
         ordered = tuple(sorted(samples, key=lambda s: s.t))
         if not ordered and (start is None or end is None):
@@ -107,7 +114,9 @@ class Trace:
         last = ordered[-1].t if ordered else end
         start = first if start is None else min(start, first)
         end = last if end is None else max(end, last)
-        return cls(ordered, float(start), float(end), source, recorded_threshold_ms)
+        if kind not in KINDS:
+            raise TraceError(f"kind: must be one of {', '.join(KINDS)}")
+        return cls(ordered, float(start), float(end), source, recorded_threshold_ms, kind)
 
     @property
     def duration_s(self) -> float:
@@ -135,10 +144,12 @@ class Trace:
         end = payload.get("end", payload.get("now"))
         return cls.build(samples, start=None if start is None else _number(start, "start"),
                          end=None if end is None else _number(end, "end"),
-                         source=str(payload.get("source", source)), recorded_threshold_ms=threshold)
+                         source=str(payload.get("source", source)), recorded_threshold_ms=threshold,
+                         kind=str(payload.get("kind", "rtt")))
 
     def to_payload(self) -> dict[str, Any]:
-        return {"format": FORMAT, "source": self.source, "recorded_threshold_ms": self.recorded_threshold_ms,
+        return {"format": FORMAT, "kind": self.kind, "source": self.source,
+                "recorded_threshold_ms": self.recorded_threshold_ms,
                 "start": self.start, "end": self.end, "samples": [s.to_json() for s in self.samples]}
 
     def save(self, path: str | Path) -> None:

@@ -106,3 +106,16 @@ def test_without_a_terminal_the_view_prints_plain_phase_lines():
     view.close()
     assert out.getvalue().splitlines() == ["[  1.0 s] edge fast", "[  2.0 s] edge slowed (+500 ms on the edge)",
                                            "[  3.0 s] edge recovered"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_short_streams_demo_moves_streams_edge_cloud_edge(model_dir, generative_model_dir):
+    status, out = run_demo_cli("--streams", "--duration", "18", "--rate", "3", "--slow-ms", "800",
+                               "--threshold-ms", "300", "--max-tokens", "6", "--model-dir", str(model_dir), "--no-live")
+    assert status == 0, out
+    summary = out[out.index("summary:"):].splitlines()
+    assert ", 0 failed" in summary[0]
+    path = next(line for line in summary if line.startswith("traffic moved:"))
+    moves = path.removeprefix("traffic moved: ").split(" -> ")
+    assert moves[0] == "edge" and "cloud" in moves and moves[-1] == "edge", "\n".join(summary)

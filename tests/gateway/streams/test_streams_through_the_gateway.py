@@ -95,6 +95,11 @@ async def _failover_case(gw, kill, cloud_address: str):
 async def test_the_edge_killed_mid_stream_is_continued_on_the_cloud(doomed_generation_edge, generation_cloud, stream_gateway):
     gw = await stream_gateway(doomed_generation_edge.address, generation_cloud.address, stall_ms=2000)
     await _failover_case(gw, lambda: os.kill(doomed_generation_edge.proc.pid, signal.SIGKILL), generation_cloud.address)
+    body = gw.dataplane.metrics.exposition()[0].decode()
+    assert 'edgecloud_gateway_midstream_failovers_total{from_side="edge",to_side="cloud"} 1.0' in body
+    assert 'edgecloud_gateway_time_to_first_token_seconds_count{backend="edge"} 1.0' in body
+    assert 'edgecloud_gateway_time_to_first_token_seconds_count{backend="cloud"} 1.0' in body
+    assert 'edgecloud_gateway_active_streams 0.0' in body
 
 
 async def test_the_edge_frozen_mid_stream_is_continued_on_the_cloud(doomed_generation_edge, generation_cloud, stream_gateway):
@@ -146,3 +151,24 @@ async def test_a_client_that_leaves_stops_the_cloud_generation(generation_edge, 
             break
         await asyncio.sleep(0.02)
     assert await _slots_active(generation_cloud.metrics_port) == 0
+
+
+async def test_ttft_samples_are_recorded_for_tuning(generation_edge, generation_cloud, stream_gateway, tmp_path):
+    from gateway.tuning.record import record_trace
+    from gateway.tuning.trace import Trace
+
+    gw = await stream_gateway(generation_edge.address, generation_cloud.address)
+    await _collect(f"127.0.0.1:{gw.grpc_port}", PROMPT, 4)
+    await _collect(f"127.0.0.1:{gw.grpc_port}", PROMPT, 4, quality="cloud")
+    base = f"http://127.0.0.1:{gw.http_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/v2/debug/latency-trace?kind=ttft") as response:
+            doc = await response.json()
+        async with session.get(f"{base}/v2/debug/latency-trace?kind=itl") as response:
+            assert response.status == 400
+    assert doc["kind"] == "ttft" and {s["backend"] for s in doc["samples"]} == {"edge", "cloud"}
+    assert all(0 < s["rtt_ms"] < 60_000 for s in doc["samples"])
+    trace = await asyncio.to_thread(record_trace, base, 0.2, poll_s=0.1, include_history=True, kind="ttft")
+    assert trace.kind == "ttft" and len(trace.of("edge")) >= 1
+    trace.save(tmp_path / "ttft.json")
+    assert Trace.load(tmp_path / "ttft.json").kind == "ttft"
