@@ -86,6 +86,6 @@ def chat_prompt(meta: ModelMetadata, messages: Sequence[Mapping[str, str]]) -> s
     template = meta.parameters.get(CHAT_TEMPLATE_PARAMETER)
     if not isinstance(template, str) or not template:
         raise InvalidArgument(f"model {meta.name!r} advertises no chat template: use generate()", field="model")
-    from gateway.openai_api.chat_template import render  # jinja2: installed with the gateway
+    from edgecloud.chat_template import render  # jinja2: installed with the gateway (or on its own)
 
     return render(template, [dict(message) for message in messages])

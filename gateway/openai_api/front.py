@@ -38,7 +38,7 @@ from edgecloud.http_front import TENANT_KEY, TIMEOUT_HEADER, check_body_headers,
 from edgecloud.status import http_status
 from edgecloud.codec import bytes_array
 from edgecloud.types import InferRequest, InferResponse, Tensor
-from gateway.openai_api.chat_template import render
+from edgecloud.chat_template import render
 from gateway.openai_api.schema import OpenAIRequest, parse_chat, parse_completion
 from gateway.where_served import ROUTE_REASON, SERVED_BY, where_served_headers
 from gateway.streams.requests import is_generative, response_text, upstream_request

@@ -10,7 +10,7 @@ import pytest
 
 from edgecloud.generation import chat_template_of
 from gateway.client import AsyncClient, Client, InvalidArgument, NotFound
-from gateway.openai_api.chat_template import render
+from edgecloud.chat_template import render
 
 MODEL = "smollm2-135m-instruct"
 MESSAGES = [{"role": "user", "content": "Name a fruit."}]

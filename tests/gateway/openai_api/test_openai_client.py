@@ -13,7 +13,7 @@ from edgecloud.generation import chat_template_of
 from gateway.backend import CLOUD
 from gateway.grpc_backend import GrpcBackend
 from edgecloud.limits import RequestLimits
-from gateway.openai_api.chat_template import render
+from edgecloud.chat_template import render
 from gateway.streams.requests import response_text
 from tests.gateway.streams.fake_streams import generate_request
 

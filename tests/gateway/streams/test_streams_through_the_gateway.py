@@ -172,3 +172,21 @@ async def test_ttft_samples_are_recorded_for_tuning(generation_edge, generation_
     assert trace.kind == "ttft" and len(trace.of("edge")) >= 1
     trace.save(tmp_path / "ttft.json")
     assert Trace.load(tmp_path / "ttft.json").kind == "ttft"
+
+
+async def test_a_deadline_ends_the_stream_after_the_tokens_sent(generation_edge, generation_cloud, stream_gateway):
+    gw = await stream_gateway(generation_edge.address, generation_cloud.address)
+    body = {"text_input": PROMPT, "parameters": {"stream": True, "max_tokens": 400, "temperature": 0,
+                                                 "quality": "cloud"}}
+    async with aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{gw.http_port}/v2/models/{MODEL}/generate_stream"
+        async with session.post(url, json=body, headers={"X-Request-Timeout-Ms": "1500"}) as response:
+            assert response.status == 200
+            events = await sse_events(response)
+    assert len(events) > 2 and all("text_output" in e for e in events[:-1])
+    assert "deadline" in events[-1]["error"]
+    for _ in range(100):  # and the cloud stopped generating
+        if await _slots_active(generation_cloud.metrics_port) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await _slots_active(generation_cloud.metrics_port) == 0

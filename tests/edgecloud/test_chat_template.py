@@ -7,7 +7,7 @@ import pytest
 
 from edgecloud.errors import InvalidArgument
 from edgecloud.generation import chat_template_of
-from gateway.openai_api.chat_template import render
+from edgecloud.chat_template import render
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
