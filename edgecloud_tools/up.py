@@ -80,30 +80,36 @@ def sample_calls(grpc_port: int, http_port: int) -> str:
 """
 
 
-def generation_calls(edge_http: int, cloud_http: int, edge_grpc: int) -> str:
+def generation_calls(http_port: int, edge_http: int, cloud_http: int) -> str:
     prompt = "<|im_start|>user\\nWrite a haiku about the edge.<|im_end|>\\n<|im_start|>assistant\\n"
     return f"""
-  text generation ({GENERATIVE_MODEL}; the edge streams INT4 onnxruntime-genai, the cloud torch):
-    curl -sN -X POST localhost:{edge_http}/v2/models/{GENERATIVE_MODEL}/generate_stream \\
-      -d '{{"text_input":"{prompt}","sampling_parameters":{{"max_tokens":48,"temperature":0}}}}'
-    (the same on the cloud worker: localhost:{cloud_http}; tritonclient's start_stream / async_stream_infer
-     against 127.0.0.1:{edge_grpc} streams over gRPC ModelStreamInfer)
+  text generation ({GENERATIVE_MODEL}; the edge streams INT4 onnxruntime-genai, the cloud torch), through the
+  gateway (routed on time to first token, hedged, failed over mid-stream; OpenAI-compatible API):
+    curl -sN localhost:{http_port}/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{{"model":"{GENERATIVE_MODEL}","stream":true,"max_tokens":48,
+           "messages":[{{"role":"user","content":"Write a haiku about the edge."}}]}}'
+    curl -sN -X POST localhost:{http_port}/v2/models/{GENERATIVE_MODEL}/generate_stream \\
+      -d '{{"text_input":"{prompt}","stream":true,"sampling_parameters":{{"max_tokens":48,"temperature":0}}}}'
+    (openai.OpenAI(base_url="http://127.0.0.1:{http_port}/v1"), tritonclient's start_stream against the
+     gateway's gRPC port, and the edge / cloud directly: localhost:{edge_http} / localhost:{cloud_http})
 """
 
 
 def _generation_smoke(http_port: int) -> str:
+    """One chat completion through the gateway's OpenAI API."""
     import json
     import urllib.request
 
-    body = json.dumps({"text_input": "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n",
-                       "exclude_input_in_output": True,
-                       "sampling_parameters": {"max_tokens": 12, "temperature": 0}}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/{GENERATIVE_MODEL}/generate", body,
+    body = json.dumps({"model": GENERATIVE_MODEL, "max_tokens": 12, "temperature": 0,
+                       "messages": [{"role": "user", "content": "Say hello."}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/chat/completions", body,
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         answer = json.load(response)
-    return (f"sample generation (edge, {answer['variant']}): {answer['text_output']!r} "
-            f"({answer['completion_tokens']} tokens, {answer['finish_reason']})")
+    where = answer.get("edgecloud", {})
+    return (f"sample generation through the gateway (OpenAI API, served by {where.get('served_by', '?')}): "
+            f"{answer['choices'][0]['message']['content']!r} ({answer['usage']['completion_tokens']} tokens, "
+            f"{answer['choices'][0]['finish_reason']})")
 
 
 def _smoke_call(grpc_port: int) -> str:
@@ -184,10 +190,10 @@ def run(args) -> int:
         print(f"  logs and configs: {workdir}")
         print(sample_calls(ports["grpc"], ports["http"]))
         if generative is not None:
-            print(generation_calls(ports["edge_http"], ports["cloud_http"], ports["edge"]))
+            print(generation_calls(ports["http"], ports["edge_http"], ports["cloud_http"]))
         print(_smoke_call(ports["grpc"]), flush=True)
         if generative is not None:
-            print(_generation_smoke(ports["edge_http"]), flush=True)
+            print(_generation_smoke(ports["http"]), flush=True)
         if args.exit_after_ready:
             return 0
         print("\nCtrl-C stops everything.", flush=True)

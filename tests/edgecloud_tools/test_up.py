@@ -30,7 +30,8 @@ def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir, generative
     # than the default 200 ms threshold, and then the cloud answers: either way the stack works.
     assert re.search(r"sample call: embedding \[1, 384\] served by (edge|cloud)\b", out), out[-2000:]
     assert "generate_stream" in out
-    assert re.search(r"sample generation \(edge, int4\): '.+' \(\d+ tokens, (stop|length)\)", out), out[-2000:]
+    assert re.search(r"sample generation through the gateway \(OpenAI API, served by (edge|cloud)\): '.+' "
+                     r"\(\d+ tokens, (stop|length)\)", out), out[-2000:]
     assert out.rstrip().endswith("stopped")
 
 
