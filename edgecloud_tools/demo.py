@@ -257,11 +257,14 @@ class LiveView:
 
 
 class GatewayEdgeView:
-    """The gateway's own edge RTTs (``/v2/debug/latency-trace``), as p95 over the last 2 s."""
+    """The gateway's own edge RTTs (``/v2/debug/latency-trace``; ``kind`` ``ttft``: the edge's time
+    to first token), as p95 over the last 2 s."""
 
-    def __init__(self, gateway_http: str | None, window_s: float = 2.0):
+    def __init__(self, gateway_http: str | None, window_s: float = 2.0, kind: str = "rtt"):
         self.gateway_http = gateway_http
         self.window_s = window_s
+        self.kind = kind
+        self._label = "edge TTFT" if kind == "ttft" else "edge RTT"
         self.threshold_ms: float | None = None
         self._since = math.inf
         self._samples: list[tuple[float, float]] = []
@@ -272,7 +275,7 @@ class GatewayEdgeView:
         from gateway.tuning.record import RecordError, fetch_json, trace_url
 
         try:
-            payload = await asyncio.to_thread(fetch_json, trace_url(self.gateway_http, self._since), 2.0)
+            payload = await asyncio.to_thread(fetch_json, trace_url(self.gateway_http, self._since, self.kind), 2.0)
         except RecordError as exc:
             return f"(latency trace unavailable: {exc})"
         self.threshold_ms = payload.get("threshold_ms", self.threshold_ms)
@@ -285,12 +288,12 @@ class GatewayEdgeView:
                 self._samples.append((s["t"], s["rtt_ms"]))
         self._samples = [(t, v) for t, v in self._samples if t >= now - self.window_s]
         if not self._samples:
-            return "edge RTT: no samples in the last 2 s"
+            return f"{self._label}: no samples in the last 2 s"
         p95 = _pct([v for _, v in self._samples], 0.95)
         if self.threshold_ms is None:
-            return f"edge RTT p95 {p95:.0f} ms"
+            return f"{self._label} p95 {p95:.0f} ms"
         verdict = "over the threshold: the cloud serves" if p95 > self.threshold_ms else "under the threshold"
-        return f"edge RTT p95 {p95:.0f} ms vs threshold {self.threshold_ms:g} ms: {verdict}"
+        return f"{self._label} p95 {p95:.0f} ms vs threshold {self.threshold_ms:g} ms: {verdict}"
 
 
 # faults ------------------------------------------------------------------------------------------
@@ -481,7 +484,7 @@ async def _drive(options: DemoOptions, stack: _Stack, out: TextIO) -> DemoResult
     live = out.isatty() if options.live is None else options.live
     view = LiveView(out, live)
     try:
-        edge_view = GatewayEdgeView(stack.gateway_http)
+        edge_view = GatewayEdgeView(stack.gateway_http, kind="ttft" if options.streams else "rtt")
         pick = sentences(options.repeat_ratio, random.Random(options.seed))
         async with AsyncClient(stack.gateway, timeout_s=10.0) as client:
             await edge_view.refresh()
