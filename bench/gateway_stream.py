@@ -15,13 +15,17 @@ consecutive text responses.
     p50/p99 for both, and what the gateway adds: per prompt (both paths ran it, one right after
     the other) the gateway's TTFT minus the direct one, and its median inter-token gap minus the
     direct one; p50/p99 of those paired differences; the gateway process's CPU per stream and per
-    chunk. The gateway here has the edge only (no cloud worker), so that what is measured is the
+    chunk (its idle background, probes included, measured first and taken out). The gateway here has the edge only (no cloud worker), so that what is measured is the
     relay, not routing (at concurrency 16 the edge's TTFT is over the threshold and a full gateway
     would rightly send streams to the cloud).
-(b) Slow edge: concurrency 8 through a gateway whose edge link runs through a proxy that holds
-    every chunk from the edge 300 ms (from --slowdown-s/4 to /2 of the run). Failed streams;
-    every stream's TTFT against threshold + cloud TTFT p99 + 20 ms; time until streams are served
-    by the cloud after the slowdown starts, and by the edge again after it ends.
+(b) Slow edge: --slow-concurrency streams at once (2: what a 2-core CPU edge serves under the
+    200 ms threshold; at 8 its TTFT is ~360 ms before any slowdown and streams rightly go to the
+    cloud from the start) through a gateway whose edge link runs through a proxy that holds every
+    chunk from the edge --slow-ms (300) ms, from --slowdown-s/4 to /2 of the run. Failed streams;
+    every stream's TTFT against threshold + cloud TTFT p99 + 20 ms; how long after the slowdown
+    began a stream could still start and get its first token from the edge (after that, all from
+    the cloud: routed there, or hedged there), and how long after recovery the first stream was
+    routed to the edge again (and how many were routed to the cloud after that: later fallbacks).
 (c) Edge killed (SIGKILL) and, on a fresh edge, frozen (SIGSTOP) mid-stream at concurrency 8:
     broken streams (target 0) and text continuity on every stream: a stream served by one side
     must equal that side's own greedy answer; one continued mid-answer must be the edge's prefix
@@ -73,6 +77,7 @@ class Stream:
     """served_by of each chunk (None where the chunk does not say)."""
     final: dict = field(default_factory=dict)
     tokens_at_chunk: list[int | None] = field(default_factory=list)
+    first_reason: str | None = None
     error: str | None = None
 
     @property
@@ -97,6 +102,8 @@ async def run_stream(stub, prompt: str, max_tokens: int, parameters: dict | None
                 last = now
             out.texts.append(chunk.text)
             out.sides.append(chunk.served_by)
+            if out.first_reason is None and chunk.route_reason:
+                out.first_reason = chunk.route_reason
             out.tokens_at_chunk.append(chunk.completion_tokens)
             if chunk.final:
                 out.final = {"served_by": chunk.served_by, "route_reason": chunk.route_reason,
@@ -149,7 +156,12 @@ async def overhead(paths: dict[str, str], gw_pid: int, streams: int, concurrency
     stubs = {name: pb_grpc.GRPCInferenceServiceStub(ch) for name, ch in channels.items()}
     results: dict[str, list[Stream]] = {name: [] for name in names}
     queue = list(enumerate(prompts(streams, salt=f" c{concurrency}")))
-    cpu_before = cpu_seconds(gw_pid)
+    # The gateway's own background (probes every probe_interval_ms, loop-lag beats) is measured
+    # idle first and taken out of the CPU per stream.
+    idle_start, idle_cpu = time.perf_counter(), cpu_seconds(gw_pid)
+    await asyncio.sleep(2.0)
+    idle_rate = (cpu_seconds(gw_pid) - idle_cpu) / (time.perf_counter() - idle_start)
+    cpu_before, started = cpu_seconds(gw_pid), time.perf_counter()
 
     async def client() -> None:
         while queue:
@@ -164,7 +176,7 @@ async def overhead(paths: dict[str, str], gw_pid: int, streams: int, concurrency
     finally:
         for ch in channels.values():
             await ch.close()
-    cpu = cpu_seconds(gw_pid) - cpu_before
+    cpu = cpu_seconds(gw_pid) - cpu_before - idle_rate * (time.perf_counter() - started)
     row: dict = {}
     for name, got in results.items():
         ok = [s for s in got if s.error is None and s.ttft is not None]
@@ -191,6 +203,7 @@ async def overhead(paths: dict[str, str], gw_pid: int, streams: int, concurrency
     return {"concurrency": concurrency, **row, "added": added("gateway", "direct"),
             "added_over_floor": added("gateway", "floor") if "floor" in paths else None,
             "floor_added": added("floor", "direct") if "floor" in paths else None,
+            "gateway_idle_cpu_ms_per_s": idle_rate * 1000,
             "gateway_cpu_ms_per_stream": cpu * 1000 / max(1, len(results["gateway"])),
             "gateway_cpu_us_per_chunk": cpu * 1e6 / max(1, chunks)}
 
@@ -224,16 +237,26 @@ async def closed_loop_streams(address: str, *, duration_s: float, concurrency: i
     return out, t0
 
 
-def first_served(streams: list[Stream], t0: float, since_s: float, side: str) -> float | None:
-    """Seconds from ``since_s`` until streams started after it are served by ``side`` and stay so
-    (the start of the first run of 3 such streams in a row)."""
-    later = sorted((s for s in streams if s.error is None and s.started - t0 >= since_s), key=lambda s: s.started)
-    run = 0
-    for index, s in enumerate(later):
-        run = run + 1 if (s.sides[0] if s.sides else None) == side else 0
-        if run == 3:
-            return later[index - 2].started - t0 - since_s
-    return None
+def last_start(streams: list[Stream], t0: float, lo_s: float, hi_s: float, pick) -> float:
+    """Seconds from ``lo_s`` to the start of the last stream started in [lo_s, hi_s) that ``pick``
+    selects (0.0 when none): "from then on, no stream started was picked"."""
+    starts = [s.started - t0 for s in streams if lo_s <= s.started - t0 < hi_s and pick(s)]
+    return max(starts) - lo_s if starts else 0.0
+
+
+def first_start(streams: list[Stream], t0: float, lo_s: float, hi_s: float, pick) -> float | None:
+    """Seconds from ``lo_s`` to the first stream started in [lo_s, hi_s) that ``pick`` selects."""
+    starts = [s.started - t0 for s in streams if lo_s <= s.started - t0 < hi_s and pick(s)]
+    return min(starts) - lo_s if starts else None
+
+
+def first_token_from_edge(s: Stream) -> bool:
+    return bool(s.sides) and s.sides[0] == "edge"
+
+
+def routed_to_cloud(s: Stream) -> bool:
+    """Routing sent it to the cloud (not a hedge the cloud won on a stream routed to the edge)."""
+    return s.first_reason in ("edge_slow", "edge_down")
 
 
 # (c) -------------------------------------------------------------------------------------------
@@ -342,6 +365,10 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--slowdown-s", type=float, default=24.0, help="length of run (b)")
     parser.add_argument("--threshold-ms", type=float, default=200.0)
+    parser.add_argument("--slow-ms", type=float, default=300.0, help="what the proxy adds to every edge chunk in (b)")
+    parser.add_argument("--slow-concurrency", type=int, default=2,
+                        help="streams at once in (b): what the edge serves under the threshold on this box "
+                             "(a 2-core CPU edge at 8 streams is over 200 ms TTFT before any slowdown)")
     parser.add_argument("--parts", default="abcd", help="which of (a) (b) (c) (d) to run, e.g. 'a' or 'bc'")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -364,7 +391,7 @@ def main() -> int:
         services += [edge, cloud]
         for service in services:
             wait_ready(service, 180)
-        proxy = launch_proxy(edge.address, free_port(), workdir, delay_ms=300)
+        proxy = launch_proxy(edge.address, free_port(), workdir, delay_ms=args.slow_ms)
         redis = launch_redis(workdir, free_port())
         services += [proxy, redis]
         routing = {"threshold_ms": args.threshold_ms, "probe_interval_ms": 100,
@@ -433,7 +460,8 @@ def overhead_part(args, edge, direct, floor_address, result, targets) -> None:
                            ("gateway - floor", "added_over_floor")):
             rows.append({"c": entry["concurrency"], "paired": label, **entry[key]})
     print_table(rows, "(a) added, paired by prompt (ms)")
-    print_table([{"c": e["concurrency"], "cpu_ms_per_stream": e["gateway_cpu_ms_per_stream"],
+    print_table([{"c": e["concurrency"], "idle_cpu_ms_per_s": e["gateway_idle_cpu_ms_per_s"],
+                  "cpu_ms_per_stream": e["gateway_cpu_ms_per_stream"],
                   "cpu_us_per_chunk": e["gateway_cpu_us_per_chunk"]} for e in result["overhead"]],
                 "(a) gateway CPU")
     c1, c16 = result["overhead"]
@@ -454,8 +482,10 @@ def slow_edge_part(args, proxy, slowed, result, targets) -> None:
         await asyncio.sleep(recover_at - slow_at)
         proxy.send(signal.SIGUSR2)
 
-    print(f"\n(b) edge +300 ms per chunk from t={slow_at:.0f}s to t={recover_at:.0f}s of {args.slowdown_s:.0f}s, c=8")
-    streams, t0 = asyncio.run(closed_loop_streams(slowed.address, duration_s=args.slowdown_s, concurrency=8,
+    print(f"\n(b) edge +{args.slow_ms:g} ms per chunk from t={slow_at:.0f}s to t={recover_at:.0f}s of "
+          f"{args.slowdown_s:.0f}s, c={args.slow_concurrency}")
+    streams, t0 = asyncio.run(closed_loop_streams(slowed.address, duration_s=args.slowdown_s,
+                                                  concurrency=args.slow_concurrency,
                                                   max_tokens=args.max_tokens, events=faults))
     ok = [s for s in streams if s.error is None and s.ttft is not None]
     cloud_ttft = [s.ttft for s in ok if s.sides and s.sides[0] == "cloud"]
@@ -464,11 +494,31 @@ def slow_edge_part(args, proxy, slowed, result, targets) -> None:
     slow = {"streams": len(streams), "failed": len(streams) - len(ok), "cloud_ttft_p99_ms": cloud_p99_ms,
             "bound_ms": bound_ms, "ttft_max_ms": max((s.ttft for s in ok), default=0) * 1000,
             "over_bound": sum(1 for s in ok if s.ttft * 1000 > bound_ms),
-            "on_cloud_after_s": first_served(ok, t0, slow_at, "cloud"),
-            "back_on_edge_after_s": first_served(ok, t0, recover_at, "edge"),
+            # every stream started later than this after the slowdown got its first token from the cloud
+            "on_cloud_after_s": last_start(ok, t0, slow_at, recover_at, first_token_from_edge),
+            # the first stream routed to the edge again after recovery (the policy's switch back)
+            "back_on_edge_after_s": first_start(ok, t0, recover_at, args.slowdown_s,
+                                                lambda x: not routed_to_cloud(x)),
+            # streams routed to the cloud after that switch (a later fallback: on this 2-core box the
+            # cloud's own decoding slows the edge it shares the CPU with)
+            "routed_to_cloud_after_switch_back": 0,
             "edge_share": sum(1 for s in ok if s.sides and s.sides[0] == "edge") / max(1, len(ok))}
+    if slow["back_on_edge_after_s"] is not None:
+        switched = recover_at + slow["back_on_edge_after_s"]
+        slow["routed_to_cloud_after_switch_back"] = sum(1 for x in ok if x.started - t0 > switched and routed_to_cloud(x))
+    phases = {"before": (0.0, slow_at), "slowed": (slow_at, recover_at), "after": (recover_at, args.slowdown_s)}
+    for name, (lo, hi) in phases.items():
+        during = [x for x in ok if lo <= x.started - t0 < hi]
+        reasons: dict[str, int] = {}
+        for x in during:
+            key = f"{x.sides[0] if x.sides else '?'}:{x.first_reason}"
+            reasons[key] = reasons.get(key, 0) + 1
+        slow[f"{name}_first_token_by"] = reasons
+        slow[f"{name}_ttft_p50_ms"] = ms([x.ttft for x in during])["p50_ms"]
     result["slow_edge"] = slow
-    print_table([slow], "(b) slow edge")
+    print_table([{k: v for k, v in slow.items() if not k.endswith("_by")}], "(b) slow edge")
+    for name in ("before", "slowed", "after"):
+        print(f"  {name}: first tokens by side:reason {slow[f'{name}_first_token_by']}")
     targets.update({
         "slow_edge_zero_failed": slow["failed"] == 0,
         "slow_edge_every_ttft_within_bound": slow["over_bound"] == 0,
