@@ -69,7 +69,8 @@ async def _next(responses: AsyncIterator[InferResponse]):
 class _Leg:
     """One backend's stream: its responses, read one at a time."""
 
-    __slots__ = ("side", "backend", "responses", "opened", "last_at", "pending", "closed", "watchdog", "expired")
+    __slots__ = ("side", "backend", "responses", "opened", "last_at", "asked_at", "pending", "closed", "watchdog",
+                 "expired")
 
     def __init__(self, side: str, backend: Backend, responses: AsyncIterator[InferResponse], opened: float):
         self.side = side
@@ -77,6 +78,8 @@ class _Leg:
         self.responses = responses
         self.opened = opened
         self.last_at = opened
+        self.asked_at = opened
+        """When the pending read started: a consumer that asks late is not the backend stalling."""
         self.pending: asyncio.Task | None = None
         self.closed = False
         self.watchdog: asyncio.Task | None = None
@@ -84,9 +87,11 @@ class _Leg:
         """Set by the watchdog when it ended a wait: ``stall`` or ``deadline``."""
         backend.outstanding += 1
 
-    def next(self) -> asyncio.Task:
+    def next(self, now: float | None = None) -> asyncio.Task:
         if self.pending is None:
             self.pending = asyncio.ensure_future(_next(self.responses))
+            if now is not None:
+                self.asked_at = now
         return self.pending
 
     def take(self) -> InferResponse:
@@ -310,7 +315,7 @@ class StreamDispatcher:
         deadline; then the stream is continued elsewhere (a stall) or ends (the deadline)."""
         if leg.watchdog is None:
             leg.watchdog = asyncio.ensure_future(self._watch(leg, deadline, require_cloud))
-        task = leg.next()
+        task = leg.next(self.clock.now())
         error: InferenceError | None = None
         if not task.done():
             try:
@@ -326,7 +331,7 @@ class StreamDispatcher:
             raise DeadlineExceeded(f"the request's deadline passed after {answer.chunks} chunks")
         if leg.expired == "stall":
             error = Unavailable(f"the {leg.side} stalled: no token for {self.settings.streams.stall_ms:g} ms")
-            self.itl.record(leg.backend.name, now - leg.last_at)
+            self.itl.record(leg.backend.name, now - max(leg.last_at, leg.asked_at))
         else:
             try:
                 response = leg.take()
@@ -349,7 +354,7 @@ class StreamDispatcher:
         stall_s = self.settings.streams.stall_ms / 1000.0
         while not leg.closed:
             now = self.clock.now()
-            due = min(leg.last_at + stall_s, deadline)
+            due = min(max(leg.last_at, leg.asked_at) + stall_s, deadline)
             if now >= due:
                 pending = leg.pending
                 waiting = pending is not None and not pending.done()

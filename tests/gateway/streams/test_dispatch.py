@@ -296,6 +296,22 @@ async def test_closing_the_stream_stops_the_upstream_generation(clock):
     assert e.tokens_produced == 3 and e.cancelled == 1 and e.outstanding == 0
 
 
+async def test_a_client_that_reads_slowly_is_not_taken_for_a_stalled_backend(clock):
+    e = FakeStreamBackend.edge(clock, first_s=0.01, gap_s=0.01)
+    w = FakeStreamBackend.cloud(clock)
+    d = make(clock, e, [w], streams={"stall_ms": 500})
+    request = generate_request("P:", max_tokens=3)
+    got = []
+
+    async def run():
+        async for response in d.stream(request, parse(request), clock.now() + 60):
+            got.append(response_text(response))
+            await clock.sleep(2.0)  # the client takes its time between chunks
+
+    await clock.run(run())
+    assert got == ["e0 ", "e1 ", "e2 ", ""] and w.calls == 0
+
+
 # --- inter-token latency ------------------------------------------------------------------------------
 
 
