@@ -190,3 +190,23 @@ async def test_a_deadline_ends_the_stream_after_the_tokens_sent(generation_edge,
             break
         await asyncio.sleep(0.02)
     assert await _slots_active(generation_cloud.metrics_port) == 0
+
+
+async def test_an_embedded_edge_streams_in_the_gateways_process(model_dir, generative_model_dir):
+    from gateway.config import GatewayConfig
+    from gateway.dataplane import GatewayDataplane
+
+    config = GatewayConfig.model_validate({
+        "server": {"port": 0, "metrics_port": None, "http_port": None},
+        "edge": {"embedded": {"models": [{"path": str(model_dir)}, {"path": str(generative_model_dir)}]}},
+        "cloud": {"workers": []}})
+    dataplane = GatewayDataplane(config)
+    await dataplane.start()
+    try:
+        request = generate_request(PROMPT, max_tokens=6, temperature=0)
+        request.model_name = MODEL
+        out = [r async for r in dataplane.stream(request)]
+    finally:
+        await dataplane.stop()
+    assert len(out) > 2 and _text(out)
+    assert out[0].parameters["served_by"] == "edge" and out[-1].parameters["completion_tokens"] == 6
