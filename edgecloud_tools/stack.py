@@ -119,10 +119,11 @@ def wait_ready(service: ServiceProcess | str, timeout: float = 60.0) -> None:
 
 
 def edge_config(model_dir: Path | str, port: int, *, threads: int = 1, http_port: int | None = None,
-                generative_model_dir: Path | str | None = None) -> dict[str, Any]:
+                generative_model_dir: Path | str | None = None, generative_concurrency: int = 1) -> dict[str, Any]:
     models = [{"path": str(model_dir), "intra_op_threads": threads}]
     if generative_model_dir is not None:
-        models.append({"path": str(generative_model_dir), "intra_op_threads": threads})
+        models.append({"path": str(generative_model_dir), "intra_op_threads": threads,
+                       "concurrency": generative_concurrency})
     return {"server": {"host": "127.0.0.1", "port": port, "http_port": http_port, "grace_s": 2}, "models": models}
 
 
