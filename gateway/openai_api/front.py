@@ -17,7 +17,8 @@ Contract:
 - Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, with the status of
   the error's kind (400 naming the parameter, 404 for an unknown model, 413, 429, 503 ...); an error
   after the first event is a last ``data: {"error": ...}`` event. A client that hangs up stops the
-  generation upstream. ``GET /v1/models`` lists ``openai.models`` that the backends serve;
+  generation upstream. Failures outside the handlers (a refused API key, an unknown /v1 path) are
+  OpenAI-shaped too. ``GET /v1/models`` lists ``openai.models`` that the backends serve;
   ``GET /v1/models/{model}`` one of them.
 """
 
@@ -72,6 +73,22 @@ def _error_response(exc: InferenceError) -> web.Response:
     return web.json_response(_error_doc(exc), status=http_status(exc.kind), headers=headers)
 
 
+@web.middleware
+async def _openai_errors(request: web.Request, handler) -> web.StreamResponse:
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except InferenceError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+        return web.json_response({"error": {"message": f"{exc.reason.lower()}: {request.method} {request.path}",
+                                            "type": kind, "param": None, "code": None}}, status=exc.status)
+
+
 def _where(response: InferResponse) -> dict[str, Any]:
     return {key: response.parameters[key] for key in _WHERE_KEYS if key in response.parameters}
 
@@ -98,6 +115,9 @@ class OpenAIFront:
         self.body_timeout_s = body_timeout_s
 
     def add_routes(self, app: web.Application) -> None:
+        # Just inside the shared error translation (the first middleware) and outside authentication:
+        # every failure on a /v1 path, a refused API key included, gets the OpenAI error shape.
+        app.middlewares.insert(1, _openai_errors)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)

@@ -146,3 +146,30 @@ async def test_errors_are_openai_shaped_and_name_the_parameter(gateway_url):
         assert ok.choices[0].text
     finally:
         await client.close()
+
+
+async def test_a_refused_api_key_is_an_openai_authentication_error(generation_edge, generation_cloud):
+    from gateway.config import GatewayConfig
+    from gateway.server import GatewayServer
+
+    config = GatewayConfig.model_validate({
+        "server": {"port": 0, "http_port": 0, "metrics_port": None, "grace_s": 1},
+        "edge": {"address": generation_edge.address}, "cloud": {"workers": [generation_cloud.address]},
+        "auth": {"enabled": True, "keys": [{"tenant": "team-a", "key": "a-key-of-sixteen-chars"}]}})
+    server = GatewayServer(config)
+    await server.start()
+    base = f"http://127.0.0.1:{server.http_port}/v1"
+    try:
+        wrong = openai.AsyncOpenAI(base_url=base, api_key="not-the-right-key", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await wrong.models.list()
+        assert caught.value.type == "authentication_error"
+        await wrong.close()
+        right = openai.AsyncOpenAI(base_url=base, api_key="a-key-of-sixteen-chars", max_retries=0)
+        answer = await right.completions.create(model=MODEL, prompt="Hi", max_tokens=2, temperature=0)
+        assert answer.choices[0].text
+        with pytest.raises(openai.NotFoundError):
+            await right.get("/no-such-route", cast_to=dict)
+        await right.close()
+    finally:
+        await server.stop(0.5)
