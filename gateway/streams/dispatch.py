@@ -256,6 +256,7 @@ class StreamDispatcher:
                         raise DeadlineExceeded("the request's deadline passed before the first token")
                     if not start_next(paid=True):
                         raise error or Unavailable("no backend can serve the request")
+                    hedge_at = None  # the other side runs already: no hedge on top of a failover
                     continue
                 now = self.clock.now()
                 waits = [deadline - now] + [leg.opened + streams.first_token_timeout_ms / 1000.0 - now

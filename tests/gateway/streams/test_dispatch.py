@@ -162,6 +162,16 @@ async def test_a_dead_cloud_worker_is_replaced_by_another(clock):
     assert text == "c0 c1 " and w1.calls == 1 and w0.outstanding == w1.outstanding == 0
 
 
+async def test_a_failover_before_the_hedge_time_starts_no_hedge_on_top(clock):
+    e = FakeStreamBackend.edge(clock, first_s=0.05, fail_after=0, error=Unavailable("edge gone"))
+    w0 = FakeStreamBackend.cloud(clock, index=0, first_s=1.0)
+    w1 = FakeStreamBackend.cloud(clock, index=1, first_s=1.0)
+    d = make(clock, e, [w0, w1])  # hedging on, hedge after 200 ms
+    out, _, _ = await collect(clock, d, max_tokens=1)
+    assert w0.calls + w1.calls == 1  # the failover's worker only, no third leg when the hedge time came
+    assert out[0].parameters["route_reason"] == Reason.FAILOVER
+
+
 async def test_no_first_token_within_the_timeout_fails_over(clock):
     e, w = FakeStreamBackend.edge(clock, first_s=INF), FakeStreamBackend.cloud(clock, first_s=0.05)
     d = make(clock, e, [w], hedging=False, streams={"first_token_timeout_ms": 1000})
