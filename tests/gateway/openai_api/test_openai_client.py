@@ -173,3 +173,30 @@ async def test_a_refused_api_key_is_an_openai_authentication_error(generation_ed
         await right.close()
     finally:
         await server.stop(0.5)
+
+
+@pytest.mark.parametrize("body, headers, status, param", [
+    (b"{not json", {"Content-Type": "application/json"}, 400, "body"),
+    (b'{"model": "m", "prompt": "\xff"}', {"Content-Type": "application/json"}, 400, "body"),
+    (b'{"model": "x", "prompt": "hi"}', {"Content-Type": "text/plain"}, 415, "Content-Type"),
+    (b"[1, 2]", {"Content-Type": "application/json"}, 400, "body"),
+    (b'{"model": "' + MODEL.encode() + b'", "prompt": "hi", "max_tokens": "many"}',
+     {"Content-Type": "application/json"}, 400, "max_tokens"),
+    (b'{"model": "' + MODEL.encode() + b'", "prompt": "hi", "stop": [""]}',
+     {"Content-Type": "application/json"}, 400, "stop"),
+])
+async def test_malformed_bodies_are_refused_by_field_and_the_gateway_keeps_serving(gateway_url, body, headers,
+                                                                                    status, param):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gateway_url}/completions", data=body, headers=headers) as response:
+            doc = await response.json()
+            assert response.status == status, doc
+    assert doc["error"]["param"] == param and doc["error"]["message"]
+    client = openai.AsyncOpenAI(base_url=gateway_url, api_key="unused", max_retries=0)
+    try:
+        ok = await client.completions.create(model=MODEL, prompt="Hi", max_tokens=1, temperature=0)
+        assert ok.choices[0].finish_reason in ("stop", "length")
+    finally:
+        await client.close()
