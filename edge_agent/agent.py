@@ -146,7 +146,7 @@ class EdgeAgent:
         model = self.dataplane.prepare(request)
         if not isinstance(model, OnnxModel):
             raise InvalidArgument("is a generative model: use generate() / agenerate()", field="model_name")
-        return self.dataplane.finish(request, model.infer_blocking(request))
+        return self.dataplane.finish(request, model.infer_blocking(request), model)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a request (validated as the servers validate it) off the event loop."""

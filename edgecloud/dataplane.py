@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from edgecloud.admission import Admission
+from edgecloud.classification import CLASSIFICATION_PARAMETER, classify
 from edgecloud.limits import RequestLimits
 from edgecloud.model import Model, ModelRepository
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, ServerMetadata
@@ -23,10 +24,12 @@ from edgecloud.validation import validate_request
 
 __all__ = ["Dataplane", "InferenceDataplane", "PROTOCOL_EXTENSIONS"]
 
-PROTOCOL_EXTENSIONS: tuple[str, ...] = ()
-"""Protocol extensions every edgecloud server implements. None yet: ``model_repository`` (and its
-read-only form) would promise Triton's repository index and model config RPCs, which these
-servers do not answer (tritonclient's ``get_model_config`` / ``get_model_repository_index``)."""
+PROTOCOL_EXTENSIONS: tuple[str, ...] = ("classification",)
+"""Protocol extensions every edgecloud server implements: ``classification`` (a requested output's
+``classification: k`` parameter answers its top k as ``"value:index[:label]"``,
+``edgecloud.classification``). Not ``model_repository`` (nor its read-only form): that would
+promise Triton's repository index and model config RPCs, which these servers do not answer
+(tritonclient's ``get_model_config`` / ``get_model_repository_index``)."""
 
 
 class InferenceDataplane(Protocol):
@@ -91,11 +94,22 @@ class Dataplane:
         return model
 
     @staticmethod
-    def finish(request: InferRequest, response: InferResponse) -> InferResponse:
-        """Keep only the requested outputs (all when none are named) and echo the request id."""
+    def finish(request: InferRequest, response: InferResponse, model: Model | None = None) -> InferResponse:
+        """Keep only the requested outputs (all when none are named), answer those asking for
+        ``classification`` as their top classes (with the model's ``labels``, when it has them),
+        and echo the request id."""
         if request.outputs:
-            wanted = {output.name for output in request.outputs}
-            response.outputs = [tensor for tensor in response.outputs if tensor.name in wanted]
+            wanted = {output.name: output for output in request.outputs}
+            kept = []
+            for tensor in response.outputs:
+                requested = wanted.get(tensor.name)
+                if requested is None:
+                    continue
+                count = requested.parameters.get(CLASSIFICATION_PARAMETER)
+                if count is not None:
+                    tensor = classify(tensor, count, getattr(model, "labels", None))
+                kept.append(tensor)
+            response.outputs = kept
             response.wire = None
         response.id = request.id
         return response
@@ -104,10 +118,10 @@ class Dataplane:
         """Shed at once (``Overloaded``) past ``admission``'s limit; otherwise validate and run."""
         if self.admission is None:
             model = self.prepare(request)
-            return self.finish(request, await model.infer(request))
+            return self.finish(request, await model.infer(request), model)
         with self.admission.admit():
             model = self.prepare(request)
-            return self.finish(request, await model.infer(request))
+            return self.finish(request, await model.infer(request), model)
 
     async def stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """Validate, then the model's responses one by one (admission holds for the whole stream)."""
@@ -125,6 +139,6 @@ class Dataplane:
         responses = model.stream(request)
         try:
             async for response in responses:
-                yield self.finish(request, response)
+                yield self.finish(request, response, model)
         finally:
             await responses.aclose()

@@ -2,13 +2,14 @@
 
 Contract: ``validate_request`` raises ``InvalidArgument`` naming the field for a missing, unknown
 or duplicated input, a datatype or shape that does not match the model's metadata (-1 matches any
-size), an empty batch, a batch over the limit, inconsistent batch sizes, or an unknown requested
-output. It reads only shapes and datatypes, never tensor data, so it is cheap and runs before
+size), an empty batch, a batch over the limit, inconsistent batch sizes, an unknown requested
+output, or a requested output's ill-formed ``classification`` count. It reads only shapes and datatypes, never tensor data, so it is cheap and runs before
 anything is queued, batched or cached.
 """
 
 from __future__ import annotations
 
+from edgecloud.classification import classification_count
 from edgecloud.errors import InvalidArgument
 from edgecloud.limits import RequestLimits
 from edgecloud.types import InferRequest, ModelMetadata
@@ -47,7 +48,9 @@ def validate_request(request: InferRequest, meta: ModelMetadata, limits: Request
                 raise InvalidArgument(f"batch size {size} differs from other inputs' {batch}", field=f"{field}.shape")
             batch = size
     if request.outputs:
-        known = {spec.name for spec in meta.outputs}
+        known = {spec.name: spec for spec in meta.outputs}
         for requested in request.outputs:
-            if requested.name not in known:
+            spec = known.get(requested.name)
+            if spec is None:
                 raise InvalidArgument(f"unknown output; model has {sorted(known)}", field=f"outputs[{requested.name}]")
+            classification_count(requested, spec)

@@ -11,8 +11,16 @@ import pytest
 async def test_tritonclient_grpc_through_the_gateway(edge_proxy, shared_cloud, start_gateway, tritonclient_check):
     gateway = await start_gateway(f"127.0.0.1:{edge_proxy.port}", [shared_cloud.address])
     seen = await asyncio.to_thread(tritonclient_check, "grpc", f"127.0.0.1:{gateway.grpc_port}",
-                                   "all-MiniLM-L6-v2", "--text", "through the gateway", "--bad-model", "nope")
+                                   "all-MiniLM-L6-v2", "--text", "through the gateway", "--bad-model", "nope",
+                                   "--class-count", "3")
     assert seen["live"] and seen["ready"] and seen["model_ready"]
+    # The classification extension, through the gateway to the edge: the top 3 as "value:index".
+    assert seen["classification_shape"] == [1, 3]
+    embedding = seen["embedding"][0]
+    top = sorted(range(len(embedding)), key=lambda i: (-embedding[i], i))[:3]
+    assert [int(item.split(":")[1]) for item in seen["classification"]] == top
+    assert [float(item.split(":")[0]) for item in seen["classification"]] == \
+        pytest.approx([embedding[i] for i in top], abs=1e-6)
     assert seen["server_name"] == "edgecloud-gateway"
     assert seen["model_metadata"]["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
     assert seen["embedding_shape"] == [1, 384]

@@ -5,7 +5,7 @@ edgecloud. Prints one JSON object on stdout describing what the server answered,
 assert on it. Usage::
 
     triton_check.py {grpc,http} --url HOST:PORT --model NAME [--text T ...] [--version V]
-                    [--bad-model NAME]
+                    [--bad-model NAME] [--class-count K]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> int:
     parser.add_argument("--input-name", default="text")
     parser.add_argument("--output-name", default="embedding")
     parser.add_argument("--bad-model", default=None, help="also infer against this unknown model")
+    parser.add_argument("--class-count", type=int, default=0,
+                        help="also ask for the output's top classes (the classification extension)")
     args = parser.parse_args()
 
     if args.protocol == "grpc":
@@ -79,6 +81,16 @@ def main() -> int:
     out["embedding_shape"] = list(embedding.shape)
     out["embedding_dtype"] = str(embedding.dtype)
     out["embedding"] = embedding.astype(float).tolist()
+
+    if args.class_count:
+        top = client_mod.InferRequestedOutput(args.output_name, class_count=args.class_count)
+        classified = client.infer(args.model, [infer_input], model_version=args.version, outputs=[top])
+        classes = classified.as_numpy(args.output_name)
+        out["classification_shape"] = list(classes.shape)
+        out["classification"] = [item.decode("utf-8") if isinstance(item, bytes) else str(item)
+                                 for item in classes.reshape(-1)]
+        out["server_extensions"] = list(server_meta.extensions) if args.protocol == "grpc" \
+            else server_meta.get("extensions", [])
 
     if args.bad_model:
         try:
