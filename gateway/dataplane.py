@@ -290,9 +290,7 @@ class GatewayDataplane:
         validate_request(request, as_generative(meta), self.limits)
         generate = parse_generation(request)
         require_cloud = _require_cloud(request)
-        deadline = request.deadline
-        if deadline is None:
-            deadline = self.clock.now() + self.config.routing.default_timeout_ms / 1000.0
+        deadline = self._deadline(request)
         version = request.model_version or (meta.versions[0] if meta.versions else "")
         self.stream_prober.saw(request.model_name, request.model_version)
         return generate, {"model_version": version, "deadline": deadline, "require_cloud": require_cloud,
@@ -304,6 +302,12 @@ class GatewayDataplane:
         self._count_served(response, started)
         return response
 
+    def _deadline(self, request: InferRequest) -> float:
+        """The client's deadline, or ``routing.default_timeout_ms`` from now when it set none."""
+        if request.deadline is not None:
+            return request.deadline
+        return self.clock.now() + self.config.routing.default_timeout_ms / 1000.0
+
     def _count_served(self, response: InferResponse, started: float) -> None:
         served_by = str(response.parameters.get(SERVED_BY, ""))
         self.metrics.served.labels(served_by, str(response.parameters.get(ROUTE_REASON, ""))).inc()
@@ -313,9 +317,7 @@ class GatewayDataplane:
         started = time.perf_counter()
         validate_request(request, meta, self.limits)
         require_cloud = _require_cloud(request)
-        deadline = request.deadline
-        if deadline is None:
-            deadline = self.clock.now() + self.config.routing.default_timeout_ms / 1000.0
+        deadline = self._deadline(request)
         cache_request = CacheRequest(request, request.model_version or (meta.versions[0] if meta.versions else ""),
                                      _keyed_outputs(request, meta), require_cloud,
                                      request.parameters.get(NO_CACHE_PARAMETER) is True)

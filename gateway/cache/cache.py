@@ -295,9 +295,10 @@ class GatewayCache:
 
     # whole answers stored by their producer (streams) -------------------------------------------
 
-    def _key_of(self, request: CacheRequest) -> tuple[str, bytes] | None:
-        """The backend key and digest for ``request``, or None when it is not cached (cache off for
-        the model, bypass, stateful, or a key that cannot be built)."""
+    def locate(self, request: CacheRequest) -> tuple[str, bytes] | None:
+        """The backend key and digest for ``request`` (computed once, for ``lookup`` and ``store``),
+        or None when it is not cached (cache off for the model, bypass, stateful, or a key that
+        cannot be built)."""
         if self._backend is None or not self.settings.model_enabled(request.request.model_name):
             return None
         if request.bypass or uncacheable(request):
@@ -311,13 +312,11 @@ class GatewayCache:
             return None
         return self.settings.key_prefix + digest.hex(), digest
 
-    async def lookup(self, request: CacheRequest) -> tuple[InferResponse, Provenance] | None:
-        """The stored answer for ``request`` and who produced it, or None (a miss, an expired or
-        edge entry when the cloud is required, any cache failure). No single-flight: a caller that
-        produces answers itself (a stream) shares live work on its own and ``store``s the result."""
-        located = self._key_of(request)
-        if located is None:
-            return None
+    async def lookup(self, request: CacheRequest, located: tuple[str, bytes]) -> tuple[InferResponse, Provenance] | None:
+        """The stored answer for ``request`` (at ``located``, from ``locate``) and who produced it,
+        or None (a miss, an expired or edge entry when the cloud is required, any cache failure).
+        No single-flight: a caller that produces answers itself (a stream) shares live work on its
+        own and ``store``s the result."""
         backend = self._backend
         entry = await self._read(backend, *located) if backend is not None else None
         if entry is None:
@@ -331,12 +330,12 @@ class GatewayCache:
         self._m_hit.inc()
         return entry.response, entry.provenance
 
-    def store(self, request: CacheRequest, response: InferResponse, served_by: str, compute_s: float) -> None:
-        """Write ``response`` (produced by ``served_by``: edge or cloud) for ``request`` in the
-        background, under the same rules as computed answers (size, breaker, bounded writes)."""
-        located = self._key_of(request)
+    def store(self, request: CacheRequest, located: tuple[str, bytes], response: InferResponse, served_by: str,
+              compute_s: float) -> None:
+        """Write ``response`` (produced by ``served_by``: edge or cloud) for ``request`` at ``located``
+        in the background, under the same rules as computed answers (size, breaker, bounded writes)."""
         provenance = Provenance.of(served_by)
-        if located is None or provenance is None:
+        if provenance is None:
             return
         key, digest = located
         body = response_to_wire(dataclasses.replace(response, id="", wire=None))

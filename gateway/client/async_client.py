@@ -21,7 +21,7 @@ from edgecloud.errors import InferenceError
 from edgecloud.grpc_calls import unary
 from edgecloud.types import ModelMetadata, ParameterValue, ServerMetadata
 from gateway.client.calls import REFERENCE_MODEL, Call, Calls
-from gateway.client.generation import GenerationChunk, chat_prompt, chunk_from_message, generation_request
+from gateway.client.generation import GenerationChunk, chat_prompt
 from gateway.client.inputs import InputValue
 from gateway.client.results import EmbedResult, InferResult
 from gateway.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
@@ -186,14 +186,14 @@ class AsyncClient:
         (or cancelling the task) cancels the call and stops the generation upstream."""
         sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
                     "seed": seed, "stop": stop}
-        request = generation_request(model, prompt, sampling, parameters, version)
-        timeout = self.settings.timeout_s if timeout_s is None else timeout_s
-        call = self._stub_on_this_loop().ModelStreamInfer(iter([request]), timeout=timeout,
+        stream = self._calls.generate(model, prompt, sampling, parameters=parameters, version=version,
+                                      timeout_s=timeout_s)
+        call = self._stub_on_this_loop().ModelStreamInfer(iter([stream.request]), timeout=stream.timeout_s,
                                                           metadata=self.settings.metadata)
         try:
             with translate_rpc_errors():
                 async for message in call:
-                    chunk = chunk_from_message(message)
+                    chunk = stream.parse(message)
                     yield chunk
                     if chunk.final:
                         return

@@ -18,6 +18,7 @@ from edgecloud import codec
 from edgecloud.errors import InferenceError, InternalError
 from edgecloud.limits import RequestLimits
 from edgecloud.types import InferRequest, ModelMetadata, ParameterValue, RequestedOutput, ServerMetadata
+from gateway.client.generation import GenerationChunk, chunk_from_message, generation_request
 from gateway.client.inputs import InputValue, tensors_from_inputs
 from gateway.client.results import EmbedResult, InferResult
 from protos import inference_pb2 as pb
@@ -33,7 +34,8 @@ EMBED_OUTPUT = "embedding"
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One unary RPC to make: ``method`` names the stub attribute (``"ModelInfer"``)."""
+    """One RPC to make: ``method`` names the stub attribute (``"ModelInfer"``; ``"ModelStreamInfer"``
+    for a stream, whose every message ``parse`` reads)."""
 
     method: str
     request: Any
@@ -108,6 +110,21 @@ class Calls:
             outputs=[RequestedOutput(name) for name in outputs or ()],
         )
         return Call("ModelInfer", codec.request_to_proto(request), self._parse_infer, self._timeout(timeout_s))
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        sampling: Mapping[str, Any],
+        *,
+        parameters: Mapping[str, ParameterValue] | None = None,
+        version: str = "",
+        timeout_s: float | None = None,
+    ) -> Call[GenerationChunk]:
+        """A token stream (``ModelStreamInfer``, one request): ``parse`` turns each stream message
+        into a ``GenerationChunk`` (or raises the error it reports)."""
+        return Call("ModelStreamInfer", generation_request(model, prompt, sampling, parameters, version),
+                    chunk_from_message, self._timeout(timeout_s))
 
     def embed(
         self,

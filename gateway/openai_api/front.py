@@ -34,16 +34,14 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from edgecloud.errors import ErrorKind, InferenceError, InvalidArgument, NotFound
-from edgecloud.generation import CHAT_TEMPLATE_PARAMETER, FINAL_PARAMETER
+from edgecloud.generation import CHAT_TEMPLATE_PARAMETER, FINAL_PARAMETER, parse_sampling
 from edgecloud.http_front import TENANT_KEY, TIMEOUT_HEADER, check_body_headers, deadline_from_header, read_body
 from edgecloud.status import http_status
-from edgecloud.codec import bytes_array
-from edgecloud.types import InferRequest, InferResponse, Tensor
+from edgecloud.types import InferRequest, InferResponse
 from edgecloud.chat_template import render
 from gateway.openai_api.schema import OpenAIRequest, parse_chat, parse_completion
 from gateway.where_served import ROUTE_REASON, SERVED_BY, where_served_headers
-from gateway.streams.requests import is_generative, response_text, upstream_request
-from gateway.streams.requests import parse as parse_generation
+from gateway.streams.requests import GATEWAY_LIMITS, is_generative, response_text, upstream_request
 
 __all__ = ["OpenAIFront"]
 
@@ -185,10 +183,10 @@ class OpenAIFront:
                             parameters=dict(decoded.parameters))
         base.deadline = deadline_from_header(request.headers.get(TIMEOUT_HEADER))
         base.tenant = request.get(TENANT_KEY, "default")
-        # The sampling goes as the protocol's JSON input: the dataplane validates its values (ranges)
-        # and the error names the OpenAI parameter.
-        parsed = parse_generation(_with_sampling_json(base, prompt, sampling))
-        return upstream_request(base, prompt=prompt, sampling=parsed.sampling)
+        # Checked here with the protocol's own rules (ranges, types); a refusal names the field as
+        # the protocol's JSON input would, and the error shape maps it back to the OpenAI parameter.
+        checked = parse_sampling(sampling, GATEWAY_LIMITS, _SAMPLING_FIELD[:-1])
+        return upstream_request(base, prompt=prompt, sampling=checked)
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
@@ -245,12 +243,6 @@ class OpenAIFront:
                                                "code": ErrorKind.INTERNAL.value}}))
         await stream.write_eof()
         return stream
-
-
-def _with_sampling_json(base: InferRequest, prompt: str, sampling: dict) -> InferRequest:
-    inputs = [Tensor("text_input", "BYTES", (1,), bytes_array([prompt.encode("utf-8")])),
-              Tensor("sampling_parameters", "BYTES", (1,), bytes_array([json.dumps(sampling).encode("utf-8")]))]
-    return InferRequest(model_name=base.model_name, inputs=inputs)
 
 
 class _Answer:

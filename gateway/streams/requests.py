@@ -64,9 +64,8 @@ def as_generative(meta: ModelMetadata) -> ModelMetadata:
     return dataclasses.replace(meta, inputs=inputs)
 
 
-def parse(request: InferRequest, default_max_tokens: int = GATEWAY_LIMITS.default_max_tokens) -> GenerateRequest:
-    limits = dataclasses.replace(GATEWAY_LIMITS, default_max_tokens=default_max_tokens)
-    return parse_generate_request(request, limits)
+def parse(request: InferRequest) -> GenerateRequest:
+    return parse_generate_request(request, GATEWAY_LIMITS)
 
 
 def deterministic(sampling: SamplingParams) -> bool:

@@ -60,19 +60,22 @@ class StreamService:
                     yield response
                 return
             keyed = CacheRequest(_key_request(request, generate), model_version, (), require_cloud, False)
-            hit = await self.cache.lookup(keyed)
+            located = self.cache.locate(keyed)  # the key, built once for the lookup, the flight and the store
+            hit = await self.cache.lookup(keyed, located) if located is not None else None
             if hit is not None:
                 self.metrics.stream_cache.labels("hit").inc()
                 for response in _replay(request, *hit):
                     yield response
                 return
-            flight_key = (keyed.request.tenant, model_version, require_cloud, cache_key(keyed))
+            # The digest covers tenant, model, version, prompt and sampling.
+            flight_key = (located[1] if located is not None else cache_key(keyed), require_cloud)
             shared = self._flights.get(flight_key)
             leader = shared is None or shared.ended
             if leader:
                 started = time.monotonic()
                 source = self.dispatcher.stream(request, generate, deadline, require_cloud=require_cloud)
-                shared = SharedGeneration(source, lambda done: self._ended(flight_key, keyed, done, started))
+                shared = SharedGeneration(source,
+                                          lambda done: self._ended(flight_key, keyed, located, done, started))
                 self._flights[flight_key] = shared
             else:
                 self.metrics.stream_cache.labels("joined").inc()
@@ -88,10 +91,11 @@ class StreamService:
         finally:
             self.metrics.active_streams.dec()
 
-    def _ended(self, flight_key, keyed: CacheRequest, shared: SharedGeneration, started: float) -> None:
+    def _ended(self, flight_key, keyed: CacheRequest, located: tuple[str, bytes] | None, shared: SharedGeneration,
+               started: float) -> None:
         if self._flights.get(flight_key) is shared:
             del self._flights[flight_key]
-        if not shared.completed or not shared.responses:
+        if located is None or not shared.completed or not shared.responses:
             return
         final = shared.responses[-1].parameters
         served_by = str(final.get(SERVED_BY, ""))
@@ -100,7 +104,7 @@ class StreamService:
         parameters = {key: final[key] for key in _USAGE_KEYS if key in final}
         stored = InferResponse(keyed.request.model_name, [Tensor(TEXT_OUTPUT, "BYTES", chunks.shape, chunks)],
                                model_version=shared.responses[-1].model_version, parameters=parameters)
-        self.cache.store(keyed, stored, provenance, time.monotonic() - started)
+        self.cache.store(keyed, located, stored, provenance, time.monotonic() - started)
         self.metrics.stream_cache.labels("stored").inc()
 
     async def whole(self, request: InferRequest, generate: GenerateRequest, **options) -> InferResponse:

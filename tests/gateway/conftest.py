@@ -69,14 +69,14 @@ async def edge_proxy(edge_process):
 
 
 def in_process_gateway_config(edge: str | None, workers: list[str], *, cloud: dict | None = None,
-                              cache: dict | None = None, **routing) -> GatewayConfig:
-    """An in-process test gateway's config: gRPC on port 0, no HTTP front, probes every 100 ms and
+                              cache: dict | None = None, http: bool = False, **routing) -> GatewayConfig:
+    """An in-process test gateway's config: gRPC on port 0 (``http``: HTTP on port 0 too), probes every 100 ms and
     — routing not being what most tests are about — a threshold no busy machine reaches (tests of
     routing set their own); ``cloud`` adds cloud pool settings, ``cache`` a cache section."""
     routing.setdefault("probe_interval_ms", 100)
     routing.setdefault("threshold_ms", 60_000)
     sections = {
-        "server": {"port": 0, "metrics_port": None, "http_port": None, "grace_s": 1},
+        "server": {"port": 0, "metrics_port": None, "http_port": 0 if http else None, "grace_s": 1},
         "edge": {"address": edge},
         "cloud": {"workers": workers, **(cloud or {})},
         "routing": routing,
@@ -178,15 +178,9 @@ async def stream_gateway():
 
     async def start(edge_address: str | None, cloud_address: str, *, cache: dict | None = None,
                     **streams) -> GatewayServer:
-        sections = {
-            "server": {"port": 0, "http_port": 0, "metrics_port": None, "grace_s": 1},
-            "edge": {"address": edge_address},
-            "cloud": {"workers": [cloud_address], "attempt_timeout_ms": 30_000},
-            "routing": {"threshold_ms": 60_000, "probe_interval_ms": 100, "streams": streams},
-        }
-        if cache is not None:
-            sections["cache"] = cache
-        server = GatewayServer(GatewayConfig.model_validate(sections))
+        config = in_process_gateway_config(edge_address, [cloud_address], cloud={"attempt_timeout_ms": 30_000},
+                                           cache=cache, http=True, streams=streams)
+        server = GatewayServer(config)
         await server.start()
         servers.append(server)
         return server
