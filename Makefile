@@ -1,5 +1,5 @@
 # edgecloud: two commands on a fresh machine.
-#   make up     set up, build the models if missing (embeddings INT8, generation INT4 + FP32), run the local stack
+#   make up     set up, build the models if missing (embeddings INT8, generation INT4 + FP32, images INT8), run the local stack
 #   make test   set up, build the models if missing, run the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -7,6 +7,7 @@ TRITON_VENV := .venv-triton
 BIN := $(VENV)/bin
 MODEL_DIR := models/all-MiniLM-L6-v2
 GEN_MODEL_DIR := models/smollm2-135m-instruct
+IMAGE_MODEL_DIR := models/efficientnet-lite0
 
 .PHONY: setup up test model bench clean protos
 
@@ -33,7 +34,10 @@ $(MODEL_DIR)/model.json: | $(VENV)/.stamp
 $(GEN_MODEL_DIR)/model.json: | $(VENV)/.stamp
 	HF_HUB_OFFLINE=1 $(BIN)/edgecloud model build --model smollm2 --out $(GEN_MODEL_DIR)
 
-model: $(MODEL_DIR)/model.json $(GEN_MODEL_DIR)/model.json
+$(IMAGE_MODEL_DIR)/model.json: | $(VENV)/.stamp
+	$(BIN)/edgecloud model build --model efficientnet --out $(IMAGE_MODEL_DIR)
+
+model: $(MODEL_DIR)/model.json $(GEN_MODEL_DIR)/model.json $(IMAGE_MODEL_DIR)/model.json
 
 # make up ARGS=--random-ports (or any `edgecloud up` option)
 up: setup model
@@ -51,4 +55,4 @@ protos: $(VENV)/.stamp
 	$(BIN)/python -m protos.generate
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_DIR) $(GEN_MODEL_DIR)
+	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_DIR) $(GEN_MODEL_DIR) $(IMAGE_MODEL_DIR)

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator
 
 from edgecloud.config import LimitsSettings, Section, ServerSettings, load_config
+from edgecloud import image_model
 from edgecloud.reference_model import MAX_SEQUENCE_LENGTH, MODEL_NAME, MODEL_VERSION
 
 ENV_PREFIX = "EDGECLOUD_CLOUD_"
@@ -85,6 +86,20 @@ class ReferenceModelSpec(Section):
     """Model version reported and addressable."""
 
 
+class ImageModelSpec(Section):
+    """The packaged EfficientNet-Lite0 image classifier in torch (``image`` -> ``probabilities``)."""
+
+    kind: Literal["image"]
+    """``image``: the packaged image classifier (encoded BYTES [N] or UINT8 [N, 224, 224, 3] in, FP32
+    probabilities [N, 1000] out, ImageNet labels for the classification extension)."""
+    name: str = Field(image_model.MODEL_NAME, min_length=1)
+    """Model name clients address."""
+    version: str = Field(image_model.MODEL_VERSION, min_length=1)
+    """Model version reported and addressable."""
+    decode_threads: int = Field(2, ge=1, le=64)
+    """Threads that decode uploaded images, off the event loop and apart from the model's thread."""
+
+
 class ProgramModelSpec(Section):
     """A TorchScript or ``torch.export`` program in a directory described by its ``model.json``."""
 
@@ -120,7 +135,8 @@ class GenerativeModelSpec(Section):
     """Prompt tokens prefilled in one step: bounds how long running generations wait for newcomers."""
 
 
-ModelSpec = Annotated[Union[ReferenceModelSpec, ProgramModelSpec, GenerativeModelSpec], Field(discriminator="kind")]
+ModelSpec = Annotated[Union[ReferenceModelSpec, ImageModelSpec, ProgramModelSpec, GenerativeModelSpec],
+                      Field(discriminator="kind")]
 
 
 class CloudConfig(Section):
@@ -140,7 +156,7 @@ class CloudConfig(Section):
     def _unique_names(cls, value: list) -> list:
         seen: set[tuple[str, str]] = set()
         for spec in value:
-            if isinstance(spec, ReferenceModelSpec):
+            if isinstance(spec, (ReferenceModelSpec, ImageModelSpec)):
                 key = (spec.name, spec.version)
                 if key in seen:
                     raise ValueError(f"model {spec.name!r} version {spec.version!r} is listed twice")
@@ -159,6 +175,7 @@ __all__ = [
     "CloudConfig",
     "CloudServerSettings",
     "GenerativeModelSpec",
+    "ImageModelSpec",
     "ModelSpec",
     "ProgramModelSpec",
     "ReferenceModelSpec",

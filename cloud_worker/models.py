@@ -1,7 +1,8 @@
 """``BatchedModel``: a runtime behind a dynamic batcher and its own compute thread.
 
 Contract: ``infer`` receives a request the ``Dataplane`` has already validated; it runs the
-runtime's per-request ``prepare`` on the event loop (so a bad request is refused alone, before it
+runtime's per-request ``prepare`` on the event loop, or on the model's decode pool when the
+runtime says ``decode_off_loop`` (images) (so a bad request is refused alone, before it
 can join a batch), queues it with its deadline, and answers with the runtime's outputs, the model's
 version and ``parameters={"variant": ...}``. Compute runs on one dedicated thread per model, never
 on the event loop. ``load`` loads and warms the runtime before the model reports ready; ``unload``
@@ -49,6 +50,9 @@ class BatchedModel(Model):
         )
         self._parameters = {"variant": runtime.variant}
         self._loaded = False
+        self.labels = getattr(runtime, "labels", None)
+        """Class names for the classification extension, when the runtime has them."""
+        self._decoder: BlockingRunner | None = None
 
     @property
     def variant(self) -> str:
@@ -62,6 +66,9 @@ class BatchedModel(Model):
         if self._loaded:
             return
         self._runner = BlockingRunner(1, name=f"torch-{self.metadata.name}")
+        if getattr(self.runtime, "decode_off_loop", False):
+            self._decoder = BlockingRunner(getattr(self.runtime, "decode_threads", 2),
+                                           name=f"decode-{self.metadata.name}")
         await self._runner.run(self.runtime.load)
         await self.batcher.start()
         self._loaded = True
@@ -73,11 +80,18 @@ class BatchedModel(Model):
         if runner is not None:
             await asyncio.to_thread(runner.close)  # waits for a batch still on the thread
             self.runtime.close()
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            await asyncio.to_thread(decoder.close)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if not self._loaded:
             raise FailedPrecondition(f"model {self.metadata.name!r} is not loaded")
-        item, rows = self.runtime.prepare(request)
+        decoder = self._decoder
+        if decoder is not None:
+            item, rows = await decoder.run(self.runtime.prepare, request)
+        else:
+            item, rows = self.runtime.prepare(request)
         outputs = await self.batcher.submit(item, rows, request.deadline)
         return InferResponse(self.metadata.name, outputs, model_version=self.version,
                              parameters=dict(self._parameters))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from cloud_worker.config import CloudConfig, GenerativeModelSpec, ProgramModelSpec, ReferenceModelSpec
+from cloud_worker.config import CloudConfig, GenerativeModelSpec, ImageModelSpec, ProgramModelSpec, ReferenceModelSpec
 from cloud_worker.metrics import WorkerMetrics
 from cloud_worker.models import BatchedModel, batch_limit
 from cloud_worker.runtime import Runtime
@@ -47,6 +47,10 @@ def build_runtimes(config: CloudConfig) -> list[Runtime]:
     for spec in config.models:
         if isinstance(spec, ReferenceModelSpec):
             runtimes.append(ReferenceRuntime(spec, config.runtime, max_rows=config.batching.max_batch_size))
+        elif isinstance(spec, ImageModelSpec):
+            from cloud_worker.image import ImageRuntime
+
+            runtimes.append(ImageRuntime(spec, config.runtime, max_rows=config.batching.max_batch_size))
         elif isinstance(spec, ProgramModelSpec):
             runtimes.append(ProgramRuntime(spec.path, config.runtime))
     return runtimes

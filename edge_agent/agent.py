@@ -42,6 +42,9 @@ from edgecloud.dataplane import Dataplane
 from edgecloud.errors import InvalidArgument, NotFound
 from edgecloud.generation import Chunk, GenerateRequest, parse_sampling
 from edgecloud.model import ModelRepository
+from edgecloud.image_model import MODEL_NAME as IMAGE_MODEL
+from edgecloud.image_model import OUTPUT_NAME as IMAGE_OUTPUT
+from edgecloud.image_model import image_tensor
 from edgecloud.reference_model import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from edgecloud.types import InferRequest, InferResponse, ServerMetadata, Tensor
 from edge_agent.config import EdgeConfig, ModelSettings
@@ -140,6 +143,25 @@ class EdgeAgent:
     async def aembed(self, texts: list[str], *, model_name: str = MODEL_NAME) -> np.ndarray:
         response = await self.infer(self._embedding_request(texts, model_name))
         return response.output(OUTPUT_NAME).data
+
+    def classify(self, images, *, model_name: str = IMAGE_MODEL) -> np.ndarray:
+        """Probabilities [N, classes] for ``images`` (file paths, encoded JPEG / PNG / WebP bytes, or
+        UINT8 [224, 224, 3] arrays; one kind per call), blocking in the caller's thread; a bad image
+        raises ``InvalidArgument`` naming it. ``labels(model_name)`` names the classes."""
+        response = self.infer_sync(InferRequest(model_name=model_name, inputs=[image_tensor(images)]))
+        return response.output(IMAGE_OUTPUT).data
+
+    async def aclassify(self, images, *, model_name: str = IMAGE_MODEL) -> np.ndarray:
+        response = await self.infer(InferRequest(model_name=model_name, inputs=[image_tensor(images)]))
+        return response.output(IMAGE_OUTPUT).data
+
+    def labels(self, model_name: str = IMAGE_MODEL) -> tuple[str, ...]:
+        """A classifier's class names, by index."""
+        model = self.dataplane.repository.get(model_name)
+        labels = getattr(model, "labels", None)
+        if labels is None:
+            raise InvalidArgument("is not a classifier with labels", field="model_name")
+        return tuple(labels)
 
     def infer_sync(self, request: InferRequest) -> InferResponse:
         self.load()

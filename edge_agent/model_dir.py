@@ -4,7 +4,9 @@ Contract: ``load_model_dir(path)`` returns a ``ModelDirSpec``. A directory with 
 format ``edgecloud-model/1`` describes a sentence-embedding model (task ``sentence-embedding``:
 tokenizer + ONNX variants), a raw ONNX model (task ``raw``) or a text-generation model (task
 ``text-generation``: each variant an onnxruntime-genai directory; ``cloud`` names the torch
-checkpoint directory for the cloud worker, ``context_length`` the tokens it holds); a directory without it must hold
+checkpoint directory for the cloud worker, ``context_length`` the tokens it holds) or an image classifier
+(task ``image-classification``: ONNX variants taking UINT8 [N, 224, 224, 3], ``labels`` a JSON list
+of class names); a directory without it must hold
 exactly one ``*.onnx`` file, served raw with inputs and outputs read from the graph. A variant
 whose file is absent is left out (a device carries only the one it serves); the default variant
 must be there unless another is asked for (``variant``). Problems raise ``ModelDirError`` naming
@@ -23,7 +25,7 @@ from edgecloud.datatypes import DATATYPES
 from edgecloud.types import TensorSpec
 
 MODEL_FORMAT = "edgecloud-model/1"
-TASKS = ("sentence-embedding", "raw", "text-generation")
+TASKS = ("sentence-embedding", "raw", "text-generation", "image-classification")
 DIRECTORY_TASKS = ("text-generation",)
 """Tasks whose variants are directories (an onnxruntime-genai model: graph, weights, genai_config.json,
 tokenizer), not single ONNX files."""
@@ -139,6 +141,8 @@ def pack_variant(src: str | Path, out: str | Path, variant: str | None = None) -
     meta["variants"], meta["default_variant"] = {chosen: onnx.name}, chosen
     meta.pop("onnx_file", None)
     keep = [onnx, *root.glob(onnx.name + ".data")]  # external weights travel with their graph
+    if isinstance(meta.get("labels"), str) and (root / meta["labels"]).is_file():
+        keep.append(root / meta["labels"])
     if spec.tokenizer is not None:
         keep.append(spec.tokenizer)
     keep += [p for p in root.glob("report.*") if p.is_file()]

@@ -1,5 +1,5 @@
-"""The edge's model kinds over onnxruntime: the sentence-embedding reference contract and raw
-ONNX graphs.
+"""The edge's model kinds over onnxruntime: the sentence-embedding reference contract, the image
+classifier and raw ONNX graphs.
 
 Contract: ``infer_blocking`` is the whole computation for a validated request (callable from any
 thread, used directly by the in-process agent); ``infer`` runs it on the model's own thread pool,
@@ -18,10 +18,11 @@ from edgecloud.codec import bytes_array
 from edgecloud.datatypes import datatype_of
 from edgecloud.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from edgecloud.model import BlockingRunner, Model
+from edgecloud.image_model import IMAGE_INPUT, PROBABILITIES, prepared_images
 from edgecloud.reference_model import EMBEDDING_DIM, INPUT_NAME, OUTPUT_NAME
 from edgecloud.tokenization import TextTokenizer, decode_utf8, mean_pool_normalize
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
-from edge_agent.model_dir import ModelDirSpec
+from edge_agent.model_dir import ModelDirError, ModelDirSpec
 from edge_agent.onnx_session import SessionSettings, create_session, graph_specs
 
 PLATFORM = "onnxruntime_onnx"
@@ -197,6 +198,50 @@ class RawOnnxModel(OnnxModel):
                              parameters={"variant": self.variant})
 
 
+class ImageClassifierModel(OnnxModel):
+    """``image`` (encoded BYTES [N] or UINT8 [N, 224, 224, 3]) -> ``probabilities`` (FP32 [N, 1000]).
+
+    Uploads are decoded on the model's own threads (``edgecloud.images``: a bad image is refused by
+    field before the session runs); the graph does the normalisation and the softmax. ``labels``
+    (the directory's ``labels`` file) name the classes for the classification extension."""
+
+    def __init__(self, spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
+                 concurrency: int = 1):
+        super().__init__(spec, variant, settings, concurrency)
+        self.labels = _read_labels(spec)
+        self.metadata = ModelMetadata(spec.name, (spec.version,), PLATFORM, (IMAGE_INPUT,),
+                                      (TensorSpec(PROBABILITIES.name, "FP32", (-1, len(self.labels))),))
+
+    def warm_up(self) -> None:
+        for rows in (1, 8):
+            self.classify(np.zeros((rows, 224, 224, 3), dtype=np.uint8))
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities [N, classes] for prepared UINT8 [N, 224, 224, 3] images (blocking)."""
+        session = self._check_loaded()
+        return session.run([PROBABILITIES.name], {IMAGE_INPUT.name: images})[0]
+
+    def infer_blocking(self, request: InferRequest) -> InferResponse:
+        images = prepared_images(request.input(IMAGE_INPUT.name))
+        probabilities = self.classify(images)
+        return InferResponse(self.metadata.name, [Tensor(PROBABILITIES.name, "FP32", probabilities.shape, probabilities)],
+                             model_version=self.version, parameters={"variant": self.variant})
+
+
+def _read_labels(spec: ModelDirSpec) -> tuple[str, ...]:
+    import json
+
+    name = spec.extra.get("labels", "labels.json")
+    path = spec.path / str(name)
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{spec.path.name}: labels file {path.name} is unreadable ({exc})") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        raise ModelDirError(f"{spec.path.name}: {path.name} must be a JSON list of class names")
+    return tuple(labels)
+
+
 def model_from_dir(spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
                    concurrency: int = 1, chunk_size: int = 32, max_tokens: int = 512) -> Model:
     """The model kind the directory's task calls for (not loaded yet)."""
@@ -209,4 +254,6 @@ def model_from_dir(spec: ModelDirSpec, variant: str | None = None, settings: Ses
                                                  intra_op_threads=settings.intra_op_threads))
     if spec.task == "sentence-embedding":
         return SentenceEmbeddingModel(spec, variant, settings, concurrency, chunk_size)
+    if spec.task == "image-classification":
+        return ImageClassifierModel(spec, variant, settings, concurrency)
     return RawOnnxModel(spec, variant, settings, concurrency)

@@ -15,6 +15,8 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import struct
 from collections.abc import Iterable, Mapping
@@ -320,24 +322,57 @@ def element_count(shape: Iterable[int]) -> int:
 # metadata
 
 
+INPUT_ALTERNATIVES_PARAMETER = "input_alternatives"
+"""Model metadata parameter: JSON ``{input: [[datatype, shape], ...]}``, the other forms an input is
+accepted in (the protocol's tensor metadata holds one datatype and shape)."""
+
+
+def advertised_parameters(meta: ModelMetadata) -> dict[str, ParameterValue]:
+    """``meta.parameters`` plus the inputs' alternative forms, as the wire carries them."""
+    params = dict(meta.parameters)
+    alternatives = {spec.name: [[datatype, list(shape)] for datatype, shape in spec.alternatives]
+                    for spec in meta.inputs if spec.alternatives}
+    if alternatives:
+        params[INPUT_ALTERNATIVES_PARAMETER] = json.dumps(alternatives, separators=(",", ":"))
+    return params
+
+
+def _with_alternatives(inputs: tuple[TensorSpec, ...], params: dict[str, ParameterValue]) -> tuple[TensorSpec, ...]:
+    """``inputs`` with the alternative forms ``params`` advertises (removed from ``params``);
+    a malformed advertisement is ignored, never fatal: the primary forms still hold."""
+    raw = params.pop(INPUT_ALTERNATIVES_PARAMETER, None)
+    if not isinstance(raw, str):
+        return inputs
+    try:
+        table = json.loads(raw)
+        forms = {name: tuple((str(d), tuple(int(x) for x in shape)) for d, shape in entries)
+                 for name, entries in table.items()}
+    except (ValueError, TypeError, AttributeError):
+        return inputs
+    return tuple(dataclasses.replace(spec, alternatives=forms[spec.name]) if spec.name in forms else spec
+                 for spec in inputs)
+
+
 def model_metadata_to_proto(meta: ModelMetadata) -> pb.ModelMetadataResponse:
     msg = pb.ModelMetadataResponse(name=meta.name, versions=list(meta.versions), platform=meta.platform)
     for spec in meta.inputs:
         msg.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
     for spec in meta.outputs:
         msg.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-    parameters_to_proto(meta.parameters, msg.parameters)
+    parameters_to_proto(advertised_parameters(meta), msg.parameters)
     return msg
 
 
 def model_metadata_from_proto(msg: pb.ModelMetadataResponse) -> ModelMetadata:
+    params = parameters_from_proto(msg.parameters, "parameters")
+    inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs)
     return ModelMetadata(
         name=msg.name,
         versions=tuple(msg.versions),
         platform=msg.platform,
-        inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.inputs),
+        inputs=_with_alternatives(inputs, params),
         outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in msg.outputs),
-        parameters=parameters_from_proto(msg.parameters, "parameters"),
+        parameters=params,
     )
 
 

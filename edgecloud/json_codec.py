@@ -32,6 +32,7 @@ import numpy as np
 
 from edgecloud.codec import (
     DEFAULT_LIMITS,
+    advertised_parameters,
     array_from_raw,
     datatype_info,
     bytes_array,
@@ -467,8 +468,9 @@ def _specs(specs: Iterable) -> list[dict[str, Any]]:
 def model_metadata_to_json(meta: ModelMetadata) -> bytes:
     doc = {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
            "inputs": _specs(meta.inputs), "outputs": _specs(meta.outputs)}
-    if meta.parameters:
-        doc["parameters"] = dict(meta.parameters)
+    parameters = advertised_parameters(meta)
+    if parameters:
+        doc["parameters"] = parameters
     return _dumps(doc).encode("ascii")
 
 

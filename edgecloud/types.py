@@ -85,6 +85,10 @@ class TensorSpec:
     shape: tuple[int, ...]
     optional: bool = False
     """An input a request may leave out (Triton's ``optional: true``)."""
+    alternatives: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """Other (datatype, shape) forms the input is accepted in (an image as encoded BYTES [-1] or as
+    prepared UINT8 [-1, 224, 224, 3]); the wire's tensor metadata has room for one form, so the
+    others travel in the model metadata's ``parameters`` (``edgecloud.codec``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,23 @@ from __future__ import annotations
 from edgecloud.classification import classification_count
 from edgecloud.errors import InvalidArgument
 from edgecloud.limits import RequestLimits
-from edgecloud.types import InferRequest, ModelMetadata
+from edgecloud.types import InferRequest, ModelMetadata, TensorSpec
 
 
 def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _form_shape(datatype: str, spec: TensorSpec, field: str) -> tuple[int, ...]:
+    """The shape ``spec`` expects for a tensor of ``datatype`` (its primary form or an alternative)."""
+    if datatype == spec.datatype:
+        return spec.shape
+    for other, shape in spec.alternatives:
+        if datatype == other:
+            return shape
+    forms = " or ".join(f"{d} {_fmt(s)}" for d, s in ((spec.datatype, spec.shape), *spec.alternatives))
+    raise InvalidArgument(f"expected {forms if spec.alternatives else spec.datatype}, got {datatype}",
+                          field=f"{field}.datatype")
 
 
 def validate_request(request: InferRequest, meta: ModelMetadata, limits: RequestLimits) -> None:
@@ -32,13 +44,10 @@ def validate_request(request: InferRequest, meta: ModelMetadata, limits: Request
         spec = expected.get(tensor.name)
         if spec is None:
             raise InvalidArgument(f"unknown input; model expects {list(expected)}", field=field)
-        if tensor.datatype != spec.datatype:
-            raise InvalidArgument(f"expected {spec.datatype}, got {tensor.datatype}", field=f"{field}.datatype")
-        if len(tensor.shape) != len(spec.shape) or any(
-            want != -1 and want != got for want, got in zip(spec.shape, tensor.shape)
-        ):
-            raise InvalidArgument(f"expected {_fmt(spec.shape)}, got {_fmt(tensor.shape)}", field=f"{field}.shape")
-        if spec.shape and spec.shape[0] == -1:
+        shape = _form_shape(tensor.datatype, spec, field)
+        if len(tensor.shape) != len(shape) or any(want != -1 and want != got for want, got in zip(shape, tensor.shape)):
+            raise InvalidArgument(f"expected {_fmt(shape)}, got {_fmt(tensor.shape)}", field=f"{field}.shape")
+        if shape and shape[0] == -1:
             size = tensor.shape[0]
             if size == 0:
                 raise InvalidArgument("empty batch (dimension 0 is 0)", field=f"{field}.shape")

@@ -2,6 +2,7 @@
 
     edgecloud model build [--out DIR] [--force]     build the INT8 reference model directory
     edgecloud model build --model smollm2           build the generative model (edge INT4, cloud FP32)
+    edgecloud model build --model efficientnet      build the image classifier (edge static INT8, cloud FP32)
     edgecloud model pack --out DIR [--variant V]    one variant only: the directory a device carries
     edgecloud serve edge|cloud|gateway --config F   run one server until SIGINT/SIGTERM
     edgecloud up                                    build what is missing, run the local stack
@@ -43,6 +44,10 @@ def _model_build(args) -> int:
         from edge_agent.build import generative
 
         return generative.run(args)
+    if args.model == "efficientnet":
+        from edge_agent.build import image
+
+        return image.run(args)
     from edge_agent.build import pipeline
 
     if args.out is None:
@@ -151,16 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="model build tooling").add_subparsers(dest="model_command", required=True)
     build = model.add_parser("build", help="build a reference model directory (edge and cloud) with its report")
-    build.add_argument("--model", choices=("minilm", "smollm2"), default="minilm",
+    build.add_argument("--model", choices=("minilm", "smollm2", "efficientnet"), default="minilm",
                        help="minilm: the sentence-embedding model, INT8 (default); smollm2: the generative "
-                            "model, onnxruntime-genai INT4 on the edge and torch in the cloud")
+                            "model, onnxruntime-genai INT4 on the edge and torch in the cloud; efficientnet: the "
+                            "image classifier, static INT8 on the edge and torch FP32 in the cloud")
     try:
-        from edge_agent.build import generative, pipeline
+        from edge_agent.build import generative, image, pipeline
     except ImportError:  # an edge-only install has no build tooling
         build.set_defaults(func=lambda _args: _missing("build", "edgecloud[build]"))
     else:
         pipeline.add_arguments(build)
         generative.add_arguments(build)
+        image.add_arguments(build)
         build.set_defaults(func=_model_build)
 
     pack = model.add_parser("pack", help="a model directory with one variant only (what a device carries)")

@@ -119,8 +119,11 @@ def wait_ready(service: ServiceProcess | str, timeout: float = 60.0) -> None:
 
 
 def edge_config(model_dir: Path | str, port: int, *, threads: int = 1, http_port: int | None = None,
-                generative_model_dir: Path | str | None = None, generative_concurrency: int = 1) -> dict[str, Any]:
+                generative_model_dir: Path | str | None = None, generative_concurrency: int = 1,
+                image_model_dir: Path | str | None = None) -> dict[str, Any]:
     models = [{"path": str(model_dir), "intra_op_threads": threads}]
+    if image_model_dir is not None:
+        models.append({"path": str(image_model_dir), "intra_op_threads": threads})
     if generative_model_dir is not None:
         models.append({"path": str(generative_model_dir), "intra_op_threads": threads,
                        "concurrency": generative_concurrency})
@@ -129,14 +132,19 @@ def edge_config(model_dir: Path | str, port: int, *, threads: int = 1, http_port
 
 def cloud_config(port: int, *, threads: int = 1, metrics_port: int | None = None,
                  max_queue_delay_us: int = 2000, http_port: int | None = None,
-                 generative_model_dir: Path | str | None = None) -> dict[str, Any]:
+                 generative_model_dir: Path | str | None = None, image: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "http_port": http_port, "grace_s": 2,
                    "metrics_port": metrics_port},
         "runtime": {"device": "auto", "intra_op_threads": threads},
         "batching": {"max_queue_delay_us": max_queue_delay_us}}
+    models: list[dict[str, Any]] = [{"kind": "reference"}]
+    if image:
+        models.append({"kind": "image"})
     if generative_model_dir is not None:
-        config["models"] = [{"kind": "reference"}, {"kind": "generative", "path": str(generative_model_dir)}]
+        models.append({"kind": "generative", "path": str(generative_model_dir)})
+    if len(models) > 1:
+        config["models"] = models
     return config
 
 

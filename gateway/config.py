@@ -48,6 +48,21 @@ class StreamRoutingSettings(Section):
     default: no limit (only TTFT counts)."""
 
 
+class EscalationSettings(Section):
+    """When a classifier's edge answer is not sure enough to return: the cloud is asked instead."""
+
+    output: str = Field("probabilities", min_length=1)
+    """The output holding the class probabilities (raw, or as the classification extension's strings)."""
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    """Escalate when the top-1 probability is under this (``edgecloud tune --kind confidence``
+    recommends one from a set of images)."""
+    min_margin: float = Field(0.0, ge=0, le=1)
+    """Escalate when the top-1 minus the top-2 probability is under this."""
+    reserve_ms: float = Field(10, ge=0, le=60_000)
+    """Time kept before the request's deadline to return the edge's answer if the cloud has not
+    answered by then."""
+
+
 class RoutingSettings(Section):
     threshold_ms: float = Field(200, gt=0, le=600_000)
     """Edge RTT statistic above which traffic moves to the cloud."""
@@ -91,6 +106,10 @@ class RoutingSettings(Section):
     """Retries (never of INVALID_ARGUMENT and the like) are paid from this budget."""
     streams: StreamRoutingSettings = Field(default_factory=StreamRoutingSettings)
     """Token streams: TTFT routing, first-token hedging, mid-stream failover."""
+    escalation: dict[str, EscalationSettings] = Field(
+        default_factory=lambda: {"efficientnet-lite0": EscalationSettings(min_confidence=0.5)})
+    """Confidence escalation by model name: a classifier whose edge answer is unsure is answered by
+    the cloud (``route_reason: low_confidence``). Any model whose output is a probability vector."""
 
     @property
     def stream_hedge_after_s(self) -> float:

@@ -26,8 +26,8 @@ Contract for ``Dispatcher.dispatch(request, deadline, require_cloud=False) -> Se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 
 from edgecloud.clock import Clock, Sleep
 from edgecloud.loop_lag import LoopLag
@@ -36,13 +36,17 @@ from edgecloud.types import InferRequest, InferResponse
 from gateway.backend import CLOUD, EDGE, Backend
 from gateway.cache.api import Served
 from gateway.config import GatewayConfig
+from gateway.escalation import ConfidenceBar, widen
 from gateway.latency import LatencyMonitor
 from gateway.metrics import GatewayMetrics
 from gateway.pool import CloudPool
 from gateway.retry_budget import RetryBudget
 from gateway.routing import Decision, Reason, Route, RoutingPolicy
 
-__all__ = ["DispatchSettings", "Dispatcher"]
+__all__ = ["ESCALATION_PARAMETER", "DispatchSettings", "Dispatcher"]
+
+ESCALATION_PARAMETER = "escalation"
+"""Response parameter on an unsure edge answer returned as it is: ``kept: <why the cloud did not answer>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +57,18 @@ class DispatchSettings:
     """The longest one cloud attempt may take before another worker is tried."""
     edge_attempt_timeout_s: float | None = None
     """The longest one edge attempt may take; None: only the deadline bounds it."""
+    confidence_bars: Mapping[str, ConfidenceBar] = field(default_factory=dict)
+    """Confidence escalation by model name."""
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> DispatchSettings:
         edge_timeout = config.edge.attempt_timeout_ms
+        bars = {name: ConfidenceBar(rule.output, rule.min_confidence, rule.min_margin, rule.reserve_ms / 1000.0)
+                for name, rule in config.routing.escalation.items()}
         return cls(hedge_after_s=config.routing.hedge_after_s,
                    cloud_attempt_timeout_s=config.cloud.attempt_timeout_ms / 1000.0,
-                   edge_attempt_timeout_s=None if edge_timeout is None else edge_timeout / 1000.0)
+                   edge_attempt_timeout_s=None if edge_timeout is None else edge_timeout / 1000.0,
+                   confidence_bars=bars)
 
 
 class Dispatcher:
@@ -90,6 +99,17 @@ class Dispatcher:
         return decision
 
     async def dispatch(self, request: InferRequest, deadline: float, *, require_cloud: bool = False) -> Served:
+        bar = None if require_cloud else self.settings.confidence_bars.get(request.model_name)
+        if bar is None:
+            return await self._dispatch(request, deadline, require_cloud, None)
+        upstream, restore = widen(request, bar)
+        served = await self._dispatch(upstream, deadline, False, bar)
+        if restore is not None:
+            served.response = restore(served.response)
+        return served
+
+    async def _dispatch(self, request: InferRequest, deadline: float, require_cloud: bool,
+                        bar: ConfidenceBar | None) -> Served:
         self.budget.on_request()
         decision = self.decide(require_cloud)
         if decision.route is Route.NONE:
@@ -98,17 +118,18 @@ class Dispatcher:
             raise Unavailable("no backend can serve the request: the edge and every cloud worker are unavailable")
         first, second = (EDGE, CLOUD) if decision.route is Route.EDGE else (CLOUD, EDGE)
         if decision.hedge:
-            return await self._hedged(request, deadline, decision, first, second)
+            return await self._hedged(request, deadline, decision, first, second, bar)
         try:
             response = await self._attempt(first, request, deadline)
         except InferenceError as exc:
             if require_cloud:
                 raise
-            return await self._fail_over(exc, second, request, deadline)
-        return Served(response, first, decision.reason)
+            served = await self._fail_over(exc, second, request, deadline)
+            return self._kept_if_unsure(served, bar)
+        return await self._checked(Served(response, first, decision.reason), request, deadline, bar)
 
     async def _hedged(self, request: InferRequest, deadline: float, decision: Decision, first: str,
-                      second: str) -> Served:
+                      second: str, bar: ConfidenceBar | None = None) -> Served:
         primary = asyncio.ensure_future(self._attempt(first, request, deadline))
         tasks = [primary]
         try:
@@ -119,12 +140,14 @@ class Dispatcher:
                 winner = await self._first_success(primary, backup)
                 won_by = second if winner is backup else first
                 self.metrics.hedges.labels(won_by).inc()
-                return Served(winner.result(), won_by, Reason.HEDGE_WON if winner is backup else decision.reason)
+                served = Served(winner.result(), won_by, Reason.HEDGE_WON if winner is backup else decision.reason)
+                other = primary if winner is backup else backup
+                return await self._checked(served, request, deadline, bar, pending_cloud=other)
             try:
                 response = await primary
             except InferenceError as exc:
-                return await self._fail_over(exc, second, request, deadline)
-            return Served(response, first, decision.reason)
+                return self._kept_if_unsure(await self._fail_over(exc, second, request, deadline), bar)
+            return await self._checked(Served(response, first, decision.reason), request, deadline, bar)
         finally:
             for task in tasks:
                 if not task.done():
@@ -156,6 +179,45 @@ class Dispatcher:
             if isinstance(error, InferenceError) and not error.retryable:
                 raise error
         raise errors[-1]
+
+    # confidence escalation --------------------------------------------------------------------
+
+    async def _checked(self, served: Served, request: InferRequest, deadline: float, bar: ConfidenceBar | None,
+                       pending_cloud: asyncio.Future | None = None) -> Served:
+        """``served`` as it is, unless it is an unsure edge answer: then the cloud's answer (a running
+        hedge's when there is one), or the edge's marked ``low_confidence_kept`` when the cloud cannot
+        answer before the deadline (less the bar's reserve)."""
+        if bar is None or served.served_by != EDGE or not bar.unsure(served.response):
+            return served
+        limit = deadline - bar.reserve_s
+        outcome = "escalated"
+        try:
+            if pending_cloud is not None:
+                outcome = "hedge"
+                if not await self._done_within(pending_cloud, limit - self.clock.now()):
+                    raise DeadlineExceeded("the cloud did not answer before the deadline")
+                response = pending_cloud.result()  # the hedge's own error, when it failed
+            elif self.pool.available() and limit > self.clock.now():
+                response = await self._cloud_attempts(request, limit)
+            else:
+                raise Unavailable("no cloud worker is available")
+        except InferenceError as exc:
+            self.metrics.escalations.labels("kept").inc()
+            return self._kept(served, exc)
+        self.metrics.escalations.labels(outcome).inc()
+        return Served(response, CLOUD, Reason.LOW_CONFIDENCE)
+
+    def _kept_if_unsure(self, served: Served, bar: ConfidenceBar | None) -> Served:
+        """A failover's edge answer: the cloud has just failed, so an unsure one is kept, marked."""
+        if bar is None or served.served_by != EDGE or not bar.unsure(served.response):
+            return served
+        self.metrics.escalations.labels("kept").inc()
+        return self._kept(served, Unavailable("the cloud failed this request"))
+
+    @staticmethod
+    def _kept(served: Served, error: InferenceError) -> Served:
+        served.response.parameters[ESCALATION_PARAMETER] = f"kept: {error.kind.value}"
+        return Served(served.response, EDGE, Reason.LOW_CONFIDENCE_KEPT, cacheable=False)
 
     async def _fail_over(self, error: InferenceError, side: str, request: InferRequest, deadline: float) -> Served:
         """After ``error`` on one side: the other side, when it may and can be tried."""

@@ -50,6 +50,10 @@ class GatewayMetrics:
                                  ["state"], registry=r)
         self.hedges = Counter("edgecloud_gateway_hedges", "Requests hedged to the cloud, by winner",
                               ["winner"], registry=r)
+        self.escalations = Counter("edgecloud_gateway_escalations", "Unsure edge answers of classifiers, by outcome: "
+                                   "escalated (the cloud answered), hedge (a running hedge answered), kept (the "
+                                   "cloud could not answer in time: the edge's answer returned)", ["outcome"],
+                                   registry=r)
         self.retries = Counter("edgecloud_gateway_retries", "Retries by outcome of the budget check",
                                ["outcome"], registry=r)
         self.ejections = Counter("edgecloud_gateway_ejections", "Cloud workers ejected as outliers", registry=r)

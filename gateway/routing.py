@@ -60,6 +60,10 @@ class Reason:
     QUALITY_CLOUD = "quality_cloud"
     CACHE_HIT = "cache_hit"
     COALESCED = "coalesced"
+    LOW_CONFIDENCE = "low_confidence"
+    """A classifier's edge answer was unsure: the cloud's answer is returned."""
+    LOW_CONFIDENCE_KEPT = "low_confidence_kept"
+    """A classifier's edge answer was unsure and the cloud could not answer in time: the edge's is returned."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = Path(os.environ.get("EDGECLOUD_TEST_MODEL_DIR", REPO_ROOT / "models" / "all-MiniLM-L6-v2"))
 GENERATIVE_MODEL_DIR = Path(os.environ.get("EDGECLOUD_TEST_GENERATIVE_MODEL_DIR",
                                          REPO_ROOT / "models" / "smollm2-135m-instruct"))
+IMAGE_MODEL_DIR = Path(os.environ.get("EDGECLOUD_TEST_IMAGE_MODEL_DIR", REPO_ROOT / "models" / "efficientnet-lite0"))
 TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
 TRITON_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_check.py"
+TRITON_IMAGE_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_image_check.py"
 TRITON_STREAM_CHECK = REPO_ROOT / "tests" / "outside_clients" / "triton_stream_check.py"
 
 
@@ -84,6 +86,55 @@ def generative_model_dir() -> Path:
 
         build_generative_dir(GENERATIVE_MODEL_DIR)
     return GENERATIVE_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def image_model_dir() -> Path:
+    """The built image classifier directory (edge INT8 + FP32; built once if missing)."""
+    if not (IMAGE_MODEL_DIR / "model.json").exists():
+        from edge_agent.build.image import build_image_dir
+
+        build_image_dir(IMAGE_MODEL_DIR)
+    return IMAGE_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> dict[str, bytes]:
+    """scikit-image's bundled photographs as PNG bytes, by name (cat, coffee, astronaut, ...)."""
+    from edge_agent.build.image_corpus import encoded, source_photos
+
+    import numpy as np
+
+    names = ("cat", "coffee", "astronaut", "rocket", "motorcycle", "motorcycle_right")
+    return {name: encoded(np.asarray(photo)) for name, photo in zip(names, source_photos())}
+
+
+@pytest.fixture
+def tritonclient_image_check(tmp_path):
+    """Classify one encoded image (and its prepared pixels) with the unmodified tritonclient;
+    returns what it saw as a dict."""
+    if not TRITON_PYTHON.exists():
+        pytest.fail("the tritonclient environment is missing: run `make setup` (creates .venv-triton)")
+
+    def run(protocol: str, url: str, model: str, image: bytes, *, class_count: int = 3,
+            timeout: float = 60.0) -> dict:
+        import numpy as np
+
+        from edgecloud.images import decode_image
+
+        image_file, pixels_file = tmp_path / "image.bin", tmp_path / "pixels.npy"
+        image_file.write_bytes(image)
+        np.save(pixels_file, decode_image(image, "image")[None])
+        proc = subprocess.run(
+            [str(TRITON_PYTHON), str(TRITON_IMAGE_CHECK), protocol, "--url", url, "--model", model,
+             "--image", str(image_file), "--pixels", str(pixels_file), "--class-count", str(class_count)],
+            capture_output=True, text=True, timeout=timeout, cwd="/",
+        )
+        if proc.returncode != 0:
+            raise AssertionError(f"tritonclient failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        return json.loads(proc.stdout)
+
+    return run
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ class Served:
     served_by: str
     """edge | cloud | cache"""
     reason: str
+    cacheable: bool = True
+    """False for an answer that must not be stored (an unsure edge answer the cloud could not check)."""
 
 
 class ResultCache(Protocol):

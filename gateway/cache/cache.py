@@ -439,7 +439,7 @@ class GatewayCache:
         def done() -> None:
             self._flights.forget(flight_key, task)
 
-        if provenance is None:
+        if provenance is None or not served.cacheable:
             self._m_writes.labels("not_cacheable").inc()
             done()
         elif len(body) + HEADER.size > self.settings.max_entry_bytes:

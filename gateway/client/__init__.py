@@ -30,7 +30,7 @@ from edgecloud.errors import (
 from edgecloud.types import ModelMetadata, ServerMetadata, TensorSpec
 from gateway.client.async_client import AsyncClient
 from gateway.client.generation import GenerationChunk
-from gateway.client.results import EmbedResult, InferResult
+from gateway.client.results import Classification, ClassifyResult, EmbedResult, InferResult
 from gateway.client.retry import Jitter, RetryPolicy
 from gateway.client.sync_client import Client
 from gateway.client.tls import TlsOptions
@@ -38,6 +38,8 @@ from gateway.client.tls import TlsOptions
 __all__ = [
     "AsyncClient",
     "Cancelled",
+    "Classification",
+    "ClassifyResult",
     "Client",
     "DeadlineExceeded",
     "EmbedResult",

@@ -20,10 +20,10 @@ import grpc
 from edgecloud.errors import InferenceError
 from edgecloud.grpc_calls import unary
 from edgecloud.types import ModelMetadata, ParameterValue, ServerMetadata
-from gateway.client.calls import REFERENCE_MODEL, Call, Calls
+from gateway.client.calls import IMAGE_MODEL, REFERENCE_MODEL, Call, Calls
 from gateway.client.generation import GenerationChunk, chat_prompt
 from gateway.client.inputs import InputValue
-from gateway.client.results import EmbedResult, InferResult
+from gateway.client.results import ClassifyResult, EmbedResult, InferResult
 from gateway.client.retry import DEFAULT_RETRY, Attempts, RetryPolicy
 from edgecloud.rpc_errors import translate_rpc_errors
 from gateway.client.settings import DEFAULT_MAX_MESSAGE_BYTES, ClientSettings, MetadataArg
@@ -205,6 +205,21 @@ class AsyncClient:
         prompt = chat_prompt(await self.model_metadata(model, options.get("version", "")), messages)
         async for chunk in self.generate(model, prompt, **options):
             yield chunk
+
+    async def classify(
+        self,
+        images,
+        *,
+        top_k: int = 5,
+        model: str = IMAGE_MODEL,
+        timeout_s: float | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+    ) -> ClassifyResult:
+        """Classify ``images`` (file paths, encoded JPEG / PNG / WebP bytes, or UINT8 [224, 224, 3]
+        arrays; one kind per call): ``result.classes[i]`` are image i's ``top_k`` classes, best first,
+        and ``result.served_by`` / ``route_reason`` say where and why it was answered."""
+        return await self._run(self._calls.classify(images, top_k=top_k, model=model, parameters=parameters,
+                                            timeout_s=timeout_s))
 
     async def embed(
         self,

@@ -19,17 +19,21 @@ from edgecloud.errors import InferenceError, InternalError
 from edgecloud.limits import RequestLimits
 from edgecloud.types import InferRequest, ModelMetadata, ParameterValue, RequestedOutput, ServerMetadata
 from gateway.client.generation import GenerationChunk, chunk_from_message, generation_request
+from edgecloud.image_model import image_tensor
 from gateway.client.inputs import InputValue, tensors_from_inputs
-from gateway.client.results import EmbedResult, InferResult
+from gateway.client.results import ClassifyResult, EmbedResult, InferResult
 from protos import inference_pb2 as pb
 
-__all__ = ["Call", "Calls", "EMBED_INPUT", "EMBED_OUTPUT", "REFERENCE_MODEL"]
+__all__ = ["Call", "Calls", "EMBED_INPUT", "EMBED_OUTPUT", "IMAGE_MODEL", "REFERENCE_MODEL"]
 
 T = TypeVar("T")
 
 REFERENCE_MODEL = "all-MiniLM-L6-v2"
 EMBED_INPUT = "text"
 EMBED_OUTPUT = "embedding"
+IMAGE_MODEL = "efficientnet-lite0"
+IMAGE_INPUT = "image"
+IMAGE_OUTPUT = "probabilities"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,25 @@ class Calls:
         into a ``GenerationChunk`` (or raises the error it reports)."""
         return Call("ModelStreamInfer", generation_request(model, prompt, sampling, parameters, version),
                     chunk_from_message, self._timeout(timeout_s))
+
+    def classify(
+        self,
+        images,
+        *,
+        top_k: int = 5,
+        model: str = IMAGE_MODEL,
+        parameters: Mapping[str, ParameterValue] | None = None,
+        timeout_s: float | None = None,
+    ) -> Call[ClassifyResult]:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise TypeError(f"top_k must be a whole number >= 1, got {top_k!r}")
+        tensor = image_tensor(images, IMAGE_INPUT)
+        request = InferRequest(model_name=model, inputs=[tensor], parameters=dict(parameters or {}),
+                               outputs=[RequestedOutput(IMAGE_OUTPUT, {"classification": top_k})])
+        count = tensor.shape[0]
+        return Call("ModelInfer", codec.request_to_proto(request),
+                    lambda response: ClassifyResult.from_infer(self._parse_infer(response), count, IMAGE_OUTPUT),
+                    self._timeout(timeout_s))
 
     def embed(
         self,

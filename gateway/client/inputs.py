@@ -53,3 +53,4 @@ def tensors_from_inputs(inputs: Mapping[str, InputValue]) -> list[Tensor]:
     if not isinstance(inputs, Mapping):
         raise TypeError("inputs must be a mapping of input name to value")
     return [tensor_from_value(name, value) for name, value in inputs.items()]
+

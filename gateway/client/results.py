@@ -103,3 +103,52 @@ class EmbedResult(InferResult):
     def embeddings(self) -> np.ndarray:
         """The embeddings, [N, D]."""
         return self.outputs[self.output_name]
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """One class of an answer: its probability, index and label ("" when the model has none)."""
+
+    score: float
+    index: int
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult(InferResult):
+    """An answer from a classifier: ``classes[i]`` are image i's top classes, best first;
+    ``served_by`` / ``route_reason`` say where it was answered and why (``low_confidence``:
+    the edge was unsure and the cloud answered)."""
+
+    classes: tuple[tuple[Classification, ...], ...] = ()
+
+    @classmethod
+    def from_infer(cls, result: InferResult, count: int, output_name: str = "probabilities") -> ClassifyResult:
+        """Parse the classification extension's ``"score:index[:label]"`` strings (one row per image).
+
+        Raises ``InternalError`` when the answer does not fit (missing output, wrong row count,
+        unparseable strings): that is the server's fault, not the caller's."""
+        data = result.outputs.get(output_name)
+        if data is None:
+            raise InternalError(f"the server's answer has no {output_name!r} output ({sorted(result.outputs)})")
+        rows = data.reshape(1, -1) if data.ndim == 1 else data
+        if rows.shape[0] != count:
+            raise InternalError(f"the server answered {count} images with {rows.shape[0]} rows")
+        classes = []
+        for row in rows:
+            parsed = []
+            for item in row:
+                text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+                parts = text.split(":", 2)
+                try:
+                    parsed.append(Classification(float(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else ""))
+                except (ValueError, IndexError):
+                    raise InternalError(f"the server sent an unreadable class {text[:60]!r}") from None
+            classes.append(tuple(parsed))
+        return cls(result.model_name, result.model_version, result.id, result.parameters, result.outputs,
+                   result.datatypes, tuple(classes))
+
+    @property
+    def top(self) -> tuple[Classification, ...]:
+        """Each image's best class."""
+        return tuple(row[0] for row in self.classes)

@@ -3,8 +3,10 @@
     edgecloud tune record --gateway-http URL --duration S --out trace.json
     edgecloud tune recommend --trace trace.json --goal "p99<=250" [--yaml F] [--plot F] [grid options]
     edgecloud tune recommend --gateway-http URL --duration S --goal "p99<=250"   (record, then recommend)
+    edgecloud tune confidence --edge ADDR --cloud ADDR --sample 600   (a classifier's min_confidence)
 
-Contract: ``add_arguments(parser)`` adds the ``record`` and ``recommend`` subcommands to the
+Contract: ``add_arguments(parser)`` adds the ``record``, ``recommend`` and ``confidence``
+(``gateway.tuning.confidence``) subcommands to the
 ``tune`` parser; ``run(args)`` executes one and returns the exit status: 0 done (a goal met), 2 no
 candidate meets the goal (the closest is still reported and written), 1 unusable input (trace,
 goal, grid values, an unreachable gateway), with the reason on stderr. A bad ``--config`` raises
@@ -21,6 +23,7 @@ from typing import TextIO
 
 from edgecloud.config import ConfigError
 from gateway.config import RoutingSettings, load_gateway_config
+from gateway.tuning import confidence
 from gateway.tuning.goal import Goal, GoalError
 from gateway.tuning.plot import PlotUnavailable, write_plot
 from gateway.tuning.record import RecordError, record_trace
@@ -126,12 +129,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     best.add_argument("--json", metavar="FILE", help="also write every candidate's figures as JSON")
     best.add_argument("--top", type=int, default=30, help="table rows to print (default 30; 0 for all)")
 
+    bar = commands.add_parser("confidence", help="recommend a classifier's min_confidence (confidence escalation) "
+                                                 "from images or a trace of edge and cloud answers")
+    confidence.add_arguments(bar)
+
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         if args.tune_command == "record":
             return _record(args, out)
+        if args.tune_command == "confidence":
+            return confidence.run(args, out)
         return _recommend(args, out)
     except ConfigError:
         raise  # the edgecloud command reports config errors by field path, as for every subcommand

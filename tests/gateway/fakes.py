@@ -92,7 +92,7 @@ def worker(clock: VirtualClock, index: int = 0, **kwargs) -> FakeBackend:
 def make_dispatcher(clock: VirtualClock, edge_backend: Backend | None, workers: list[Backend], *,
                     hedge_after_s: float = 0.2, cloud_attempt_timeout_s: float = 2.0,
                     edge_attempt_timeout_s: float | None = None, budget: RetryBudget | None = None,
-                    pool: dict | None = None, seed: int = 0, **routing) -> Dispatcher:
+                    pool: dict | None = None, seed: int = 0, bars: dict | None = None, **routing) -> Dispatcher:
     """A ``Dispatcher`` over the real policy, monitor, pool, outlier detector and budget, all on
     ``clock``; latency warm-up off unless asked for."""
     routing.setdefault("warmup_samples", 0)
@@ -105,5 +105,6 @@ def make_dispatcher(clock: VirtualClock, edge_backend: Backend | None, workers: 
                            cloud_statistic=lambda: cloud_pool.statistic(settings.statistic, settings.min_samples))
     return Dispatcher(edge=edge_backend, pool=cloud_pool, policy=policy, monitor=monitor,
                       budget=budget or RetryBudget(0.2, 100),
-                      settings=DispatchSettings(hedge_after_s, cloud_attempt_timeout_s, edge_attempt_timeout_s),
+                      settings=DispatchSettings(hedge_after_s, cloud_attempt_timeout_s, edge_attempt_timeout_s,
+                                                confidence_bars=bars or {}),
                       clock=clock, sleep=clock.sleep, metrics=GatewayMetrics())
