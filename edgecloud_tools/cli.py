@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="build what is missing and run the local stack")
     up.add_argument("--model-dir", default="models/all-MiniLM-L6-v2")
+    up.add_argument("--image-model-dir", default="models/efficientnet-lite0",
+                    help="the image classifier the edge and the cloud also serve, when it is built")
     up.add_argument("--generative-model-dir", default="models/smollm2-135m-instruct",
                     help="the generative model the edge and the cloud also serve, when it is built")
     up.add_argument("--no-cloud", action="store_true", help="run the edge agent only")

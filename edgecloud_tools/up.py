@@ -112,6 +112,23 @@ def _generation_smoke(http_port: int) -> str:
             f"{answer['choices'][0]['finish_reason']})")
 
 
+def _image_smoke(grpc_port: int) -> str:
+    """scikit-image's coffee photo classified through the gateway (when scikit-image is installed)."""
+    from importlib.util import find_spec
+
+    from gateway.client import Client
+
+    spec = find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return "sample classification: skipped (scikit-image, which ships the sample photo, is not installed)"
+    photo = Path(next(iter(spec.submodule_search_locations))) / "data" / "coffee.png"
+    with Client(f"127.0.0.1:{grpc_port}", timeout_s=60) as client:
+        result = client.classify([str(photo)], top_k=1)
+    best = result.top[0]
+    return (f"sample classification through the gateway (served by {result.served_by}, {result.route_reason}): "
+            f"coffee.png -> {best.label} {best.score:.2f}   (examples/classify.py for more)")
+
+
 def _smoke_call(grpc_port: int) -> str:
     import grpc
 
@@ -146,18 +163,23 @@ def run(args) -> int:
     if not (generative / "model.json").exists():
         print(f"no generative model at {generative} (make model builds it): serving embeddings only", flush=True)
         generative = None
+    images = Path(getattr(args, "image_model_dir", "") or "models/efficientnet-lite0").resolve()
+    if not (images / "model.json").exists():
+        print(f"no image model at {images} (make model builds it): serving no image classifier", flush=True)
+        images = None
     workdir = Path(tempfile.mkdtemp(prefix="edgecloud-up-"))
     services = []
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         edge = launch("edge", edge_config(model_dir, ports["edge"], threads=0, http_port=ports["edge_http"],
-                                          generative_model_dir=generative), workdir)
+                                          generative_model_dir=generative, image_model_dir=images), workdir)
         services.append(edge)
         workers = []
         if not args.no_cloud:
             cloud = launch("cloud", cloud_config(ports["cloud"], threads=None, metrics_port=ports["metrics"],
-                                                 http_port=ports["cloud_http"], generative_model_dir=generative),
+                                                 http_port=ports["cloud_http"], generative_model_dir=generative,
+                                                 image=images is not None),
                            workdir)
             services.append(cloud)
             workers = [cloud.address]
@@ -194,6 +216,8 @@ def run(args) -> int:
         print(_smoke_call(ports["grpc"]), flush=True)
         if generative is not None:
             print(_generation_smoke(ports["http"]), flush=True)
+        if images is not None:
+            print(_image_smoke(ports["grpc"]), flush=True)
         if args.exit_after_ready:
             return 0
         print("\nCtrl-C stops everything.", flush=True)

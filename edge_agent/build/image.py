@@ -82,16 +82,16 @@ def _session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _predict(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32) -> np.ndarray:
+def predict(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([run(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def _ort_runner(path: Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+def ort_runner(path: Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     session = _session(path, threads)
     return lambda images: session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
 
-def _torch_runner(model) -> Callable[[np.ndarray], np.ndarray]:
+def torch_runner(model) -> Callable[[np.ndarray], np.ndarray]:
     import torch
 
     def run(images: np.ndarray) -> np.ndarray:
@@ -167,7 +167,7 @@ def _search(prepared: Path, scratch: Path, calibration: np.ndarray, selection: n
 
     def trial(name: str, kept: list[str]) -> dict[str, Any]:
         path = quantize(prepared, scratch / "trial.onnx", calibration, [n for g in kept for n in groups[g]])
-        metrics = classification_agreement(reference, _predict(_ort_runner(path), selection))
+        metrics = classification_agreement(reference, predict(ort_runner(path), selection))
         entry = {"name": name, "fp32_groups": list(kept), "bytes": path.stat().st_size,
                  "size_ratio": path.stat().st_size / fp32_bytes, **metrics}
         trials.append(entry)
@@ -253,11 +253,11 @@ def build_image_dir(out_dir: Path, *, force: bool = False, progress: Callable[[s
 
         model = load_torch_classifier()
         fp32 = export_fp32(model, staging / "model.fp32.onnx")
-        torch_run = _torch_runner(model)
+        torch_run = torch_runner(model)
         calibration = augmented(calibration_images, CALIBRATION_SEED)
         selection = augmented(selection_images, SELECTION_SEED)
         heldout = augmented(heldout_images, HELDOUT_SEED)
-        parity = float(np.abs(_ort_runner(fp32)(heldout[:8]) - torch_run(heldout[:8])).max())
+        parity = float(np.abs(ort_runner(fp32)(heldout[:8]) - torch_run(heldout[:8])).max())
         if parity > PARITY_TOLERANCE:
             raise ImageBuildError(f"the FP32 ONNX export differs from torch by {parity:.2e}")
         steps.done(f"exported FP32 ONNX (max |ORT - torch| {parity:.1e}); {len(calibration)} calibration, "
@@ -266,18 +266,18 @@ def build_image_dir(out_dir: Path, *, force: bool = False, progress: Callable[[s
         scratch.mkdir()
         prepared = scratch / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        selection_ref = _predict(torch_run, selection)
-        heldout_ref = _predict(torch_run, heldout)
+        selection_ref = predict(torch_run, selection)
+        heldout_ref = predict(torch_run, heldout)
         steps.done("graph prepared for quantization; torch FP32 answers computed")
         kept, trials = _search(prepared, scratch, calibration, selection, selection_ref, fp32.stat().st_size, progress)
         steps.done(f"sensitivity search: {len(trials)} trials, kept in FP32: {', '.join(kept) or 'nothing'}")
         groups = node_groups(prepared)
         int8 = quantize(prepared, staging / "model.int8.onnx", calibration, [n for g in kept for n in groups[g]])
         steps.done("INT8 graph written")
-        accuracy = {"onnx fp32": classification_agreement(heldout_ref, _predict(_ort_runner(fp32), heldout)),
-                    "onnx int8": classification_agreement(heldout_ref, _predict(_ort_runner(int8), heldout))}
+        accuracy = {"onnx fp32": classification_agreement(heldout_ref, predict(ort_runner(fp32), heldout)),
+                    "onnx int8": classification_agreement(heldout_ref, predict(ort_runner(int8), heldout))}
         steps.done("held-out accuracy measured")
-        latency = _latency({"torch fp32": torch_run, "onnx fp32": _ort_runner(fp32), "onnx int8": _ort_runner(int8)},
+        latency = _latency({"torch fp32": torch_run, "onnx fp32": ort_runner(fp32), "onnx int8": ort_runner(int8)},
                            heldout, latency_iterations)
         steps.done("latency measured")
         sizes = {"bytes": {"model.fp32.onnx": fp32.stat().st_size, "model.int8.onnx": int8.stat().st_size}}

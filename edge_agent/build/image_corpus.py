@@ -22,7 +22,7 @@ import numpy as np
 
 from edgecloud.images import decode_image
 
-__all__ = ["CALIBRATION_SEED", "HELDOUT_SEED", "SOURCE_FILES", "augmented", "encoded", "source_photos"]
+__all__ = ["CALIBRATION_SEED", "HELDOUT_SEED", "OBJECT_PHOTOS", "SOURCE_FILES", "augmented", "encoded", "source_photos"]
 
 CALIBRATION_SEED = 20261205
 HELDOUT_SEED = 7
@@ -34,6 +34,10 @@ SOURCE_FILES = (
 )
 """scikit-image's shipped photographs (and a few textures and charts, which give the classifier
 the unsure answers escalation is for)."""
+OBJECT_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png",
+                 "motorcycle_right.png", "camera.png", "horse.png", "coins.png", "clock_motion.png")
+"""The photographs of things ImageNet has classes for (a cat, a cup, a person, a rocket, motorcycles,
+a camera, a horse, coins, a clock): what a camera-driven assistant mostly sees."""
 
 
 def _data_dir() -> Path:
@@ -43,19 +47,19 @@ def _data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-@lru_cache(maxsize=1)
-def source_photos() -> tuple:
-    """The bundled photographs as RGB Pillow images (those present in this scikit-image)."""
+@lru_cache(maxsize=4)
+def source_photos(names: tuple[str, ...] = SOURCE_FILES) -> tuple:
+    """The bundled photographs ``names`` as RGB Pillow images (those present in this scikit-image)."""
     from PIL import Image
 
     folder = _data_dir()
     photos = []
-    for name in SOURCE_FILES:
+    for name in names:
         path = folder / name
         if path.is_file():
             with Image.open(path) as image:
                 photos.append(image.convert("RGB"))
-    if len(photos) < 6:
+    if len(photos) < min(6, len(names)):
         raise RuntimeError(f"{folder}: found {len(photos)} of the bundled photographs; scikit-image is incomplete")
     return tuple(photos)
 
@@ -93,9 +97,10 @@ def _augment(photo, rng: np.random.Generator):
     return image.resize((max(16, int(w * scale)), max(16, int(h * scale))), Image.Resampling.BILINEAR)
 
 
-def augmented(n: int, seed: int) -> np.ndarray:
-    """``n`` prepared model inputs, UINT8 [n, 224, 224, 3] (see the module's contract)."""
-    photos = source_photos()
+def augmented(n: int, seed: int, sources: tuple[str, ...] = SOURCE_FILES) -> np.ndarray:
+    """``n`` prepared model inputs, UINT8 [n, 224, 224, 3], from the photographs ``sources`` (see the
+    module's contract)."""
+    photos = source_photos(sources)
     rng = np.random.default_rng(seed)
     out = np.empty((n, 224, 224, 3), dtype=np.uint8)
     for index in range(n):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,10 @@ def curve(pairs: Pairs) -> list[tuple[float, float, float]]:
 
 def recommend(pairs: Pairs, target: float) -> tuple[float, float, float]:
     """The lowest bar reaching ``target`` agreement: ``(bar, share escalated, agreement)``."""
-    for bar, share, agreement in curve(pairs):
+    for bar, _, agreement in curve(pairs):
         if agreement >= target:
-            return round(bar, 4), share, agreement
+            bar = min(1.0, math.ceil(bar * 1e4) / 1e4)  # a bar an operator can write, never below the exact one
+            return (bar, *evaluate(pairs, bar))
     return 1.0, 1.0, 1.0  # pragma: no cover - escalating everything always agrees
 
 

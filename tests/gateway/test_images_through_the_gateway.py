@@ -110,3 +110,20 @@ def _pixels(photo: bytes) -> np.ndarray:
     from edgecloud.images import decode_image
 
     return decode_image(photo, "image")
+
+
+async def test_the_example_classifies_the_bundled_photos_through_the_gateway(image_edge, image_cloud, image_gateway):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    gw = await image_gateway(image_edge.address, image_cloud.address)
+    proc = await asyncio.to_thread(subprocess.run, [sys.executable, "examples/classify.py", "--address",
+                                                    f"127.0.0.1:{gw.port}"],
+                                   capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("chelsea.png") and "coffee.png" in lines[2] and "espresso" in lines[2]
+    assert "served by edge (edge_fast, int8)" in lines[3]
+    assert "served by cloud (low_confidence, fp32)" in lines[5]  # the astronaut
