@@ -6,7 +6,7 @@
     dynamic batching, one thread) at concurrency 1 and 16 with closed-loop gRPC clients sending
     JPEG uploads: images/s, p50 / p99;
 (c) ``edgecloud tune confidence`` on tuning crops of the bundled photographs (one seed): the
-    recommended ``min_confidence``;
+    recommended bar (``min_confidence`` or ``min_margin``, whichever escalates less);
 (d) the gateway with escalation at that bar, on held-out crops (another seed): share escalated,
     p50 / p99 of escalated and of edge-answered requests, and how often the returned answer agrees
     with the cloud's (target: >= 99.5% while escalating <= 20%).
@@ -141,7 +141,7 @@ def main() -> int:
         print(f"{IMAGE_DIR} is missing: run `make model`", file=sys.stderr)
         return 2
     from edge_agent.build.image_corpus import OBJECT_PHOTOS, SOURCE_FILES, augmented, encoded
-    from gateway.tuning.confidence import measure, recommend, evaluate
+    from gateway.tuning.confidence import RULES, best_rule, evaluate, measure, recommend
 
     result: dict = {"config": vars(args)}
     held = augmented(max(16, args.gateway_images), GATEWAY_SEED)
@@ -167,11 +167,15 @@ def main() -> int:
         for set_name, sources in (("all bundled images", SOURCE_FILES), ("object photos", OBJECT_PHOTOS)):
             tuning = [encoded(image, "JPEG") for image in augmented(args.tuning_images, TUNING_SEED, sources)]
             pairs = measure(edge.address, cloud.address, tuning)
-            bar, share, agreement = recommend(pairs, args.target)
-            tuned = {"images": len(pairs), "min_confidence": bar, "escalated": share, "agreement": agreement,
-                     "agreement_without_escalation": evaluate(pairs, 0.0)[1]}
-            print_table([tuned], f"(c) edgecloud tune confidence on tuning crops: {set_name}")
-            routing = {"escalation": {MODEL: {"min_confidence": bar}}, "threshold_ms": 60_000}
+            rule, bar, share, agreement = best_rule(pairs, args.target)
+            tuned = {"images": len(pairs), "rule": RULES[rule], "bar": bar, "escalated": share,
+                     "agreement": agreement, "agreement_without_escalation": evaluate(pairs, 0.0)[1]}
+            for other in RULES:
+                other_bar, other_share, _ = recommend(pairs, args.target, other)
+                tuned[f"{RULES[other]}_alone"] = {"bar": other_bar, "escalated": other_share}
+            print_table([{k: v for k, v in tuned.items() if not k.endswith("_alone")}],
+                        f"(c) edgecloud tune confidence on tuning crops: {set_name}")
+            routing = {"escalation": {MODEL: {RULES[rule]: bar}}, "threshold_ms": 60_000}
             gw = launch("gateway", gateway_config(free_port(), edge.address, [cloud.address], routing=routing),
                         workdir, name=f"gateway-{len(services)}")
             services.append(gw)
@@ -184,7 +188,7 @@ def main() -> int:
                           "edge_p50_ms": gateway["edge"]["p50_ms"], "edge_p99_ms": gateway["edge"]["p99_ms"],
                           "escalated_p50_ms": gateway["escalated"]["p50_ms"],
                           "escalated_p99_ms": gateway["escalated"]["p99_ms"]}],
-                        f"(d) gateway, escalation at min_confidence {bar}, held-out crops: {set_name}")
+                        f"(d) gateway, escalation at {RULES[rule]} {bar}, held-out crops: {set_name}")
             targets[f"{set_name}: agree with the cloud >= {args.target:.1%}"] = \
                 gateway["agreement_with_cloud"] >= args.target
             targets[f"{set_name}: escalated <= 20%"] = gateway["escalated_share"] <= 0.20

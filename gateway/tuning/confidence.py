@@ -1,4 +1,4 @@
-"""``edgecloud tune confidence``: the ``min_confidence`` bar of confidence escalation, from a set
+"""``edgecloud tune confidence``: the bar of confidence escalation (``min_confidence`` or ``min_margin``), from a set
 of images or a recorded trace of edge answers with cloud answers.
 
     edgecloud tune confidence --edge HOST:PORT --cloud HOST:PORT --images DIR [--record trace.jsonl]
@@ -11,8 +11,9 @@ Contract:
 - ``curve(pairs)``: for every candidate bar (each edge top-1 seen, plus 0 and 1), the share of
   images escalated (edge top-1 under the bar) and the share whose returned answer (the cloud's when
   escalated, else the edge's) agrees with the cloud's.
-- ``recommend(pairs, target)``: the lowest bar whose agreement reaches ``target``, i.e. the least
-  escalation that does. The images are split in two by position (``holdout``, default half): the bar
+- ``recommend(pairs, target, rule)``: the lowest bar whose agreement reaches ``target``, i.e. the
+  least escalation that does, for ``min_confidence`` (the edge's top-1) or ``min_margin`` (its top-1
+  minus top-2); ``best_rule`` picks the one of the two that escalates fewer images (``--rule``). The images are split in two by position (``holdout``, default half): the bar
   is chosen on the first part and reported on the second, which took no part in choosing it.
 - ``run(args)`` prints the table, writes a YAML snippet, a PNG (matplotlib) and JSON; exit 0 when
   the held-out agreement reaches the target, 2 when not, 1 for unusable input.
@@ -30,7 +31,7 @@ from typing import TextIO
 
 import numpy as np
 
-__all__ = ["Pairs", "add_arguments", "curve", "recommend", "run"]
+__all__ = ["RULES", "Pairs", "add_arguments", "best_rule", "curve", "evaluate", "recommend", "run"]
 
 EXIT_OK, EXIT_INPUT, EXIT_TARGET_MISSED = 0, 1, 2
 MODEL = "efficientnet-lite0"
@@ -73,26 +74,40 @@ class Pairs:
                 for a, b, c, d in zip(self.top1, self.top2, self.edge_class, self.cloud_class)]
 
 
-def evaluate(pairs: Pairs, bar: float) -> tuple[float, float]:
-    """(share escalated, share of returned answers agreeing with the cloud) at ``min_confidence = bar``."""
-    escalated = pairs.top1 < bar
+RULES = {"confidence": "min_confidence", "margin": "min_margin"}
+"""The bars escalation has: the edge's top-1 probability, or its top-1 minus top-2."""
+
+
+def _scores(pairs: Pairs, rule: str) -> np.ndarray:
+    return pairs.top1 if rule == "confidence" else pairs.top1 - pairs.top2
+
+
+def evaluate(pairs: Pairs, bar: float, rule: str = "confidence") -> tuple[float, float]:
+    """(share escalated, share of returned answers agreeing with the cloud) with the ``rule``'s bar at ``bar``."""
+    escalated = _scores(pairs, rule) < bar
     agrees = escalated | (pairs.edge_class == pairs.cloud_class)
     return float(escalated.mean()), float(agrees.mean())
 
 
-def curve(pairs: Pairs) -> list[tuple[float, float, float]]:
+def curve(pairs: Pairs, rule: str = "confidence") -> list[tuple[float, float, float]]:
     """``(bar, share escalated, agreement)`` for every distinct bar that changes the answer, ascending."""
-    bars = np.unique(np.concatenate([[0.0, 1.0 + 1e-9], np.nextafter(pairs.top1, 2.0)]))
-    return [(float(bar), *evaluate(pairs, float(bar))) for bar in bars]
+    bars = np.unique(np.concatenate([[0.0, 1.0 + 1e-9], np.nextafter(_scores(pairs, rule), 2.0)]))
+    return [(float(bar), *evaluate(pairs, float(bar), rule)) for bar in bars]
 
 
-def recommend(pairs: Pairs, target: float) -> tuple[float, float, float]:
-    """The lowest bar reaching ``target`` agreement: ``(bar, share escalated, agreement)``."""
-    for bar, _, agreement in curve(pairs):
+def recommend(pairs: Pairs, target: float, rule: str = "confidence") -> tuple[float, float, float]:
+    """The lowest bar of ``rule`` reaching ``target`` agreement: ``(bar, share escalated, agreement)``."""
+    for bar, _, agreement in curve(pairs, rule):
         if agreement >= target:
             bar = min(1.0, math.ceil(bar * 1e4) / 1e4)  # a bar an operator can write, never below the exact one
-            return (bar, *evaluate(pairs, bar))
+            return (bar, *evaluate(pairs, bar, rule))
     return 1.0, 1.0, 1.0  # pragma: no cover - escalating everything always agrees
+
+
+def best_rule(pairs: Pairs, target: float, rules=tuple(RULES)) -> tuple[str, float, float, float]:
+    """The rule (and its recommendation) that reaches ``target`` escalating the fewest images."""
+    options = [(rule, *recommend(pairs, target, rule)) for rule in rules]
+    return min(options, key=lambda option: (option[2], -option[3]))
 
 
 def measure(edge: str, cloud: str, images: list, model: str = MODEL, timeout_s: float = 30.0) -> Pairs:
@@ -131,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=MODEL, help=f"the classifier (default {MODEL})")
     parser.add_argument("--seed", type=int, default=99, help="--sample's crops (default 99)")
     parser.add_argument("--record", help="also write the measured answers as a trace (JSON lines)")
+    parser.add_argument("--rule", choices=("best", *RULES), default="best",
+                        help="which bar to recommend: min_confidence, min_margin (top-1 minus top-2), or best: "
+                             "the one that escalates fewer images at the target (default)")
     parser.add_argument("--target", type=float, default=0.995,
                         help="agreement with the cloud the bar must reach (default 0.995)")
     parser.add_argument("--holdout", type=float, default=0.5,
@@ -161,34 +179,37 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return EXIT_INPUT
     cut = len(pairs) - int(round(len(pairs) * args.holdout))
     chosen_on, held_out = pairs.part(slice(0, cut)), pairs.part(slice(cut, None))
-    bar, share, agreement = recommend(chosen_on, args.target)
+    rule, bar, share, agreement = best_rule(chosen_on, args.target,
+                                            tuple(RULES) if args.rule == "best" else (args.rule,))
+    key = RULES[rule]
     check = held_out if len(held_out) else chosen_on
-    held_share, held_agreement = evaluate(check, bar)
+    held_share, held_agreement = evaluate(check, bar, rule)
     never = evaluate(pairs, 0.0)[1]
     print(f"{len(pairs)} images: edge and cloud agree on {never:.1%} without escalation", file=out)
-    print(f"{'min_confidence':>15} {'escalated':>10} {'agreement':>10}", file=out)
-    rows = curve(chosen_on)
-    step = max(1, len(rows) // 12)
-    for row_bar, row_share, row_agreement in rows[::step]:
-        print(f"{row_bar:>15.3f} {row_share:>10.1%} {row_agreement:>10.2%}", file=out)
-    print(f"recommended min_confidence {bar} (chosen on {len(chosen_on)} images: {share:.1%} escalated, "
+    curves = {name: curve(chosen_on, name) for name in RULES}
+    for name, rows in curves.items():
+        print(f"{RULES[name]:>15} {'escalated':>10} {'agreement':>10}", file=out)
+        step = max(1, len(rows) // 8)
+        for row_bar, row_share, row_agreement in rows[::step]:
+            print(f"{row_bar:>15.3f} {row_share:>10.1%} {row_agreement:>10.2%}", file=out)
+    print(f"recommended {key} {bar} (chosen on {len(chosen_on)} images: {share:.1%} escalated, "
           f"{agreement:.2%} agree); held out ({len(check)} images): {held_share:.1%} escalated, "
           f"{held_agreement:.2%} agree", file=out)
     figures = {"images": len(pairs), "chosen_on": len(chosen_on), "held_out": len(held_out), "target": args.target,
-               "min_confidence": bar, "escalated": share, "agreement": agreement,
+               "rule": key, "bar": bar, "escalated": share, "agreement": agreement,
                "held_out_escalated": held_share, "held_out_agreement": held_agreement,
                "agreement_without_escalation": never}
     if args.yaml and args.yaml != "-":
-        Path(args.yaml).write_text(f"routing:\n  escalation:\n    {args.model}:\n      min_confidence: {bar}\n",
+        Path(args.yaml).write_text(f"routing:\n  escalation:\n    {args.model}:\n      {key}: {bar}\n",
                                    encoding="utf-8")
     if args.json:
-        Path(args.json).write_text(json.dumps({**figures, "curve": rows}, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps({**figures, "curves": curves}, indent=2) + "\n", encoding="utf-8")
     if args.plot and args.plot != "-":
-        _plot(args.plot, rows, bar, share, agreement, args.target)
+        _plot(args.plot, curves, rule, bar, share, agreement, args.target)
     return EXIT_OK if held_agreement >= args.target else EXIT_TARGET_MISSED
 
 
-def _plot(path: str, rows, bar: float, share: float, agreement: float, target: float) -> None:
+def _plot(path: str, curves, rule: str, bar: float, share: float, agreement: float, target: float) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -197,9 +218,10 @@ def _plot(path: str, rows, bar: float, share: float, agreement: float, target: f
         return
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot([r[1] * 100 for r in rows], [r[2] * 100 for r in rows], color="tab:blue", label="min_confidence sweep")
+    for (name, rows), colour in zip(curves.items(), ("tab:blue", "tab:green")):
+        ax.plot([r[1] * 100 for r in rows], [r[2] * 100 for r in rows], color=colour, label=f"{RULES[name]} sweep")
     ax.axhline(target * 100, color="grey", linestyle=":", label=f"target {target:.1%}")
-    ax.scatter([share * 100], [agreement * 100], color="tab:red", zorder=3, label=f"recommended {bar}")
+    ax.scatter([share * 100], [agreement * 100], color="tab:red", zorder=3, label=f"recommended {RULES[rule]} {bar}")
     ax.set_xlabel("images escalated to the cloud (%)")
     ax.set_ylabel("answers agreeing with the cloud (%)")
     ax.legend(loc="lower right")

@@ -127,3 +127,22 @@ async def test_the_example_classifies_the_bundled_photos_through_the_gateway(ima
     assert lines[0].startswith("chelsea.png") and "coffee.png" in lines[2] and "espresso" in lines[2]
     assert "served by edge (edge_fast, int8)" in lines[3]
     assert "served by cloud (low_confidence, fp32)" in lines[5]  # the astronaut
+
+
+async def test_bad_images_are_refused_by_field_on_both_paths_and_everything_keeps_serving(
+        image_edge, image_cloud, image_gateway, sample_photos):
+    from edgecloud.errors import InferenceError
+    from gateway.client import RetryPolicy
+    from tests.hostile.bad_images import bad_images
+
+    gw = await image_gateway(image_edge.address, image_cloud.address)
+    async with AsyncClient(f"127.0.0.1:{gw.port}", retry=RetryPolicy(max_attempts=1)) as client:
+        for name, (images, kind) in bad_images().items():
+            for quality in ("auto", "cloud"):
+                with pytest.raises(InferenceError) as raised:
+                    await client.classify(images, parameters={"quality": quality})
+                assert raised.value.kind.value == kind, (name, quality, raised.value)
+                assert "inputs[image]" in str(raised.value), (name, quality, raised.value)
+        for quality in ("auto", "cloud"):
+            answer = await client.classify([sample_photos["coffee"]], parameters={"quality": quality})
+            assert answer.top[0].label == "espresso"

@@ -10,7 +10,7 @@ import io
 import numpy as np
 import pytest
 
-from gateway.tuning.confidence import Pairs, add_arguments, curve, evaluate, recommend, run
+from gateway.tuning.confidence import Pairs, add_arguments, best_rule, curve, evaluate, recommend, run
 
 
 def pairs(top1, edge_class, cloud_class) -> Pairs:
@@ -36,6 +36,15 @@ def test_recommend_takes_the_lowest_bar_that_reaches_the_target():
     assert share == pytest.approx(1 / 6) and agreement == pytest.approx(5 / 6)  # only the 0.2 one goes
 
 
+def test_the_margin_rule_keeps_sure_but_low_answers_on_the_edge():
+    # low top-1 with a clear lead (the edge right), and one near-tie (the edge wrong)
+    sample = Pairs(np.array([0.3, 0.3, 0.3]), np.array([0.05, 0.05, 0.29]), np.array([1, 2, 3]), np.array([1, 2, 9]))
+    assert recommend(sample, 1.0, "confidence")[1] == pytest.approx(1.0)
+    bar, share, agreement = recommend(sample, 1.0, "margin")
+    assert share == pytest.approx(1 / 3) and agreement == 1.0
+    assert best_rule(sample, 1.0)[0] == "margin"
+
+
 def _args(tmp_path, trace, **extra) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -43,7 +52,7 @@ def _args(tmp_path, trace, **extra) -> argparse.Namespace:
             "--json", str(tmp_path / "curve.json")]
     for key, value in extra.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    return parser.parse_args(argv)
+    return parser.parse_args(argv + ["--rule", "confidence"] if "rule" not in extra else argv)
 
 
 def test_run_recommends_on_one_half_checks_on_the_other_and_writes_the_snippet(tmp_path):
