@@ -101,7 +101,8 @@ def main() -> None:
                 for name, pid in pids.items():
                     row[f"{name} MiB"] = memory(pid)["VmRSS"] / MIB
                 rows.append(row)
-                print_table([row], None if number > 1 else "rounds")
+                print("  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+                      flush=True)
                 if wrong:
                     print("  " + "; ".join(wrong))
         growth = {name: rows[-1][f"{name} MiB"] - start[name] / MIB for name in pids}
