@@ -9,10 +9,13 @@ and answer FP32 probabilities [N, 1000] (preprocessing and softmax are inside th
 The INT8 graph is static QDQ, per-channel weights, activations calibrated (MinMax) on crops of the
 bundled photographs (``image_corpus``, seed ``CALIBRATION_SEED``). Its recipe comes from a
 sensitivity analysis on a separate selection set: every group (the stem, each of the 16 MBConv
-blocks, the head, the classifier) is kept in FP32 alone and the mean KL divergence of the answers
-measured; the groups that help most are then kept in FP32 one by one until top-1 agreement on the
-selection set's confident images (FP32 top-1 >= 0.5) reaches ``SELECTION_TARGET`` or the file
-would pass the size budget. The report measures the result on held-out crops (another seed) that
+blocks, the head, the classifier) is kept in FP32 alone and the answers (top-1 agreement where FP32
+is confident, mean KL divergence) and batch-1 latency measured; the groups that help the answers
+most are then kept in FP32 one by one until top-1 agreement on the selection set's confident images
+(FP32 top-1 >= 0.5) reaches ``SELECTION_TARGET`` or the file would pass the size budget; last, groups
+next to the FP32 region are added to it when that makes the model faster (no quantize / dequantize
+at the boundary; some INT8 kernels, a 3-channel stem's, are slower here than FP32) without making
+its answers worse. The report measures the result on held-out crops (another seed) that
 took no part in any choice: top-1 agreement (all, and where FP32 is confident), top-5 overlap,
 mean KL, file sizes, and batch-1 / batch-8 latency of torch FP32, ORT FP32 and ORT INT8 measured
 side by side. A finished directory is swapped in whole (``staging``); one that exists is kept
@@ -45,6 +48,8 @@ SELECTION_TARGET = 0.99
 """Top-1 agreement on the selection set's confident images the search stops at (the held-out
 target is 0.98: the search aims higher so the held-out figure has room)."""
 SIZE_BUDGET = 0.30
+SPEED_GAIN = 0.97
+"""A group kept in FP32 for speed must take the batch-1 latency under this fraction of what it was."""
 QUANTIZED_OPS = ("Conv", "Gemm", "Add", "Clip")
 """Clip (ReLU6) must be among them: it lets the quantizer fold the activation into the conv's
 output range ([0, 6], not the conv's raw range)."""
@@ -159,42 +164,73 @@ class _Steps:
         self._last = now
 
 
+def _relative_latency(candidate: Path, reference: Path, image: np.ndarray, rounds: int = 40) -> float:
+    """Batch-1 p50 of ``candidate`` over ``reference``, one thread each, called in turn."""
+    runs = {"candidate": ort_runner(candidate), "reference": ort_runner(reference)}
+    samples = interleaved({name: (lambda run=run: run(image)) for name, run in runs.items()}, rounds)
+    return float(np.median(samples["candidate"]) / np.median(samples["reference"]))
+
+
 def _search(prepared: Path, scratch: Path, calibration: np.ndarray, selection: np.ndarray, reference: np.ndarray,
             fp32_bytes: int, progress: Callable[[str], None]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The groups to keep in FP32 (sensitivity analysis, then greedy promotion) and every trial."""
+    """The groups to keep in FP32 and every trial: a sensitivity analysis (each group alone in FP32:
+    its effect on the answers and on batch-1 latency), greedy promotion of the groups that help the
+    answers most until the selection target holds, then a speed pass: the groups next to the FP32
+    region join it when that makes the model faster (no quantize / dequantize at the boundary; some
+    INT8 kernels, a 3-channel stem's, are slower here than FP32) without making its answers worse."""
     groups = node_groups(prepared)
     trials: list[dict[str, Any]] = []
+    image = np.ascontiguousarray(selection[:1])
 
-    def trial(name: str, kept: list[str]) -> dict[str, Any]:
-        path = quantize(prepared, scratch / "trial.onnx", calibration, [n for g in kept for n in groups[g]])
+    def trial(name: str, kept: list[str], versus: Path | None = None) -> tuple[dict[str, Any], Path]:
+        path = quantize(prepared, scratch / f"trial{len(trials)}.onnx", calibration,
+                        [n for g in kept for n in groups[g]])
         metrics = classification_agreement(reference, predict(ort_runner(path), selection))
         entry = {"name": name, "fp32_groups": list(kept), "bytes": path.stat().st_size,
                  "size_ratio": path.stat().st_size / fp32_bytes, **metrics}
+        if versus is not None:
+            entry["latency_vs_base"] = _relative_latency(path, versus, image)
         trials.append(entry)
-        return entry
+        return entry, path
 
-    base = trial("all int8", [])
+    base, base_path = trial("all int8", [])
+    base["latency_vs_base"] = 1.0
     progress(f"    all int8: selection top-1 {base['top1_agreement']:.3f}, confident "
              f"{base['top1_agreement_confident']:.3f}, KL {base['mean_kl']:.4f}")
-    gains = []
+    single: dict[str, dict[str, Any]] = {}
     for group in groups:
-        entry = trial(f"{group} fp32", [group])
-        gains.append((entry["top1_agreement_confident"] - base["top1_agreement_confident"],
-                      base["mean_kl"] - entry["mean_kl"], group))
-    gains.sort(reverse=True)  # what the target counts first, then the KL divergence
+        single[group], _ = trial(f"{group} fp32", [group], versus=base_path)
+    gains = sorted(((entry["top1_agreement_confident"] - base["top1_agreement_confident"],
+                     base["mean_kl"] - entry["mean_kl"], group) for group, entry in single.items()), reverse=True)
     progress("    most sensitive: " + ", ".join(f"{g} (confident +{a:.3f}, KL -{d:.4f})" for a, d, g in gains[:5]))
     kept: list[str] = []
-    current = base
+    current, current_path = base, base_path
     for _, gain, group in gains:
         if current["top1_agreement_confident"] >= SELECTION_TARGET or gain <= 0:
             break
-        candidate = trial(f"+{group}", kept + [group])
-        if candidate["size_ratio"] > SIZE_BUDGET:
-            continue
-        if candidate["mean_kl"] < current["mean_kl"]:
-            kept, current = kept + [group], candidate
+        candidate, path = trial(f"+{group}", kept + [group])
+        if candidate["size_ratio"] <= SIZE_BUDGET and candidate["mean_kl"] < current["mean_kl"]:
+            kept, current, current_path = kept + [group], candidate, path
             progress(f"    +{group}: confident {current['top1_agreement_confident']:.3f}, "
                      f"top-1 {current['top1_agreement']:.3f}, KL {current['mean_kl']:.4f}")
+    # Speed pass: widen the FP32 region to its neighbours when that is faster (an INT8 boundary
+    # costs a quantize / dequantize, and some INT8 kernels, a 3-channel stem's, are slower here).
+    order = list(groups)
+    tried: set[str] = set()
+    while True:
+        neighbours = [order[i + step] for i, group in enumerate(order) if group in kept for step in (-1, 1)
+                      if 0 <= i + step < len(order) and order[i + step] not in kept and order[i + step] not in tried]
+        if not neighbours:
+            break
+        group = neighbours[0]
+        tried.add(group)
+        candidate, path = trial(f"+{group} (speed)", kept + [group], versus=current_path)
+        if (candidate["latency_vs_base"] < SPEED_GAIN and candidate["size_ratio"] <= SIZE_BUDGET
+                and candidate["top1_agreement_confident"] >= current["top1_agreement_confident"]
+                and candidate["mean_kl"] <= current["mean_kl"]):
+            kept, current, current_path = kept + [group], candidate, path
+            progress(f"    +{group} for speed: {candidate['latency_vs_base']:.2f}x the latency, "
+                     f"KL {current['mean_kl']:.4f}")
     return kept, trials
 
 
@@ -234,8 +270,9 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append("\nTargets")
     lines.append(table([[t["target"], t["value"], t["met"]] for t in report["targets"]], ["target", "value", "met"]))
     lines.append("\nSensitivity trials (selection set)")
-    lines.append(table([[t["name"], t["size_ratio"], t["top1_agreement"], t["top1_agreement_confident"], t["mean_kl"]]
-                        for t in report["trials"]], ["trial", "size", "top-1", "confident", "mean KL"]))
+    lines.append(table([[t["name"], t["size_ratio"], t["top1_agreement"], t["top1_agreement_confident"], t["mean_kl"],
+                         t.get("latency_vs_base")] for t in report["trials"]],
+                       ["trial", "size", "top-1", "confident", "mean KL", "latency x"]))
     return "\n".join(lines) + "\n"
 
 
