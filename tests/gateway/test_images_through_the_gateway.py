@@ -146,3 +146,29 @@ async def test_bad_images_are_refused_by_field_on_both_paths_and_everything_keep
         for quality in ("auto", "cloud"):
             answer = await client.classify([sample_photos["coffee"]], parameters={"quality": quality})
             assert answer.top[0].label == "espresso"
+
+
+async def test_the_readme_curl_body_classifies_through_the_gateway_http_front(
+        image_edge, image_cloud, image_gateway, sample_photos):
+    """The body the README's curl recipe builds (the binary data extension: JSON header, then the
+    BYTES element as a 4-byte little-endian length and the file's bytes)."""
+    import json
+    import struct
+
+    import aiohttp
+
+    gw = await image_gateway(image_edge.address, image_cloud.address)
+    image = sample_photos["coffee"]
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(image) + 4}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]}).encode()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{gw.http_port}/v2/models/{MODEL}/infer",
+                                data=header + struct.pack("<I", len(image)) + image,
+                                headers={"Inference-Header-Content-Length": str(len(header)),
+                                         "Content-Type": "application/octet-stream"}) as response:
+            assert response.status == 200, await response.text()
+            answer = await response.json()
+            assert response.headers["X-Edgecloud-Served-By"] == "edge"
+    classes = answer["outputs"][0]["data"]
+    assert answer["outputs"][0]["shape"] == [1, 3] and classes[0].endswith(":967:espresso")
