@@ -15,11 +15,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir, generative_model_dir):
+def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir, generative_model_dir, image_model_dir):
     url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there: the in-process cache is used
     proc = subprocess.run(
         [sys.executable, "-m", "edgecloud_tools", "up", "--model-dir", str(model_dir), "--random-ports",
-         "--exit-after-ready", "--redis-url", url, "--generative-model-dir", str(generative_model_dir)],
+         "--exit-after-ready", "--redis-url", url, "--generative-model-dir", str(generative_model_dir),
+         "--image-model-dir", str(image_model_dir)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -32,6 +33,8 @@ def test_up_brings_the_stack_up_and_a_sample_call_succeeds(model_dir, generative
     assert "generate_stream" in out
     assert re.search(r"sample generation through the gateway \(OpenAI API, served by (edge|cloud)\): '.+' "
                      r"\(\d+ tokens, (stop|length)\)", out), out[-2000:]
+    assert re.search(r"sample classification through the gateway \(served by (edge|cloud), \w+\): "
+                     r"coffee.png -> espresso 0\.\d\d", out), out[-2000:]
     assert out.rstrip().endswith("stopped")
 
 
