@@ -87,8 +87,17 @@ def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS
     return path
 
 
+def stop_all(services: Sequence[Any]) -> None:
+    """Stop started services, last first; one that fails to stop does not keep the rest running."""
+    for service in reversed(services):
+        try:
+            service.stop()
+        except Exception:  # noqa: BLE001 - stop the rest regardless
+            pass
+
+
 def ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
-__all__ = ["summarize", "time_calls", "print_table", "write_result", "machine_facts", "ratio"]
+__all__ = ["summarize", "time_calls", "print_table", "write_result", "machine_facts", "ratio", "stop_all"]

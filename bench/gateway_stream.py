@@ -54,7 +54,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import print_table, summarize, write_result
+from bench.common import print_table, stop_all, summarize, write_result
 from edge_agent.build.prompts import chat_prompts
 from edgecloud_tools.stack import (cloud_config, edge_config, free_port, gateway_config, launch, launch_proxy,
                                    launch_redis, wait_ready)
@@ -441,11 +441,7 @@ def main() -> int:
         print(f"\nwrote {path}")
         return 0
     finally:
-        for service in reversed(services):
-            try:
-                service.stop()
-            except Exception:  # noqa: BLE001 - stop the rest regardless
-                pass
+        stop_all(services)
 
 
 def overhead_part(args, edge, direct, floor_address, result, targets) -> None:

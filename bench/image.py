@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import print_table, ratio, summarize, write_result
+from bench.common import print_table, ratio, stop_all, summarize, write_result
 from edgecloud_tools.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
 
 MINILM_DIR = Path("models/all-MiniLM-L6-v2")
@@ -198,11 +198,7 @@ def main() -> int:
         print(f"\nwrote {path}")
         return 0
     finally:
-        for service in reversed(services):
-            try:
-                service.stop()
-            except Exception:  # noqa: BLE001 - stop the rest regardless
-                pass
+        stop_all(services)
 
 
 if __name__ == "__main__":

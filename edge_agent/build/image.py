@@ -36,7 +36,7 @@ import numpy as np
 
 from edge_agent.build.image_corpus import CALIBRATION_SEED, HELDOUT_SEED, SOURCE_FILES, augmented
 from edge_agent.build.latency import interleaved, summary
-from edge_agent.build.report import MIB, table
+from edge_agent.build.report import MIB, missed_targets, table
 from edge_agent.build.staging import staged
 from edgecloud.image_model import (IMAGE_INPUT, INPUT_NAME, MODEL_NAME, MODEL_VERSION, OUTPUT_NAME, PROBABILITIES,
                                    TASK, imagenet_labels, load_torch_classifier)
@@ -365,10 +365,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out = build_image_dir(args.out or DEFAULT_OUT, force=args.force, calibration_images=args.calibration_images,
                           heldout_images=args.heldout_images, latency_iterations=args.latency_iterations)
-    if getattr(args, "strict", False):
-        report = json.loads((out / "report.json").read_text())
-        missed = [t["target"] for t in report["targets"] if not t["met"]]
-        if missed:
-            print(f"targets missed: {', '.join(missed)}")
-            return 3
-    return 0
+    return missed_targets(out) if getattr(args, "strict", False) else 0

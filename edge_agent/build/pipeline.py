@@ -29,7 +29,7 @@ from edge_agent.build.groups import find_groups
 from edge_agent.build.latency import interleaved, summary
 from edge_agent.build.metrics import agreement
 from edge_agent.build.quantize import Level, Recipe
-from edge_agent.build.report import render_summary, write_report
+from edge_agent.build.report import missed_targets, render_summary, write_report
 from edge_agent.build.runners import OrtRunner, TorchRunner, default_tokenizer
 from edge_agent.build.search import greedy, sensitivity
 from edge_agent.build.staging import staged
@@ -304,10 +304,4 @@ def run(args: argparse.Namespace) -> int:
     out = build_model_dir(args.out or DEFAULT_OUT, force=args.force, report_sentences=args.report_sentences,
                           sensitivity_mode=args.sensitivity, calibration_sentences=args.calibration_sentences,
                           latency_iterations=args.latency_iterations)
-    if args.strict:
-        report = json.loads((out / manifest.REPORT_JSON).read_text())
-        missed = [t["target"] for t in report["targets"] if not t["met"]]
-        if missed:
-            print(f"targets missed: {', '.join(missed)}")
-            return 3
-    return 0
+    return missed_targets(out) if args.strict else 0

@@ -111,3 +111,14 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> str:
     text = render_text(report)
     (out_dir / REPORT_TXT).write_text(text)
     return text
+
+
+def missed_targets(out_dir: Path) -> int:
+    """``--strict``: print the targets a built directory's ``report.json`` says it missed; 3 when
+    any was, else 0."""
+    report = json.loads((Path(out_dir) / REPORT_JSON).read_text())
+    missed = [t["target"] for t in report["targets"] if not t["met"]]
+    if missed:
+        print(f"targets missed: {', '.join(missed)}")
+        return 3
+    return 0
