@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -192,8 +192,21 @@ def _array_from_contents(contents: pb.InferTensorContents, info: DatatypeInfo, d
 # requests
 
 
-def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
-    """Decode and structurally validate a ``ModelInferRequest``."""
+NO_DATA = np.empty(0, dtype=np.uint8)
+"""What a tensor's ``data`` is while a ``Precheck`` looks at the request: nothing decoded yet."""
+
+Precheck = Callable[[InferRequest], None]
+"""A check of a request before any tensor data is materialised: it sees the model name and
+version, every input's name, datatype, shape and parameters (``data`` is ``NO_DATA``) and the
+requested outputs, and raises an ``InferenceError`` to refuse the request. A server passes one that
+validates against the model's metadata, so a request whose shapes cannot be served (a batch of a
+million over a limit of 256) is refused before a million Python objects are made."""
+
+
+def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS,
+                       precheck: Precheck | None = None) -> InferRequest:
+    """Decode and structurally validate a ``ModelInferRequest``; ``precheck`` runs on the header
+    (names, datatypes, shapes, outputs) before any tensor data is decoded."""
     if not msg.model_name:
         raise InvalidArgument("is empty", field="model_name")
     if len(msg.inputs) == 0:
@@ -211,6 +224,7 @@ def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAUL
             field="raw_input_contents",
         )
     inputs: list[Tensor] = []
+    headers: list[tuple[DatatypeInfo, int, str]] = []
     seen: set[str] = set()
     for index, tensor in enumerate(msg.inputs):
         field = f"inputs[{tensor.name or index}]"
@@ -221,13 +235,10 @@ def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAUL
         seen.add(tensor.name)
         info = datatype_info(tensor.datatype, f"{field}.datatype")
         dims, count = check_shape(tensor.shape, f"{field}.shape", limits)
-        if raw:
-            if tensor.HasField("contents"):
-                raise InvalidArgument("has both contents and raw_input_contents", field=field)
-            data = array_from_raw(raw[index], info, dims, count, field, limits)
-        else:
-            data = _array_from_contents(tensor.contents, info, dims, count, field, limits)
-        inputs.append(Tensor(tensor.name, info.name, dims, data,
+        if raw and tensor.HasField("contents"):
+            raise InvalidArgument("has both contents and raw_input_contents", field=field)
+        headers.append((info, count, field))
+        inputs.append(Tensor(tensor.name, info.name, dims, NO_DATA,
                              parameters_from_proto(tensor.parameters, f"{field}.parameters")))
     outputs: list[RequestedOutput] = []
     seen_outputs: set[str] = set()
@@ -239,7 +250,7 @@ def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAUL
             raise InvalidArgument("output requested more than once", field=field)
         seen_outputs.add(requested.name)
         outputs.append(RequestedOutput(requested.name, parameters_from_proto(requested.parameters, f"{field}.parameters")))
-    return InferRequest(
+    request = InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version,
         id=msg.id,
@@ -247,6 +258,14 @@ def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAUL
         inputs=inputs,
         outputs=outputs,
     )
+    if precheck is not None:
+        precheck(request)
+    for index, (tensor, (info, count, field)) in enumerate(zip(inputs, headers)):
+        if raw:
+            tensor.data = array_from_raw(raw[index], info, tensor.shape, count, field, limits)
+        else:
+            tensor.data = _array_from_contents(msg.inputs[index].contents, info, tensor.shape, count, field, limits)
+    return request
 
 
 def tensor_raw_bytes(tensor: Tensor) -> bytes:
@@ -391,9 +410,10 @@ def _parse(message_class, data: bytes, field: str):
         raise InvalidArgument("is not a valid Open Inference Protocol message", field=field) from None
 
 
-def request_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> InferRequest:
+def request_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS,
+                      precheck: Precheck | None = None) -> InferRequest:
     """Decode a serialized ``ModelInferRequest``, keeping ``data`` as the request's ``wire``."""
-    request = request_from_proto(_parse(pb.ModelInferRequest, data, "request"), limits)
+    request = request_from_proto(_parse(pb.ModelInferRequest, data, "request"), limits, precheck)
     request.wire = data
     return request
 

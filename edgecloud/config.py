@@ -114,6 +114,12 @@ class ServerSettings(Section):
     connection closed (slow or stalled clients do not hold a request forever)."""
     max_http_connections: int = Field(1024, ge=1, le=1_000_000)
     """HTTP connections open at once; more are closed as soon as they are accepted."""
+    json_decode_process_bytes: int = Field(256 * 1024, ge=0, le=2**31 - 1)
+    """REST infer bodies whose JSON is at least this large are parsed in a helper process
+    (``edgecloud.body_decoder``), so the event loop and the requests it serves never wait on a big
+    parse; 0 parses every body in the server's own process."""
+    json_decode_processes: int = Field(1, ge=1, le=64)
+    """Helper processes for large JSON bodies (started on first need, each parses one at a time)."""
     tls: ServerTlsSettings | None = None
     """TLS (or mutual TLS) for this server's gRPC and HTTP listeners; unset for plaintext."""
 

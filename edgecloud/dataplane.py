@@ -50,6 +50,12 @@ class InferenceDataplane(Protocol):
 
     async def model_ready(self, name: str, version: str = "") -> bool: ...
 
+    def precheck(self, request: InferRequest, /) -> None:
+        """Refuse, from its header alone (``edgecloud.codec.Precheck``: tensor data not yet
+        decoded), a request its model cannot serve; the fronts call it while decoding. Uses only
+        what is known in memory (no I/O); ``infer`` / ``stream`` still validate in full."""
+        ...
+
     async def infer(self, request: InferRequest, /) -> InferResponse: ...
 
     def stream(self, request: InferRequest, /) -> AsyncIterator[InferResponse]:
@@ -86,6 +92,9 @@ class Dataplane:
 
     async def model_ready(self, name: str, version: str = "") -> bool:
         return self._ready and self.repository.get(name, version).ready()
+
+    def precheck(self, request: InferRequest) -> None:
+        self.prepare(request)
 
     def prepare(self, request: InferRequest) -> Model:
         """Resolve and validate: the model that will run ``request`` (nothing runs yet)."""

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgecloud import codec
+from edgecloud.allocator import heap_trimmer
 from edgecloud.dataplane import InferenceDataplane
 from edgecloud.errors import InferenceError, InvalidArgument
 from edgecloud.rpc_errors import RETRY_AFTER_KEY
@@ -163,8 +164,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @translate_errors
     async def ModelInfer(self, request: bytes, context):
+        heap_trimmer.after(len(request))
         tenant = self._tenant(context)
-        decoded = codec.request_from_wire(request, self.dataplane.limits)
+        decoded = codec.request_from_wire(request, self.dataplane.limits, self.dataplane.precheck)
         decoded.deadline = request_deadline(context)
         decoded.tenant = tenant
         return codec.response_to_wire(await self.dataplane.infer(decoded))
@@ -185,7 +187,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def serve(raw: bytes) -> None:
             decoded = None
             try:
-                decoded = codec.request_from_wire(raw, self.dataplane.limits)
+                decoded = codec.request_from_wire(raw, self.dataplane.limits, self.dataplane.precheck)
                 decoded.deadline, decoded.tenant = deadline, tenant
                 responses = self.dataplane.stream(decoded)
                 try:

@@ -17,6 +17,9 @@ Contract:
   framing turns out malformed (a bad chunk) is 400 at once. Both close the connection. At most
   ``max_connections`` connections are open at once; more are closed when accepted
   (``edgecloud.http_connections``). A client that goes away mid-body ends its request quietly.
+- Infer bodies are decoded with the dataplane's ``precheck`` (shapes against the model before any
+  tensor data becomes an array); JSON of ``json_decode_threshold_bytes`` or more is parsed in a
+  helper process (``edgecloud.body_decoder``), never on the event loop.
 - ``X-Request-Timeout-Ms`` sets ``InferRequest.deadline`` (monotonic) and bounds the call: past it
   the client gets 504.
 - Every error body is ``{"error": message}``: typed ``InferenceError``s get
@@ -50,6 +53,8 @@ from edgecloud.errors import (
     UnsupportedMediaType,
 )
 from edgecloud.http_connections import GuardedAppRunner, MalformedBody, close_after_response
+from edgecloud.allocator import heap_trimmer
+from edgecloud.body_decoder import DEFAULT_THRESHOLD_BYTES, BodyDecoder
 from edgecloud.dataplane import InferenceDataplane
 from edgecloud.status import http_status
 from edgecloud.types import InferRequest, InferResponse
@@ -171,6 +176,8 @@ class RestFront:
         max_body_bytes: int = 64 * 1024 * 1024,
         body_timeout_s: float = 5.0,
         max_connections: int | None = 1024,
+        json_decode_threshold_bytes: int = DEFAULT_THRESHOLD_BYTES,
+        json_decode_processes: int = 1,
         response_headers: Callable[[InferResponse], dict[str, str]] | None = None,
         extra_routes: Callable[[web.Application], None] | None = None,
         ssl_context=None,
@@ -183,6 +190,8 @@ class RestFront:
         self._max_body_bytes = max_body_bytes
         self._body_timeout_s = body_timeout_s
         self._max_connections = max_connections
+        self._decoder_settings = (json_decode_threshold_bytes, json_decode_processes)
+        self._decoder = BodyDecoder(*self._decoder_settings)
         self._response_headers = response_headers
         self._extra_routes = extra_routes
         self._ssl_context = ssl_context
@@ -225,6 +234,7 @@ class RestFront:
             await runner.cleanup()
             raise
         self._runner, self._stopping = runner, False
+        self._decoder = BodyDecoder(*self._decoder_settings)  # a restarted front gets live helpers
         self.port = site.port
         return self.port
 
@@ -241,6 +251,7 @@ class RestFront:
         # aiohttp takes the drain timeout when the runner is built; the caller decides it only now.
         runner._shutdown_timeout = grace
         await runner.cleanup()
+        await self._decoder.close()
 
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -284,8 +295,9 @@ class RestFront:
         header_length = _header_length(headers.get(json_codec.HEADER_LENGTH))
         deadline = deadline_from_header(headers.get(TIMEOUT_HEADER))
         match = request.match_info
-        decoded = json_codec.request_from_json(await self._body(request), header_length, self.dataplane.limits,
-                                               model_name=match["name"], model_version=match.get("version", ""))
+        decoded = await self._decoder.decode(await self._body(request), header_length, self.dataplane.limits,
+                                             model_name=match["name"], model_version=match.get("version", ""),
+                                             precheck=self.dataplane.precheck)
         decoded.deadline = deadline
         decoded.tenant = request.get(TENANT_KEY, "default")
         if deadline is None:
@@ -365,7 +377,9 @@ class RestFront:
             await responses.aclose()
 
     async def _body(self, request: web.Request) -> bytes:
-        return await read_body(request, self._max_body_bytes, self._body_timeout_s)
+        body = await read_body(request, self._max_body_bytes, self._body_timeout_s)
+        heap_trimmer.after(len(body))
+        return body
 
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:

@@ -25,13 +25,15 @@ Contract:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from edgecloud.codec import (
     DEFAULT_LIMITS,
+    NO_DATA,
+    Precheck,
     advertised_parameters,
     array_from_raw,
     datatype_info,
@@ -249,9 +251,13 @@ def _array_from_json(data: Any, info: DatatypeInfo, dims: tuple[int, ...], count
     return array.reshape(dims)
 
 
+Materialise = Callable[[], np.ndarray]
+
+
 def _tensor_from_json(item: Any, index: int, kind: str, binary: memoryview | None, offset: int,
-                      seen: set[str], limits: RequestLimits) -> tuple[Tensor, int]:
-    """One ``inputs`` / ``outputs`` entry; returns it and the offset past its binary data."""
+                      seen: set[str], limits: RequestLimits) -> tuple[Tensor, Materialise, int]:
+    """One ``inputs`` / ``outputs`` entry's header (its data ``NO_DATA``), what decodes its data,
+    and the offset past its binary data."""
     entry = _object(item, f"{kind}[{index}]")
     name = _text(entry.get("name"), f"{kind}[{index}].name")
     field = f"{kind}[{name}]"
@@ -269,8 +275,9 @@ def _tensor_from_json(item: Any, index: int, kind: str, binary: memoryview | Non
     if size is None:
         if "data" not in entry:
             raise InvalidArgument("missing (no data and no parameters.binary_data_size)", field=f"{field}.data")
-        return Tensor(name, info.name, dims, _array_from_json(entry["data"], info, dims, count, f"{field}.data",
-                                                               limits), params), offset
+        data = entry["data"]
+        return (Tensor(name, info.name, dims, NO_DATA, params),
+                lambda: _array_from_json(data, info, dims, count, f"{field}.data", limits), offset)
     size_field = f"{field}.parameters.{BINARY_DATA_SIZE}"
     if binary is None:
         raise InvalidArgument(f"is set but the body has no binary section ({HEADER_LENGTH} header missing)",
@@ -282,11 +289,15 @@ def _tensor_from_json(item: Any, index: int, kind: str, binary: memoryview | Non
     if size > len(binary) - offset:
         raise InvalidArgument(f"is {size} but only {len(binary) - offset} bytes of binary data remain",
                               field=size_field)
-    data = array_from_raw(binary[offset : offset + size], info, dims, count, field, limits)
-    if not data.flags.aligned:  # a slice at an odd offset; numeric runtimes want aligned arrays
-        data = data.copy()
+    raw = binary[offset : offset + size]
+
+    def materialise() -> np.ndarray:
+        array = array_from_raw(raw, info, dims, count, field, limits)
+        # a slice at an odd offset; numeric runtimes want aligned arrays
+        return array if array.flags.aligned else array.copy()
+
     params = {key: value for key, value in params.items() if key != BINARY_DATA_SIZE}
-    return Tensor(name, info.name, dims, data, params), offset + size
+    return Tensor(name, info.name, dims, NO_DATA, params), materialise, offset + size
 
 
 def _split(body: bytes, header_length: int | None) -> tuple[Any, memoryview | None]:
@@ -300,18 +311,18 @@ def _split(body: bytes, header_length: int | None) -> tuple[Any, memoryview | No
 
 
 def _tensors(items: Any, kind: str, binary: memoryview | None, limit: int, limits: RequestLimits,
-             *, required: bool = True) -> list[Tensor]:
+             *, required: bool = True) -> list[tuple[Tensor, Materialise]]:
     entries = [] if items is None and not required else _list(items, kind)
     if not entries and required:
         raise InvalidArgument(f"the message has no {kind}", field=kind)
     if len(entries) > limit:
         raise ResourceExhausted(f"{len(entries)} {kind} exceed the limit of {limit}", field=kind)
-    tensors: list[Tensor] = []
+    tensors: list[tuple[Tensor, Materialise]] = []
     seen: set[str] = set()
     offset = 0
     for index, item in enumerate(entries):
-        tensor, offset = _tensor_from_json(item, index, kind, binary, offset, seen, limits)
-        tensors.append(tensor)
+        tensor, materialise, offset = _tensor_from_json(item, index, kind, binary, offset, seen, limits)
+        tensors.append((tensor, materialise))
     if binary is not None and offset != len(binary):
         raise InvalidArgument(f"{len(binary) - offset} bytes of binary data follow the last binary tensor",
                               field="body")
@@ -323,11 +334,13 @@ def _tensors(items: Any, kind: str, binary: memoryview | None, limit: int, limit
 
 
 def request_from_json(body: bytes, header_length: int | None = None, limits: RequestLimits = DEFAULT_LIMITS,
-                      *, model_name: str = "", model_version: str = "") -> InferRequest:
+                      *, model_name: str = "", model_version: str = "",
+                      precheck: Precheck | None = None) -> InferRequest:
     """Decode and structurally validate a REST infer body.
 
     The model name and version come from the URL (the caller passes them); any in the body are
-    ignored.
+    ignored. ``precheck`` runs on the header (names, datatypes, shapes, outputs) before any
+    tensor's data becomes an array (``edgecloud.codec.Precheck``).
     """
     doc, binary = _split(body, header_length)
     doc = _object(doc, "body")
@@ -349,14 +362,19 @@ def request_from_json(body: bytes, header_length: int | None = None, limits: Req
             seen.add(name)
             outputs.append(RequestedOutput(name, _parameters(entry.get("parameters"), f"outputs[{name}].parameters",
                                                              limits)))
-    return InferRequest(
+    request = InferRequest(
         model_name=model_name,
         model_version=model_version,
         id=_text(request_id, "id", empty_ok=True),
         parameters=_parameters(doc.get("parameters"), "parameters", limits),
-        inputs=inputs,
+        inputs=[tensor for tensor, _ in inputs],
         outputs=outputs,
     )
+    if precheck is not None:
+        precheck(request)
+    for tensor, materialise in inputs:
+        tensor.data = materialise()
+    return request
 
 
 def requested_binary(request: InferRequest) -> set[str] | bool:
@@ -448,12 +466,14 @@ def response_from_json(body: bytes, header_length: int | None = None,
     doc, binary = _split(body, header_length)
     doc = _object(doc, "body")
     outputs = _tensors(doc.get("outputs"), "outputs", binary, limits.max_outputs, limits, required=False)
+    for tensor, materialise in outputs:
+        tensor.data = materialise()
     return InferResponse(
         model_name=_text(doc.get("model_name", ""), "model_name", empty_ok=True),
         model_version=_text(doc.get("model_version", ""), "model_version", empty_ok=True),
         id=_text(doc.get("id", ""), "id", empty_ok=True),
         parameters=_parameters(doc.get("parameters"), "parameters", limits),
-        outputs=outputs,
+        outputs=[tensor for tensor, _ in outputs],
     )
 
 

@@ -106,6 +106,8 @@ class InferenceServer:
                                    max_body_bytes=settings.max_message_bytes,
                                    body_timeout_s=settings.body_read_timeout_ms / 1000.0,
                                    max_connections=settings.max_http_connections,
+                                   json_decode_threshold_bytes=settings.json_decode_process_bytes,
+                                   json_decode_processes=settings.json_decode_processes,
                                    response_headers=options.response_headers, extra_routes=options.extra_routes,
                                    ssl_context=tls.ssl_context() if tls else None, authenticate=self._authenticate)
             try:

@@ -238,6 +238,16 @@ class GatewayDataplane:
         await self.metadata.get(name, version)
         return self.ready()
 
+    def precheck(self, request: InferRequest) -> None:
+        meta = self.metadata.known(request.model_name, request.model_version)
+        if meta is None:
+            return
+        try:
+            validate_request(request, as_generative(meta) if is_generative(meta) else meta, self.limits)
+        except InferenceError as exc:
+            self.metrics.errors.labels(exc.kind.value).inc()
+            raise
+
     async def infer(self, request: InferRequest) -> InferResponse:
         try:
             with self.admission.admit():

@@ -6,7 +6,8 @@ is refreshed in the background while the stale one keeps answering, so no reques
 at the same time (``gateway.singleflight``). Backends are asked in the order ``sources()`` gives
 (whoever traffic goes to first); one that does not know the model or cannot answer is skipped.
 NOT_FOUND when every reachable backend says it does not know the model, UNAVAILABLE when none
-could answer; other request errors are raised as they come. ``clear()`` forgets every entry (a
+could answer; other request errors are raised as they come. ``known(name, version)`` answers only from memory (None when the model was never fetched).
+``clear()`` forgets every entry (a
 config reload).
 """
 
@@ -48,6 +49,11 @@ class MetadataCache:
             return entry[1]
         task, _ = self._flights.join(key, lambda: self._fetch(key))
         return await asyncio.shield(task)
+
+    def known(self, name: str, version: str = "") -> ModelMetadata | None:
+        """What is in memory for the model (however old), or None; never fetches."""
+        entry = self._entries.get((name, version))
+        return None if entry is None else entry[1]
 
     def clear(self) -> None:
         self._entries.clear()

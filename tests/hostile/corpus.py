@@ -230,6 +230,7 @@ GRPC_CASES = [
     Case("zero-size dimensions", G, lambda: msg([], shape=[0] * 8), IA, "inputs[text].shape"),
     Case("empty batch", G, lambda: msg([]), IA, "inputs[text].shape"),
     Case("batch over the limit", G, lambda: msg([b"a"] * (MAX_BATCH + 1)), IA, "inputs[text].shape"),
+    Case("a batch of 100,000 (refused from its shape)", G, lambda: msg([b"a"] * 100_000), IA, "inputs[text].shape"),
     # raw data vs shape
     Case("fewer raw BYTES elements than the shape", G, lambda: msg([b"a", b"b"], shape=[3]), IA, "inputs[text]"),
     Case("bytes beyond the last raw element", G, lambda: raw(serialize_bytes([b"a"]) + b"zz", [1]), IA,
@@ -351,6 +352,13 @@ HTTP_CASES = [
     Case("empty batch", H, lambda: post(request(text_input([]))), 400, "inputs[text].shape"),
     Case("batch over the limit", H, lambda: post(request(text_input(["a"] * (MAX_BATCH + 1)))), 400,
          "inputs[text].shape"),
+    # Large enough (over 256 KiB of JSON) to be parsed in a helper process, not on the loop.
+    Case("a large JSON body of numbers for a text input", H, lambda: post(request(
+        text_input([0.5] * 150_000, datatype="FP32", shape=[150_000]))), 400, "inputs[text].datatype"),
+    Case("a large JSON body of 100,000 texts", H, lambda: post(request(text_input(["ab"] * 100_000))), 400,
+         "inputs[text].shape"),
+    Case("a large JSON body that breaks off", H, lambda: post(request(text_input(["ab"] * 100_000))[:-3]), 400,
+         "body"),
     # data
     Case("missing data", H, lambda: post(request(text_input(data=None))), 400, "inputs[text].data"),
     Case("fewer elements than the shape", H, lambda: post(request(text_input(["a", "b"], shape=[3]))), 400,
