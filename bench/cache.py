@@ -4,18 +4,18 @@ Redis does to latency.
     python -m bench.cache [--requests 500] [--throughput-s 6] [--client-procs 2] [--freeze-s 3]
 
 (a) Concurrency 1, interleaved request by request: a cache hit through the gateway (gRPC) on
-    Redis and on the in-process LRU, a miss served by the edge (the same text with
+    Redis (with its near cache, the default, and without it) and on the in-process LRU, a miss served by the edge (the same text with
     ``no_cache=true``), and the "floor": a bare Python grpc.aio server answering the same
     response from memory (what gRPC in Python costs on this machine at this moment, before any
     gateway or cache work); plus a bare redis-py GET.
-(b) Concurrency 64, all hits, for a gateway on Redis, one on the in-process LRU, and the floor
+(b) Concurrency 64, all hits, for a gateway on Redis (near cache on and off), one on the in-process LRU, and the floor
     server. The load comes from ``--client-procs`` processes (Python gRPC clients are expensive);
     CPU milliseconds per request of the clients, the server and Redis are reported.
 (c) Concurrency 8, all hits, through the Redis gateway while Redis is frozen (SIGSTOP) for
     ``--freeze-s`` seconds, then resumed (SIGCONT): p50/p99, cache share and failures per 0.5 s
     bucket; the peak rise of p99 over the no-cache path's steady p99 (measured during the same
     freeze), how long p99 stayed above the worst steady no-cache bucket, and how soon hits return.
-Every server (redis-server, edge, cloud, two gateways) runs in its own process, started by pid
+Every server (redis-server, edge, cloud, three gateways) runs in its own process, started by pid
 and stopped by pid. Prints tables and writes bench/results/cache.json.
 """
 
@@ -160,7 +160,7 @@ async def _canned_body(address: str) -> bytes:
 # (a) hit vs miss at concurrency 1
 
 
-async def concurrency_1(redis_gw: str, lru_gw: str, floor: str, redis_url: str, n: int,
+async def concurrency_1(redis_gw: str, far_gw: str, lru_gw: str, floor: str, redis_url: str, n: int,
                         block_size: int = 10) -> dict:
     """Hits via Redis and via the LRU, a miss (``no_cache``, served by the edge) and the bare-gRPC
     floor, side by side: blocks of ``block_size`` requests per path, the paths in a rotating order
@@ -170,15 +170,17 @@ async def concurrency_1(redis_gw: str, lru_gw: str, floor: str, redis_url: str, 
 
     hit_msg, miss_msg = request(), request(no_cache=True)
     async with grpc.aio.insecure_channel(redis_gw) as a, grpc.aio.insecure_channel(lru_gw) as b, \
-            grpc.aio.insecure_channel(floor) as c:
-        stubs = {name: pb_grpc.GRPCInferenceServiceStub(ch) for name, ch in (("redis", a), ("lru", b), ("floor", c))}
-        for name in ("redis", "lru"):
+            grpc.aio.insecure_channel(floor) as c, grpc.aio.insecure_channel(far_gw) as d:
+        stubs = {name: pb_grpc.GRPCInferenceServiceStub(ch)
+                 for name, ch in (("redis", a), ("lru", b), ("floor", c), ("far", d))}
+        for name in ("redis", "far", "lru"):
             await stubs[name].ModelInfer(hit_msg, timeout=10)
         await asyncio.sleep(0.2)
-        for name in ("redis", "lru"):
+        for name in ("redis", "far", "lru"):
             warm = await stubs[name].ModelInfer(hit_msg, timeout=10)
             assert warm.parameters["served_by"].string_param == "cache", f"the {name} warm-up is not a hit"
-        paths = [("hit_redis", stubs["redis"], hit_msg), ("hit_lru", stubs["lru"], hit_msg),
+        paths = [("hit_redis", stubs["redis"], hit_msg), ("hit_redis_no_near", stubs["far"], hit_msg),
+                 ("hit_lru", stubs["lru"], hit_msg),
                  ("miss_edge", stubs["redis"], miss_msg), ("grpc_floor", stubs["floor"], hit_msg)]
         samples: dict[str, list[float]] = {name: [] for name, _, _ in paths}
         served: dict[str, set[str]] = {name: set() for name, _, _ in paths}
@@ -207,7 +209,7 @@ async def concurrency_1(redis_gw: str, lru_gw: str, floor: str, redis_url: str, 
     out["redis_get"] = summarize(gets)
     floor_s = np.array(samples["grpc_floor"])
     out["paired_p50_over_floor_ms"] = {name: float(np.percentile(np.array(samples[name]) - floor_s, 50) * 1000)
-                                       for name in ("hit_redis", "hit_lru")}
+                                       for name in ("hit_redis", "hit_redis_no_near", "hit_lru")}
     out["served_by"] = {name: sorted(values) for name, values in served.items()}
     return out
 
@@ -384,7 +386,10 @@ def main() -> int:
         gw_lru_cfg["cache"] = {"enabled": True}
         gw_redis = launch("gateway", gw_redis_cfg, workdir, name="gateway-redis")
         gw_lru = launch("gateway", gw_lru_cfg, workdir, name="gateway-lru")
-        services += [gw_redis, gw_lru]
+        gw_far_cfg = gateway_config(free_port(), edge.address, [cloud.address], routing=routing)
+        gw_far_cfg["cache"] = {"enabled": True, "redis": {"url": redis.url}, "near": {"enabled": False}}
+        gw_far = launch("gateway", gw_far_cfg, workdir, name="gateway-redis-no-near")
+        services += [gw_redis, gw_lru, gw_far]
         for service in services:
             wait_ready(service, 120)
 
@@ -394,15 +399,18 @@ def main() -> int:
         bg0, wall0 = sum(cpu_seconds(pid) for pid in background), time.monotonic()
         print(f"(a) concurrency 1: {args.requests} requests each, Redis hit / LRU hit / edge miss / bare-gRPC floor, "
               "in rotating blocks of 10")
-        c1 = asyncio.run(concurrency_1(gw_redis.address, gw_lru.address, floor, redis.url, args.requests))
-        print_table([{"path": name, **c1[name]} for name in ("hit_redis", "hit_lru", "miss_edge", "grpc_floor",
-                                                                  "redis_get")], "latency, concurrency 1 (ms)")
+        c1 = asyncio.run(concurrency_1(gw_redis.address, gw_far.address, gw_lru.address, floor, redis.url,
+                                       args.requests))
+        print_table([{"path": name, **c1[name]} for name in ("hit_redis", "hit_redis_no_near", "hit_lru", "miss_edge",
+                                                                  "grpc_floor", "redis_get")],
+                    "latency, concurrency 1 (ms)")
         print("over the floor, paired p50 (ms): " +
               ", ".join(f"{k} {v:.3f}" for k, v in c1["paired_p50_over_floor_ms"].items()))
 
         print(f"\n(b) concurrency 64, all hits, {args.throughput_s:.0f} s each, {args.client_procs} client processes")
         thr = {}
         for name, address, pid, redis_pid in (("redis", gw_redis.address, gw_redis.pid, redis.proc.pid),
+                                              ("redis_no_near", gw_far.address, gw_far.pid, redis.proc.pid),
                                               ("lru", gw_lru.address, gw_lru.pid, None),
                                               ("grpc_floor", floor, floor_proc.pid, None)):
             asyncio.run(_warm(address))
@@ -428,6 +436,9 @@ def main() -> int:
         targets = {
             "hit_p50_ms<=0.8": c1["hit_redis"]["p50_ms"] <= 0.8,
             "hits_c64_redis_req_per_s>=4000": thr["redis"]["requests_per_s"] >= 4000,
+            "hit_redis_paired_p50_over_floor_ms<=0.2": c1["paired_p50_over_floor_ms"]["hit_redis"] <= 0.2,
+            "hits_c64_redis_x_floor>=0.6":
+                thr["redis"]["requests_per_s"] >= 0.6 * thr["grpc_floor"]["requests_per_s"],
             "frozen_zero_failed": freeze["failed"] == 0,
             "frozen_p99_rise_ms<=60": freeze["p99_rise_ms"] <= 60,
             "frozen_p99_elevated_s<=1": freeze["p99_elevated_s"] <= 1.0,

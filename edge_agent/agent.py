@@ -52,6 +52,7 @@ from edge_agent.generation import GenAIModel
 from edge_agent.model_dir import load_model_dir
 from edge_agent.models import OnnxModel, model_from_dir
 from edge_agent.onnx_session import SessionSettings
+from edge_agent.threads import resolve as resolve_threads
 
 SERVER_NAME = "edgecloud-edge"
 
@@ -61,8 +62,10 @@ def build_models(config: EdgeConfig) -> list[OnnxModel | GenAIModel]:
     models = []
     for entry in config.models:
         spec = load_model_dir(entry.path, entry.variant)
-        settings = SessionSettings(intra_op_threads=entry.intra_op_threads, inter_op_threads=entry.inter_op_threads)
-        models.append(model_from_dir(spec, entry.variant, settings, entry.concurrency, entry.chunk_size,
+        concurrency, intra_op_threads = resolve_threads(spec.task, entry.concurrency, entry.intra_op_threads)
+        settings = SessionSettings(intra_op_threads=intra_op_threads, inter_op_threads=entry.inter_op_threads,
+                                   allow_spinning=entry.allow_spinning)
+        models.append(model_from_dir(spec, entry.variant, settings, concurrency, entry.chunk_size,
                                      entry.max_tokens))
     return models
 
@@ -82,8 +85,9 @@ class EdgeAgent:
 
     @classmethod
     def from_model_dir(cls, path: str | Path, *, variant: str | None = None, threads: int = 0,
-                       concurrency: int = 1) -> EdgeAgent:
-        """An agent serving one model directory (``threads`` 0 = onnxruntime's default)."""
+                       concurrency: int = 0) -> EdgeAgent:
+        """An agent serving one model directory; ``threads`` and ``concurrency`` 0 are derived from
+        the usable cores, as the server's are (``edge_agent.threads``)."""
         entry = ModelSettings(path=Path(path), variant=variant, intra_op_threads=threads, concurrency=concurrency)
         return cls(EdgeConfig(models=[entry]))
 

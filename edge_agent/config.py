@@ -18,12 +18,17 @@ class ModelSettings(Section):
     variant: str | None = None
     """ONNX variant to serve (``int8`` or ``fp32`` for the reference model); default: the directory's."""
     intra_op_threads: int = Field(0, ge=0, le=256)
-    """onnxruntime threads inside one operator; 0 = one per core."""
+    """onnxruntime threads inside one operator; 0 = automatic: the usable cores divided among
+    ``concurrency`` (at least 1), all of them for a generative model (``edge_agent.threads``)."""
     inter_op_threads: int = Field(1, ge=0, le=256)
     """onnxruntime threads across operators (sequential execution uses 1)."""
-    concurrency: int = Field(1, ge=1, le=64)
+    concurrency: int = Field(0, ge=0, le=64)
     """Requests computed at once on the shared session (each on its own thread); for a generative
-    model, generations at once (more wait their turn)."""
+    model, generations at once (more wait their turn). 0 = automatic: one per usable core (at
+    most 8), 1 for a generative model."""
+    allow_spinning: bool = False
+    """Let onnxruntime's operator threads spin while waiting for work: a little lower latency
+    under steady load, at the cost of burning CPU between requests (and on an idle device)."""
     chunk_size: int = Field(32, ge=1, le=1024)
     """Texts per onnxruntime call when a request carries many (each chunk pads to its own longest)."""
     max_tokens: int = Field(512, ge=1, le=1_000_000)

@@ -18,6 +18,8 @@ from edgecloud.types import TensorSpec
 class SessionSettings:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    allow_spinning: bool = False
+    """onnxruntime's pool threads spin between tasks (faster under load; busy CPU when idle)."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
@@ -30,6 +32,9 @@ def create_session(file: Path, settings: SessionSettings):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    spin = "1" if settings.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     available = set(ort.get_available_providers())
     providers = [p for p in settings.providers if p in available] or ["CPUExecutionProvider"]
     return ort.InferenceSession(str(file), sess_options=options, providers=providers)

@@ -28,7 +28,10 @@ import contextlib
 import json
 import logging
 import struct
+import subprocess
 import sys
+
+from google.protobuf.message import DecodeError
 
 from edgecloud import codec, json_codec
 from edgecloud.codec import Precheck
@@ -47,49 +50,83 @@ DEFAULT_THRESHOLD_BYTES = 256 * 1024
 _FRAME = struct.Struct("<IQ")
 """Parent -> helper: meta length, body length; then the meta JSON and the body."""
 _ANSWER = struct.Struct("<BQ")
-"""Helper -> parent: status (0 decoded, 1 refused), payload length; then the payload."""
+"""Helper -> parent: status (0 decoded, 1 refused), payload length; then the payload. A decoded
+request's payload is the ``ModelInferRequest`` without its tensors (u32 length, message), the
+tensors' sizes (u32 count, u64 each) and the tensors' raw bytes: the server reads the header
+and hands the tensors on as views of the one buffer, so a request refused from its shapes never
+has its data copied again."""
+_U32 = struct.Struct("<I")
 _DECODED, _REFUSED = 0, 1
 _STOP_GRACE_S = 2.0
 
 
 class _Helper:
-    """One helper process and its pipes; used by one body at a time."""
+    """One helper process and its pipes; used by one body at a time. The pipes are driven by a
+    worker thread with blocking reads and writes (the GIL is let go in every system call), so
+    moving megabytes costs the event loop's thread nothing."""
 
-    def __init__(self, process: asyncio.subprocess.Process):
+    def __init__(self, process: subprocess.Popen):
         self.process = process
 
     @classmethod
     async def start(cls) -> _Helper:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edgecloud.body_decoder",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        process = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "edgecloud.body_decoder"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         log.info("started a JSON body decoder process (pid %d)", process.pid)
         return cls(process)
 
     @property
     def alive(self) -> bool:
-        return self.process.returncode is None
+        return self.process.poll() is None
 
-    async def roundtrip(self, meta: bytes, body: bytes) -> tuple[int, bytes]:
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def roundtrip(self, meta: bytes, body: bytes) -> tuple[int, bytearray]:
+        return await asyncio.to_thread(self._roundtrip, meta, body)
+
+    def _roundtrip(self, meta: bytes, body: bytes) -> tuple[int, bytearray]:
         stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
-        stdin.write(_FRAME.pack(len(meta), len(body)))
-        stdin.write(meta)
-        stdin.write(body)
-        await stdin.drain()
-        status, length = _ANSWER.unpack(await stdout.readexactly(_ANSWER.size))
-        return status, await stdout.readexactly(length)
+        stdin.write(_FRAME.pack(len(meta), len(body)) + meta)
+        view = memoryview(body)
+        while view:
+            view = view[stdin.write(view):]
+        status, length = _ANSWER.unpack(_read_exactly(stdout, _ANSWER.size))
+        return status, _read_exactly(stdout, length)
 
     async def stop(self) -> None:
         process = self.process
-        if process.returncode is None:
-            with contextlib.suppress(Exception):
+        if process.poll() is None:
+            with contextlib.suppress(OSError):
                 process.stdin.close()
             try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
-            except TimeoutError:
+                await asyncio.to_thread(process.wait, _STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                await process.wait()
+                await asyncio.to_thread(process.wait)
+        for pipe in (process.stdin, process.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.stop()
+
+
+def _read_exactly(source, size: int) -> bytearray:
+    """``size`` bytes from a raw pipe, or EOFError when it ends first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = source.readinto(view[got:])
+        if not n:
+            raise EOFError(f"the pipe ended after {got} of {size} bytes")
+        got += n
+    return buffer
 
 
 class BodyDecoder:
@@ -123,11 +160,12 @@ class BodyDecoder:
         status, payload = answer
         if status == _REFUSED:
             raise _error_from_json(payload)
-        request = codec.request_from_proto(pb.ModelInferRequest.FromString(payload), limits, precheck)
+        header, raw = _split_decoded(payload)
+        request = codec.request_from_proto(header, limits, precheck, raw)
         self.offloaded += 1
         return request
 
-    async def _exchange(self, meta: bytes, body: bytes) -> tuple[int, bytes] | None:
+    async def _exchange(self, meta: bytes, body: bytes) -> tuple[int, bytearray] | None:
         """The helper's answer, or None when no helper could give one (decode in place)."""
         helper = await self._acquire()
         if helper is None:
@@ -136,26 +174,36 @@ class BodyDecoder:
             answer = await helper.roundtrip(meta, body)
             if answer[0] not in (_DECODED, _REFUSED):
                 raise ValueError(f"status {answer[0]}")
-        except (OSError, EOFError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, EOFError, ValueError) as exc:
             log.warning("JSON body decoder process %d failed (%s); decoding this body in place",
-                        helper.process.pid, exc or type(exc).__name__)
+                        helper.pid, exc or type(exc).__name__)
             await self._discard(helper)
             return None
         await self._release(helper)
         return answer
 
     async def _acquire(self) -> _Helper | None:
+        chosen: _Helper | None = None
+        dead: list[_Helper] = []
         async with self._free:
-            while True:
-                while self._idle:
+            while chosen is None:
+                while self._idle and chosen is None:
                     helper = self._idle.pop()
                     if helper.alive:
-                        return helper
-                    self._started -= 1
+                        chosen = helper
+                    else:
+                        self._started -= 1
+                        dead.append(helper)
+                if chosen is not None:
+                    break
                 if self._started < self._processes:
                     self._started += 1
                     break
                 await self._free.wait()
+        for helper in dead:  # died while idle: its pipes are closed, a new one starts below
+            await helper.stop()
+        if chosen is not None:
+            return chosen
         try:
             return await _Helper.start()
         except OSError as exc:
@@ -174,9 +222,7 @@ class BodyDecoder:
             self._free.notify()
 
     async def _discard(self, helper: _Helper) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            helper.process.kill()
-        await helper.process.wait()
+        await helper.kill()
         async with self._free:
             self._started -= 1
             self._free.notify()
@@ -185,6 +231,36 @@ class BodyDecoder:
         self._closed = True
         idle, self._idle = self._idle, []
         await asyncio.gather(*(helper.stop() for helper in idle))
+
+
+def _split_decoded(payload: bytearray | bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    try:
+        view = memoryview(payload)
+        (header_length,) = _U32.unpack_from(view, 0)
+        offset = _U32.size + header_length
+        header = pb.ModelInferRequest.FromString(view[_U32.size:offset])
+        (count,) = _U32.unpack_from(view, offset)
+        offset += _U32.size
+        sizes = struct.unpack_from(f"<{count}Q", view, offset)
+        offset += 8 * count
+        raw = []
+        for size in sizes:
+            raw.append(view[offset:offset + size])
+            offset += size
+    except (struct.error, DecodeError) as exc:
+        raise ValueError(f"a garbled answer from the decoder process ({exc})") from None
+    if offset != len(view):
+        raise ValueError("a garbled answer from the decoder process (length)")
+    return header, raw
+
+
+def _encode_decoded(request: InferRequest) -> list[bytes]:
+    """The parts of a decoded request's payload, in order (see ``_ANSWER``)."""
+    header = codec.request_to_proto(request)
+    raw = list(header.raw_input_contents)
+    del header.raw_input_contents[:]
+    text = header.SerializeToString()
+    return [_U32.pack(len(text)), text, _U32.pack(len(raw)), struct.pack(f"<{len(raw)}Q", *map(len, raw)), *raw]
 
 
 def _limits_dict(limits: RequestLimits) -> dict[str, int]:
@@ -202,9 +278,10 @@ def _error_from_json(payload: bytes) -> InferenceError:
 # the helper process
 
 
-def _answer(status: int, payload: bytes, out) -> None:
-    out.write(_ANSWER.pack(status, len(payload)))
-    out.write(payload)
+def _answer(status: int, parts: list[bytes], out) -> None:
+    out.write(_ANSWER.pack(status, sum(map(len, parts))))
+    for part in parts:
+        out.write(part)
     out.flush()
 
 
@@ -225,14 +302,14 @@ def _serve(source, out) -> None:
                                                    model_name=meta["model_name"],
                                                    model_version=meta["model_version"])
             del body
-            payload = codec.request_to_proto(request).SerializeToString()
+            parts = _encode_decoded(request)
             del request
         except InferenceError as exc:
             error = {"kind": exc.kind.value, "message": exc.message, "field": exc.field}
-            _answer(_REFUSED, json.dumps(error).encode(), out)
+            _answer(_REFUSED, [json.dumps(error).encode()], out)
             continue
-        _answer(_DECODED, payload, out)
-        del payload
+        _answer(_DECODED, parts, out)
+        del parts
 
 
 def main() -> None:

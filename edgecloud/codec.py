@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -204,9 +204,11 @@ million over a limit of 256) is refused before a million Python objects are made
 
 
 def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS,
-                       precheck: Precheck | None = None) -> InferRequest:
+                       precheck: Precheck | None = None, raw: Sequence[bytes | memoryview] | None = None
+                       ) -> InferRequest:
     """Decode and structurally validate a ``ModelInferRequest``; ``precheck`` runs on the header
-    (names, datatypes, shapes, outputs) before any tensor data is decoded."""
+    (names, datatypes, shapes, outputs) before any tensor data is decoded. ``raw`` stands in for
+    ``raw_input_contents`` when the caller holds them apart from the message (views, not copies)."""
     if not msg.model_name:
         raise InvalidArgument("is empty", field="model_name")
     if len(msg.inputs) == 0:
@@ -217,7 +219,10 @@ def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAUL
         raise ResourceExhausted(f"{len(msg.outputs)} outputs exceed the limit of {limits.max_outputs}", field="outputs")
     if len(msg.parameters) > limits.max_parameters:
         raise ResourceExhausted(f"{len(msg.parameters)} parameters exceed the limit", field="parameters")
-    raw = msg.raw_input_contents
+    if raw is None:
+        raw = msg.raw_input_contents
+    elif msg.raw_input_contents:
+        raise InvalidArgument("raw_input_contents given twice", field="raw_input_contents")
     if raw and len(raw) != len(msg.inputs):
         raise InvalidArgument(
             f"{len(raw)} raw_input_contents entries for {len(msg.inputs)} inputs; send all inputs raw or none",

@@ -30,6 +30,8 @@ class CacheMetrics:
                                            "Redis breaker state changes by new state", ["state"], registry=r)
         self.backend = Gauge("edgecloud_gateway_cache_backend", "1 for the cache backend in use",
                              ["backend"], registry=r)
+        self.near_hits = Counter("edgecloud_gateway_cache_near_hits", "Lookups answered by the in-process "
+                                 "near cache in front of Redis (no round trip)", registry=r)
 
 
 class GatewayMetrics:

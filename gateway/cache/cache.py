@@ -109,6 +109,7 @@ class GatewayCache:
         self._flights: SingleFlight[_Computed] = SingleFlight("cache-fill")
         self._writer = BackgroundWriter(settings.max_pending_writes)
         self._backend: CacheBackend | None = None
+        self._near: LruBackend | None = None
         self._breaker = self._new_breaker(settings)
         self._background: set[asyncio.Task] = set()
         self._reconnect_task: asyncio.Task | None = None
@@ -122,6 +123,7 @@ class GatewayCache:
         self._m_error = lookups.labels("error")
         self._m_breaker_open = lookups.labels("breaker_open")
         self._m_bypass = lookups.labels("bypass")
+        self._m_near_hit = metrics.near_hits
         self._m_leader = metrics.flights.labels("leader")
         self._m_follower = metrics.flights.labels("follower")
         self._m_stored = writes.labels("stored")
@@ -223,6 +225,9 @@ class GatewayCache:
 
     def _set_backend(self, backend: CacheBackend | None) -> None:
         self._backend = backend
+        near = self.settings.near
+        self._near = LruBackend(near.max_entries, near.max_bytes, self._lru_clock) \
+            if backend is not None and backend.remote and near.enabled else None
         for name in ("redis", "redis-cluster", "lru"):
             self._metrics.backend.labels(name).set(1 if backend is not None and backend.name == name else 0)
 
@@ -348,7 +353,13 @@ class GatewayCache:
         self._store(key, value, ttl_s, lambda: None)
 
     async def _read(self, backend: CacheBackend, key: str, digest: bytes) -> Entry | None:
-        """The entry under ``key``, or None (miss, error, open breaker, corrupt: each counted)."""
+        """The entry under ``key``, or None (miss, error, open breaker, corrupt: each counted).
+        The near copy, when there is one, answers first (even while the breaker is open)."""
+        near = self._near
+        value = near.get_now(key) if near is not None else None
+        if value is not None:
+            self._m_near_hit.inc()
+            return self._decode(key, value, digest)
         if backend.remote and not self._breaker.allows_requests():
             self._m_breaker_open.inc()
             self._maybe_probe(backend)
@@ -365,6 +376,11 @@ class GatewayCache:
         if value is None:
             self._m_miss.inc()
             return None
+        if near is not None and backend is self._backend:
+            near.put(key, value, self.settings.near.ttl_ms / 1000.0)
+        return self._decode(key, value, digest)
+
+    def _decode(self, key: str, value: bytes, digest: bytes) -> Entry | None:
         try:
             return decode(value, digest)
         except CorruptEntry as exc:
@@ -476,6 +492,9 @@ class GatewayCache:
         else:
             if backend.remote:
                 self._breaker.record_success()
+            near = self._near
+            if near is not None and backend is self._backend:
+                near.put(key, value, min(self.settings.near.ttl_ms / 1000.0, ttl_s))
             self._m_stored.inc()
         finally:
             done()

@@ -48,6 +48,13 @@ class LruBackend:
         self._bytes = 0
 
     async def get(self, key: str) -> bytes | None:
+        return self.get_now(key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.put(key, value, ttl_s)
+
+    def get_now(self, key: str) -> bytes | None:
+        """``get`` for callers that must not suspend (the near cache in front of Redis)."""
         item = self._entries.get(key)
         if item is None:
             return None
@@ -58,7 +65,8 @@ class LruBackend:
         self._entries.move_to_end(key)
         return value
 
-    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        """``set`` for callers that must not suspend."""
         if len(value) > self.max_bytes:
             return
         if key in self._entries:

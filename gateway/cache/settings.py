@@ -116,6 +116,22 @@ class LruSettings(Section):
     """Bytes of stored values kept (the envelope included); the least recently used go first."""
 
 
+class NearCacheSettings(Section):
+    """A small in-process copy of hot Redis entries, read before Redis: a hit on it costs no round
+    trip. Copies are kept briefly, so an entry replaced in Redis by another gateway (a cloud
+    answer over an edge one, a refresh) is seen here at most ``ttl_ms`` late; this gateway's own
+    writes update its copy at once. Used only in front of Redis (the LRU is in-process already)."""
+
+    enabled: bool = True
+    """Keep near copies of entries read from or written to Redis."""
+    ttl_ms: float = Field(1000, gt=0, le=60_000)
+    """How long a copy answers before Redis is asked again (well under the entries' TTL)."""
+    max_entries: int = Field(4096, ge=1, le=10_000_000)
+    """Copies kept; the least recently used go first."""
+    max_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=2**40)
+    """Bytes of copies kept; the least recently used go first."""
+
+
 class BreakerSettings(Section):
     """The circuit breaker in front of Redis: stop asking a failing Redis, probe it back."""
 
@@ -157,6 +173,8 @@ class CacheSettings(Section):
     """The shared Redis (standalone or cluster); none configured means the in-process LRU."""
     lru: LruSettings = Field(default_factory=LruSettings)
     """Bounds of the in-process LRU."""
+    near: NearCacheSettings = Field(default_factory=NearCacheSettings)
+    """The in-process near cache in front of Redis (hot keys answered without a round trip)."""
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     """When to stop asking Redis and when to probe it back."""
     models: dict[str, ModelCacheSettings] = Field(default_factory=dict)
@@ -173,4 +191,4 @@ class CacheSettings(Section):
 
     def backend_settings(self) -> tuple:
         """What choosing and connecting the backend depends on (a change means a new backend)."""
-        return (self.enabled, self.redis, self.lru)
+        return (self.enabled, self.redis, self.lru, self.near)

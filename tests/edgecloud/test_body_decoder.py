@@ -149,7 +149,7 @@ async def test_a_helper_killed_mid_body_loses_nothing_and_is_replaced(decoder):
     await decoder.decode(body, None, LIMITS, model_name="m")
     (helper,) = decoder._idle
     os.kill(helper.process.pid, signal.SIGKILL)
-    await helper.process.wait()
+    await asyncio.to_thread(helper.process.wait)
     expected = json_codec.request_from_json(body, None, LIMITS, model_name="m")
     _same(await decoder.decode(body, None, LIMITS, model_name="m"), expected)  # a new helper
     (replacement,) = decoder._idle

@@ -28,7 +28,7 @@ def test_yaml_and_env_override(tmp_path: Path):
     [
         ("server:\n  port: 70000\n", "server.port"),
         ("server:\n  prot: 1\n", "server.prot"),
-        ("models:\n  - path: /m\n    concurrency: 0\n", "models.0.concurrency"),
+        ("models:\n  - path: /m\n    concurrency: -1\n", "models.0.concurrency"),
         ("models: []\n", "models"),
         ("- just\n- a list\n", "(root)"),
     ],

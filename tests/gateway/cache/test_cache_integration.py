@@ -109,7 +109,10 @@ async def test_redis_failure_under_load_fails_no_request_and_the_cache_comes_bac
     await wait_until(lambda: counter(gateway.dataplane.metrics.cache.writes, "stored") == len(texts), timeout=20)
 
     marks = {}
-    redis_hits = lambda: counter(gateway.dataplane.metrics.cache.lookups, "hit")  # noqa: E731
+    metrics = gateway.dataplane.metrics.cache
+    # Hits Redis answered: the near cache's copies answer hot keys for up to a second after the
+    # fault without asking Redis.
+    redis_hits = lambda: counter(metrics.lookups, "hit") - counter(metrics.near_hits)  # noqa: E731
 
     async def scenario(t0):
         # Windows are judged from when each fault really happened (a busy loop may run this late),

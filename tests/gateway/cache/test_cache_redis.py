@@ -154,3 +154,52 @@ async def test_a_request_cancelled_mid_get_leaves_the_pool_correct(redis_server,
             assert hit.response.outputs[0].data.tobytes() == first[t].response.outputs[0].data.tobytes()
     finally:
         await proxy.stop()
+
+
+async def test_the_near_cache_answers_hot_keys_without_redis_and_sees_other_writers_within_its_ttl(
+        redis_server, start_cache, cache_metrics):
+    """Hot keys are answered from the in-process copy (Redis frozen: still hits); another
+    gateway's newer answer in Redis (a cloud answer replacing an edge one) is seen once the copy's
+    ``near.ttl_ms`` has passed, never later; this gateway's own writes update its copy at once."""
+    from edgecloud.clock import FakeClock
+
+    server = redis_server()
+    near_clock = FakeClock()
+    config = {"redis": {"url": server.url}, "early_refresh_beta": 0, "near": {"ttl_ms": 1000}}
+    cache = await start_cache(config, lru_clock=near_clock)
+    other = await start_cache(config)  # a second gateway on the same Redis
+    edge, cloud = Computes("edge"), Computes("cloud")
+    await serve(cache, edge, "x")
+    await wait_until(lambda: counter(cache_metrics.writes, "stored") == 1)
+    server.pause()  # every hit from here on must come from the near copy
+    try:
+        for _ in range(5):
+            hit = await serve(cache, edge, "x")
+            assert hit.served_by == "cache" and hit.response.parameters["cache_source"] == "edge"
+    finally:
+        server.resume()
+    assert counter(cache_metrics.near_hits) == 5 and counter(cache_metrics.lookups, "error") == 0
+    # The other gateway upgrades the entry to a cloud answer.
+    msg = text_msg(["x"])
+    upgraded = await other.serve(cache_request(msg, require_cloud=True), cloud(msg))
+    assert upgraded.served_by == "cloud"
+    await wait_until(lambda: counter(cache_metrics.writes, "stored") == 2)
+    assert (await serve(cache, edge, "x")).response.parameters["cache_source"] == "edge"  # within the TTL
+    near_clock.advance(1.0)
+    assert (await serve(cache, edge, "x")).response.parameters["cache_source"] == "cloud"
+    # Its own write is in its copy at once.
+    await serve(cache, edge, "y")
+    await wait_until(lambda: counter(cache_metrics.writes, "stored") == 3)
+    before = counter(cache_metrics.near_hits)
+    assert (await serve(cache, edge, "y")).served_by == "cache" and counter(cache_metrics.near_hits) == before + 1
+    assert edge.calls == 2 and cloud.calls == 1
+
+
+async def test_the_near_cache_can_be_turned_off(redis_server, start_cache, cache_metrics):
+    server = redis_server()
+    cache = await start_cache({"redis": {"url": server.url}, "near": {"enabled": False}})
+    computes = Computes()
+    await serve(cache, computes, "x")
+    await wait_until(lambda: counter(cache_metrics.writes, "stored") == 1)
+    assert (await serve(cache, computes, "x")).served_by == "cache"
+    assert counter(cache_metrics.near_hits) == 0
