@@ -16,8 +16,9 @@ Contract:
   ``processes`` run, and further large bodies wait for a free one without blocking the loop. The
   pipes carry only length-prefixed bytes (no pickle). A request cancelled while its body is in a
   helper lets the helper finish (its answer is read and dropped) so the pipe stays in step.
-- A helper that dies or answers garbage is replaced; the body it held is decoded in place
-  (logged), so nothing is lost. ``threshold_bytes=0`` decodes everything in place.
+- A helper that dies, answers garbage or does not answer within ``timeout_s`` is killed and
+  replaced; the body it held is decoded in place (logged), so nothing is lost.
+  ``threshold_bytes=0`` decodes everything in place.
 - ``close()`` ends the helpers (EOF on their stdin, then kill after a grace period).
 """
 
@@ -58,6 +59,9 @@ has its data copied again."""
 _U32 = struct.Struct("<I")
 _DECODED, _REFUSED = 0, 1
 _STOP_GRACE_S = 2.0
+EXCHANGE_TIMEOUT_S = 30.0
+"""A helper that has not answered this long is killed and the body decoded in place (64 MiB of
+JSON parses in about 3 s here)."""
 
 
 class _Helper:
@@ -130,10 +134,12 @@ def _read_exactly(source, size: int) -> bytearray:
 
 
 class BodyDecoder:
-    def __init__(self, threshold_bytes: int = DEFAULT_THRESHOLD_BYTES, processes: int = 1):
+    def __init__(self, threshold_bytes: int = DEFAULT_THRESHOLD_BYTES, processes: int = 1,
+                 timeout_s: float = EXCHANGE_TIMEOUT_S):
         if processes < 1:
             raise ValueError("processes must be at least 1")
         self.threshold_bytes = threshold_bytes
+        self.timeout_s = timeout_s
         self._idle: list[_Helper] = []
         self._started = 0
         self._processes = processes
@@ -158,9 +164,17 @@ class BodyDecoder:
             return json_codec.request_from_json(body, header_length, limits, model_name=model_name,
                                                 model_version=model_version, precheck=precheck)
         status, payload = answer
+        try:
+            if status == _REFUSED:
+                error = _error_from_json(payload)
+            else:
+                header, raw = _split_decoded(payload)
+        except ValueError as exc:
+            log.warning("a garbled answer from the JSON body decoder process (%s); decoding this body in place", exc)
+            return json_codec.request_from_json(body, header_length, limits, model_name=model_name,
+                                                model_version=model_version, precheck=precheck)
         if status == _REFUSED:
-            raise _error_from_json(payload)
-        header, raw = _split_decoded(payload)
+            raise error
         request = codec.request_from_proto(header, limits, precheck, raw)
         self.offloaded += 1
         return request
@@ -171,12 +185,13 @@ class BodyDecoder:
         if helper is None:
             return None
         try:
-            answer = await helper.roundtrip(meta, body)
+            answer = await asyncio.wait_for(helper.roundtrip(meta, body), self.timeout_s)
             if answer[0] not in (_DECODED, _REFUSED):
                 raise ValueError(f"status {answer[0]}")
-        except (OSError, EOFError, ValueError) as exc:
+        except (OSError, EOFError, ValueError, TimeoutError) as exc:
+            reason = f"no answer within {self.timeout_s:g} s" if isinstance(exc, TimeoutError) else exc
             log.warning("JSON body decoder process %d failed (%s); decoding this body in place",
-                        helper.pid, exc or type(exc).__name__)
+                        helper.pid, reason or type(exc).__name__)
             await self._discard(helper)
             return None
         await self._release(helper)
@@ -268,8 +283,11 @@ def _limits_dict(limits: RequestLimits) -> dict[str, int]:
 
 
 def _error_from_json(payload: bytes) -> InferenceError:
-    doc = json.loads(payload)
-    error = error_for_kind(ErrorKind(doc["kind"]), doc["message"])
+    try:
+        doc = json.loads(payload)
+        error = error_for_kind(ErrorKind(doc["kind"]), doc["message"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"an unreadable error ({exc})") from None
     error.field = doc.get("field")
     return error
 

@@ -192,3 +192,36 @@ async def test_bodies_wait_for_a_free_helper_and_close_ends_every_helper():
     # After close, bodies are decoded in place.
     _same(await decoder.decode(body, None, LIMITS, model_name="m"),
           json_codec.request_from_json(body, None, LIMITS, model_name="m"))
+
+
+async def test_a_helper_that_stops_answering_is_killed_and_the_body_decoded_in_place():
+    decoder = BodyDecoder(threshold_bytes=1, timeout_s=0.5)
+    try:
+        body, _ = BODIES["text, half precision, booleans"]
+        expected = json_codec.request_from_json(body, None, LIMITS, model_name="m")
+        await decoder.decode(body, None, LIMITS, model_name="m")
+        (helper,) = decoder._idle
+        os.kill(helper.process.pid, signal.SIGSTOP)  # alive, but never answers
+        _same(await asyncio.wait_for(decoder.decode(body, None, LIMITS, model_name="m"), 30), expected)
+        assert helper.process.poll() is not None  # killed, not left behind
+        _same(await decoder.decode(body, None, LIMITS, model_name="m"), expected)  # a new helper
+        assert decoder._idle and decoder._idle[0].process.pid != helper.process.pid
+    finally:
+        await decoder.close()
+
+
+async def test_a_garbled_answer_is_decoded_in_place(monkeypatch):
+    from edgecloud import body_decoder
+
+    decoder = BodyDecoder(threshold_bytes=1)
+    try:
+        body, _ = BODIES["numbers, nested, with parameters"]
+        monkeypatch.setattr(body_decoder._Helper, "_roundtrip", lambda self, meta, body: (0, bytearray(b"\xff" * 7)))
+        _same(await decoder.decode(body, None, LIMITS, model_name="m"),
+              json_codec.request_from_json(body, None, LIMITS, model_name="m"))
+        monkeypatch.setattr(body_decoder._Helper, "_roundtrip", lambda self, meta, body: (1, bytearray(b"{")))
+        _same(await decoder.decode(body, None, LIMITS, model_name="m"),
+              json_codec.request_from_json(body, None, LIMITS, model_name="m"))
+        assert decoder.offloaded == 0
+    finally:
+        await decoder.close()
