@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import print_table, summarize, write_result
+from bench.common import cpu_seconds, print_table, summarize, write_result
 from edgecloud.codec import serialize_bytes
 from edgecloud_tools.stack import cloud_config, edge_config, free_port, gateway_config, launch, wait_ready
 from protos import inference_pb2 as pb
@@ -56,12 +56,6 @@ def request(text: str = SENTENCE, no_cache: bool = False) -> pb.ModelInferReques
     if no_cache:
         msg.parameters["no_cache"].bool_param = True
     return msg
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------

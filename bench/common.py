@@ -96,6 +96,12 @@ def stop_all(services: Sequence[Any]) -> None:
             pass
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 

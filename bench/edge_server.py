@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, ratio, stop_all, summarize, write_result
+from bench.common import cpu_seconds, print_table, ratio, stop_all, summarize, write_result
 from bench.load import closed_loop, text_request
 from edge_agent.threads import usable_cores
 from edgecloud_tools.stack import ServiceProcess, free_port, launch, wait_ready
@@ -38,13 +37,6 @@ import grpc
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "models" / "all-MiniLM-L6-v2"
 PROBE_INTERVAL_S = 0.2
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _edge(port: int, workdir: Path, name: str, model: dict[str, Any]) -> ServiceProcess:

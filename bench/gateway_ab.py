@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import tempfile
 import time
@@ -30,7 +29,7 @@ import grpc
 import numpy as np
 import yaml
 
-from bench.common import print_table, summarize, write_result
+from bench.common import cpu_seconds, print_table, summarize, write_result
 from bench.load import closed_loop, text_request
 from edgecloud_tools.stack import ServiceProcess, edge_config, free_port, gateway_config, launch, wait_ready
 from protos import inference_pb2_grpc as pb_grpc
@@ -52,11 +51,6 @@ def launch_gateway(repo: Path, edge: str, workdir: Path, name: str) -> ServicePr
                                  "--config", str(config_path)], cwd=repo, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     return ServiceProcess(name, proc, f"127.0.0.1:{config['server']['port']}", config_path, log_path)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def concurrency_1(addresses: dict[str, str], gateways: dict[str, ServiceProcess], n: int) -> dict:

@@ -54,7 +54,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import print_table, stop_all, summarize, write_result
+from bench.common import cpu_seconds, print_table, stop_all, summarize, write_result
 from edge_agent.build.prompts import chat_prompts
 from edgecloud_tools.stack import (cloud_config, edge_config, free_port, gateway_config, launch, launch_proxy,
                                    launch_redis, wait_ready)
@@ -139,11 +139,6 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # (a) ------------------------------------------------------------------------------------------

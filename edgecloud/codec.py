@@ -195,6 +195,11 @@ def _array_from_contents(contents: pb.InferTensorContents, info: DatatypeInfo, d
 NO_DATA = np.empty(0, dtype=np.uint8)
 """What a tensor's ``data`` is while a ``Precheck`` looks at the request: nothing decoded yet."""
 
+PRECHECK_FROM_BYTES = 64 * 1024
+"""The fronts precheck messages of at least this many bytes. Below it, decoding the data costs
+less than validating the header twice (the dataplane validates every request in full anyway), so
+small requests, nearly all of them, are validated once."""
+
 Precheck = Callable[[InferRequest], None]
 """A check of a request before any tensor data is materialised: it sees the model name and
 version, every input's name, datatype, shape and parameters (``data`` is ``NO_DATA``) and the

@@ -162,11 +162,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self._tenant(context)
         return codec.model_metadata_to_proto(await self.dataplane.model_metadata(request.name, request.version))
 
+    def _precheck_for(self, message: bytes) -> codec.Precheck | None:
+        return self.dataplane.precheck if len(message) >= codec.PRECHECK_FROM_BYTES else None
+
     @translate_errors
     async def ModelInfer(self, request: bytes, context):
         heap_trimmer.after(len(request))
         tenant = self._tenant(context)
-        decoded = codec.request_from_wire(request, self.dataplane.limits, self.dataplane.precheck)
+        decoded = codec.request_from_wire(request, self.dataplane.limits, self._precheck_for(request))
         decoded.deadline = request_deadline(context)
         decoded.tenant = tenant
         return codec.response_to_wire(await self.dataplane.infer(decoded))
@@ -187,7 +190,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def serve(raw: bytes) -> None:
             decoded = None
             try:
-                decoded = codec.request_from_wire(raw, self.dataplane.limits, self.dataplane.precheck)
+                decoded = codec.request_from_wire(raw, self.dataplane.limits, self._precheck_for(raw))
                 decoded.deadline, decoded.tenant = deadline, tenant
                 responses = self.dataplane.stream(decoded)
                 try:

@@ -17,8 +17,8 @@ Contract:
   framing turns out malformed (a bad chunk) is 400 at once. Both close the connection. At most
   ``max_connections`` connections are open at once; more are closed when accepted
   (``edgecloud.http_connections``). A client that goes away mid-body ends its request quietly.
-- Infer bodies are decoded with the dataplane's ``precheck`` (shapes against the model before any
-  tensor data becomes an array); JSON of ``json_decode_threshold_bytes`` or more is parsed in a
+- Infer bodies of ``PRECHECK_FROM_BYTES`` or more are decoded with the dataplane's ``precheck``
+  (shapes against the model before any tensor data becomes an array); JSON of ``json_decode_threshold_bytes`` or more is parsed in a
   helper process (``edgecloud.body_decoder``), never on the event loop.
 - ``X-Request-Timeout-Ms`` sets ``InferRequest.deadline`` (monotonic) and bounds the call: past it
   the client gets 504.
@@ -42,6 +42,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from edgecloud import generate_json, json_codec
+from edgecloud.codec import PRECHECK_FROM_BYTES
 from edgecloud.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -295,9 +296,10 @@ class RestFront:
         header_length = _header_length(headers.get(json_codec.HEADER_LENGTH))
         deadline = deadline_from_header(headers.get(TIMEOUT_HEADER))
         match = request.match_info
-        decoded = await self._decoder.decode(await self._body(request), header_length, self.dataplane.limits,
-                                             model_name=match["name"], model_version=match.get("version", ""),
-                                             precheck=self.dataplane.precheck)
+        body = await self._body(request)
+        precheck = self.dataplane.precheck if len(body) >= PRECHECK_FROM_BYTES else None
+        decoded = await self._decoder.decode(body, header_length, self.dataplane.limits, model_name=match["name"],
+                                             model_version=match.get("version", ""), precheck=precheck)
         decoded.deadline = deadline
         decoded.tenant = request.get(TENANT_KEY, "default")
         if deadline is None:
