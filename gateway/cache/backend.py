@@ -5,13 +5,22 @@ ttl_s)`` stores them for ``ttl_s`` seconds; ``ping()`` checks the backend answer
 backend bounds every command in time and raises only ``BackendError`` (the cache fails open on
 it); cancelling a command never leaves a connection with an unread reply behind. ``remote`` tells
 the cache whether a circuit breaker guards it. ``describe()`` names it for logs without secrets.
+
+Contract (``LeaseBackend``, a shared backend that other gateways see too, i.e. Redis): leases let
+gateway replicas compute a missing entry once between them. ``acquire_lease(lease, token, ttl_s)``
+takes the lease if nobody holds it (true) and never waits; ``renew_lease`` extends it only while
+``token`` still holds it; ``release_lease`` drops it only while ``token`` holds it;
+``peek(key, lease)`` is the entry's bytes (or None) and whether the lease is held, in one round
+trip; ``store_and_release(key, value, ttl_s, lease, token)`` writes the entry and drops the lease
+(if ``token`` holds it) atomically, so a waiter never sees neither. ``key`` and ``lease`` share a
+Redis Cluster hash slot (``keys.entry_key``/``keys.lease_key``).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["BackendError", "CacheBackend"]
+__all__ = ["BackendError", "CacheBackend", "LeaseBackend"]
 
 
 class BackendError(Exception):
@@ -44,3 +53,15 @@ class CacheBackend(Protocol):
     async def close(self) -> None: ...
 
     def describe(self) -> str: ...
+
+
+class LeaseBackend(CacheBackend, Protocol):
+    async def acquire_lease(self, lease: str, token: str, ttl_s: float) -> bool: ...
+
+    async def renew_lease(self, lease: str, token: str, ttl_s: float) -> bool: ...
+
+    async def release_lease(self, lease: str, token: str) -> None: ...
+
+    async def peek(self, key: str, lease: str) -> tuple[bytes | None, bool]: ...
+
+    async def store_and_release(self, key: str, value: bytes, ttl_s: float, lease: str, token: str) -> None: ...

@@ -25,6 +25,11 @@ Contract (``GatewayCache.serve(request, compute)``):
   theirs: followers then run one more flight with their own ``compute`` (and their own deadline).
   Nobody waits beyond their own deadline (the front cancels the wait; the shared compute is
   bounded by the leader's deadline). A finished flight stays joinable until its entry is written.
+- Across replicas (``lease.py``): when the backend is Redis, the flight's leader first takes a short
+  lease on the entry; a replica that finds the lease taken waits (polling Redis) for the holder's
+  entry and answers from it (``served_by="cache"``, ``cache_hit``), and computes itself if the
+  holder dies, gives up without an answer or takes longer than ``lease.max_wait_ms``. The holder
+  writes the entry and drops its lease atomically. Streams (``lookup``/``store``) take no lease.
 - Writes happen in the background (at most ``max_pending_writes`` at once, beyond that dropped),
   never while the breaker is open, never for ``no_cache`` requests or for answers larger than
   ``max_entry_bytes``.
@@ -55,7 +60,8 @@ from gateway.cache.backend import BackendError, CacheBackend
 from gateway.cache.breaker import BreakerState, CircuitBreaker
 from gateway.cache.envelope import HEADER, CorruptEntry, Entry, Provenance, decode, encode
 from gateway.cache.freshness import Freshness
-from gateway.cache.keys import EXCLUDED_PARAMETERS, cache_key, uncacheable
+from gateway.cache.keys import EXCLUDED_PARAMETERS, cache_key, entry_key, lease_key, uncacheable
+from gateway.cache.lease import Claim, Leases
 from gateway.cache.lru import LruBackend
 from gateway.cache.redis_backend import RedisBackend
 from gateway.cache.settings import CacheSettings
@@ -98,7 +104,7 @@ class _Computed:
 class GatewayCache:
     def __init__(self, settings: CacheSettings, metrics: CacheMetrics, *, clock: Clock | None = None,
                  wall: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
-                 lru_clock: Clock | None = None):
+                 lru_clock: Clock | None = None, sleep=asyncio.sleep):
         self.settings = settings
         self._metrics = metrics
         self._clock = clock or MonotonicClock()
@@ -111,6 +117,10 @@ class GatewayCache:
         self._backend: CacheBackend | None = None
         self._near: LruBackend | None = None
         self._breaker = self._new_breaker(settings)
+        self._leases = Leases(settings.lease, self._clock, sleep, on_error=self._backend_failed)
+        self._remote_answering = True
+        """False after a failed Redis command, until one succeeds: a miss whose GET just failed
+        takes no lease (it would wait out a second timeout on a sick Redis)."""
         self._background: set[asyncio.Task] = set()
         self._reconnect_task: asyncio.Task | None = None
         self._started = False
@@ -126,6 +136,9 @@ class GatewayCache:
         self._m_near_hit = metrics.near_hits
         self._m_leader = metrics.flights.labels("leader")
         self._m_follower = metrics.flights.labels("follower")
+        self._m_lease_holder = metrics.flights.labels("lease_holder")
+        self._m_lease_waiter = metrics.flights.labels("lease_waiter")
+        self._m_lease_fallback = metrics.flights.labels("lease_fallback")
         self._m_stored = writes.labels("stored")
         self._m_errors = errors
         self._m_writes = writes
@@ -148,8 +161,8 @@ class GatewayCache:
 
     async def stop(self) -> None:
         self._started = False
+        await self._flights.close()  # before the background tasks: a cancelled fill may spawn a release
         await self._stop_background()
-        await self._flights.close()
         await self._writer.close()
         await self._close_backend()
 
@@ -157,6 +170,7 @@ class GatewayCache:
         old = self.settings
         self.settings = settings
         self._freshness.beta = settings.early_refresh_beta
+        self._leases.settings = settings.lease
         self._ignored = EXCLUDED_PARAMETERS | frozenset(settings.ignore_parameters)
         self._writer.max_pending = settings.max_pending_writes
         self._breaker.reconfigure(settings.breaker.consecutive_failures, settings.breaker.open_ms / 1000.0)
@@ -278,7 +292,7 @@ class GatewayCache:
             log.exception("cache: could not build a key; computing without the cache")
             self._m_errors.labels("key", "error").inc()
             return await compute()
-        key = settings.key_prefix + digest.hex()
+        key = entry_key(settings.key_prefix, digest)
         entry = await self._read(backend, key, digest)
         if entry is not None:
             if request.require_cloud and entry.provenance is Provenance.EDGE:
@@ -315,7 +329,7 @@ class GatewayCache:
             log.exception("cache: could not build a key; computing without the cache")
             self._m_errors.labels("key", "error").inc()
             return None
-        return self.settings.key_prefix + digest.hex(), digest
+        return entry_key(self.settings.key_prefix, digest), digest
 
     async def lookup(self, request: CacheRequest, located: tuple[str, bytes]) -> tuple[InferResponse, Provenance] | None:
         """The stored answer for ``request`` (at ``located``, from ``locate``) and who produced it,
@@ -373,6 +387,7 @@ class GatewayCache:
             return None
         if backend.remote:
             self._breaker.record_success()
+            self._remote_answering = True
         if value is None:
             self._m_miss.inc()
             return None
@@ -392,6 +407,7 @@ class GatewayCache:
     def _backend_failed(self, op: str, exc: BackendError, started: float) -> None:
         self._m_errors.labels(op, exc.kind).inc()
         if exc.counts_against_backend:
+            self._remote_answering = False
             self._breaker.record_failure(started)
 
     def _maybe_probe(self, backend: CacheBackend) -> None:
@@ -417,8 +433,10 @@ class GatewayCache:
     async def _compute_shared(self, key: str, digest: bytes, request: CacheRequest, compute: Compute) -> Served:
         flight_key = (digest, request.require_cloud)
         ttl_s = self.settings.ttl_s(request.request.model_name)
+        fill = lambda: self._fill(flight_key, key, digest, ttl_s, compute, request.require_cloud,
+                                  request.request.id)  # noqa: E731
         for attempt in (1, 2):
-            task, leader = self._flights.join(flight_key, lambda: self._fill(flight_key, key, digest, ttl_s, compute))
+            task, leader = self._flights.join(flight_key, fill)
             finished = task.done()
             (self._m_leader if leader else self._m_follower).inc()
             try:
@@ -439,53 +457,109 @@ class GatewayCache:
         """Start one background recompute of a hot entry near expiry (XFetch)."""
         flight_key = (digest, request.require_cloud)
         ttl_s = self.settings.ttl_s(request.request.model_name)
-        _, leader = self._flights.join(flight_key, lambda: self._fill(flight_key, key, digest, ttl_s, compute))
+        _, leader = self._flights.join(flight_key, lambda: self._fill(flight_key, key, digest, ttl_s, compute,
+                                                                       request.require_cloud, ""))
         if leader:
             self._metrics.early_refreshes.inc()
 
-    async def _fill(self, flight_key: Hashable, key: str, digest: bytes, ttl_s: float, compute: Compute) -> _Computed:
+    async def _fill(self, flight_key: Hashable, key: str, digest: bytes, ttl_s: float, compute: Compute,
+                    require_cloud: bool, request_id: str) -> _Computed:
         task = asyncio.current_task()
-        started = self._clock.now()
-        served = await compute()
-        compute_s = self._clock.now() - started
-        body = response_to_wire(dataclasses.replace(served.response, id=""))
-        provenance = Provenance.of(served.served_by)
-        computed = _Computed(served, body, provenance)
 
         def done() -> None:
             self._flights.forget(flight_key, task)
 
+        claim = await self._claim(key, digest, require_cloud, request_id)
+        if claim is not None and claim.answer is not None:
+            done()  # another replica computed it; it is stored already
+            return claim.answer
+        lease = (lease_key(key, require_cloud), claim.token) if claim is not None and claim.held else None
+        started = self._clock.now()
+        try:
+            if claim is not None:
+                async with claim.renewing():
+                    served = await compute()
+            else:
+                served = await compute()
+        except BaseException:
+            self._release(lease)
+            raise
+        compute_s = self._clock.now() - started
+        body = response_to_wire(dataclasses.replace(served.response, id=""))
+        provenance = Provenance.of(served.served_by)
+        computed = _Computed(served, body, provenance)
         if provenance is None or not served.cacheable:
             self._m_writes.labels("not_cacheable").inc()
+            self._release(lease)
             done()
         elif len(body) + HEADER.size > self.settings.max_entry_bytes:
             self._m_writes.labels("too_big").inc()
+            self._release(lease)
             done()
         else:
             now = self._wall()
             value = encode(body, provenance, created_at=now, expires_at=now + ttl_s, compute_s=compute_s,
                            digest=digest)
-            self._store(key, value, ttl_s, done)
+            self._store(key, value, ttl_s, done, lease)
         return computed
 
-    def _store(self, key: str, value: bytes, ttl_s: float, done: Callable[[], None]) -> None:
+    async def _claim(self, key: str, digest: bytes, require_cloud: bool, request_id: str) -> Claim[_Computed] | None:
+        """The cross-replica lease for a miss (None when the backend takes no leases)."""
+        backend = self._backend
+        if backend is None or not getattr(backend, "leases", False) or not self.settings.lease.enabled \
+                or not self._remote_answering or not self._breaker.allows_requests():
+            return None
+
+        def accept(value: bytes) -> _Computed | None:
+            entry = self._decode(key, value, digest)
+            if entry is None or (require_cloud and entry.provenance is Provenance.EDGE) \
+                    or self._wall() >= entry.expires_at:
+                return None
+            near = self._near
+            if near is not None and backend is self._backend:
+                near.put(key, value, self.settings.near.ttl_ms / 1000.0)
+            response = entry.response
+            body = response.wire or response_to_wire(dataclasses.replace(response, id=""))
+            response.id = request_id
+            response.parameters[CACHE_SOURCE] = entry.provenance.label
+            return _Computed(Served(response, SERVED_BY_CACHE, CACHE_HIT), body, entry.provenance)
+
+        claim = await self._leases.claim(backend, key, lease_key(key, require_cloud), accept)
+        (self._m_lease_holder if claim.held else self._m_lease_waiter if claim.answer is not None
+         else self._m_lease_fallback).inc()
+        return claim
+
+    def _release(self, lease: tuple[str, str] | None) -> None:
+        """Drop a lease this gateway holds, in the background (it lapses by itself anyway)."""
+        backend = self._backend
+        if lease is not None and backend is not None and getattr(backend, "leases", False):
+            self._spawn(self._leases.release(backend, *lease), "cache-lease-release")
+
+    def _store(self, key: str, value: bytes, ttl_s: float, done: Callable[[], None],
+               lease: tuple[str, str] | None = None) -> None:
+        """Write in the background; with ``lease`` (key, token), the write also drops that lease."""
         backend = self._backend
         if backend is None:
             done()
             return
         if backend.remote and not self._breaker.allows_requests():
             self._m_writes.labels("dropped_breaker_open").inc()
+            self._release(lease)
             done()
             return
-        if self._writer.submit(lambda: self._write(backend, key, value, ttl_s, done)) is None:
+        if self._writer.submit(lambda: self._write(backend, key, value, ttl_s, done, lease)) is None:
             self._m_writes.labels("dropped_busy").inc()
+            self._release(lease)
             done()
 
     async def _write(self, backend: CacheBackend, key: str, value: bytes, ttl_s: float,
-                     done: Callable[[], None]) -> None:
+                     done: Callable[[], None], lease: tuple[str, str] | None = None) -> None:
         started = self._clock.now()
         try:
-            await backend.set(key, value, ttl_s)
+            if lease is not None:
+                await backend.store_and_release(key, value, ttl_s, *lease)
+            else:
+                await backend.set(key, value, ttl_s)
         except BackendError as exc:
             self._backend_failed("set", exc, started)
             self._m_writes.labels("failed").inc()

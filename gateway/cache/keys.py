@@ -38,7 +38,7 @@ from edgecloud.json_codec import TRANSPORT_PARAMETERS
 from edgecloud.types import ParameterValue
 from gateway.cache.api import NO_CACHE_PARAMETER, QUALITY_PARAMETER, CacheRequest
 
-__all__ = ["EXCLUDED_PARAMETERS", "KEY_DOMAIN", "SEQUENCE_PARAMETERS", "cache_key", "uncacheable"]
+__all__ = ["EXCLUDED_PARAMETERS", "KEY_DOMAIN", "SEQUENCE_PARAMETERS", "cache_key", "entry_key", "lease_key", "uncacheable"]
 
 KEY_DOMAIN = b"edgecloud/result-cache-key/v2"
 """Versions the encoding: changing the encoding changes this, so old and new keys never meet."""
@@ -134,3 +134,17 @@ def uncacheable(request: CacheRequest) -> bool:
     """True when the answer depends on state outside the request (sequence/stateful models)."""
     params = request.request.parameters
     return bool(params) and any(name in params for name in SEQUENCE_PARAMETERS)
+
+
+def entry_key(prefix: str, digest: bytes) -> str:
+    """The backend key of the entry for ``digest``: ``prefix{hex}``. The braces are a Redis Cluster
+    hash tag: the entry and its lease (``lease_key``) live in one slot, so storing an answer and
+    releasing its lease is one atomic script. Only the digest is tagged, so entries still spread
+    over every slot (tagging by tenant or model would put a whole model on one node)."""
+    return f"{prefix}{{{digest.hex()}}}"
+
+
+def lease_key(entry: str, require_cloud: bool) -> str:
+    """The key of the lease a gateway holds while it computes the entry at ``entry`` (see
+    ``GatewayCache``): one per quality, since a cloud-quality flight is a separate computation."""
+    return entry + (":lease:cloud" if require_cloud else ":lease:any")

@@ -13,6 +13,9 @@ Contract (``RedisBackend``):
   for any ``BaseException`` between send and read), so a late reply is never read by the next
   command. ``tests/gateway/cache/test_redis_backend.py`` holds this to account through a delay
   proxy.
+- Leases (``backend.LeaseBackend``): ``SET NX PX`` to take one; small Lua scripts (each on keys of
+  one hash slot, so they run on Redis Cluster too) to renew, release, peek and store-and-release
+  by token.
 - AUTH (``username``/``password``) and TLS (``rediss://`` or ``tls``; CA, client cert and key
   paths) for both kinds.
 """
@@ -104,14 +107,41 @@ def _command(method):
     return wrapper
 
 
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_PEEK = """
+return {redis.call('get', KEYS[1]), redis.call('exists', KEYS[2])}
+"""
+_STORE_AND_RELEASE = """
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end
+return 1
+"""
+
+
 class RedisBackend:
     remote = True
+    leases = True
 
     def __init__(self, settings: RedisSettings):
         self.settings = settings
         self.name = "redis-cluster" if settings.cluster_nodes else "redis"
         self.timeout_s = settings.operation_timeout_s
         self._client: Redis | RedisCluster = make_redis_client(settings)
+        self._renew = self._client.register_script(_RENEW)
+        self._release = self._client.register_script(_RELEASE)
+        self._peek = self._client.register_script(_PEEK)
+        self._store_and_release = self._client.register_script(_STORE_AND_RELEASE)
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -133,7 +163,28 @@ class RedisBackend:
 
     @_command
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        await self._client.set(key, value, px=max(1, int(ttl_s * 1000)))
+        await self._client.set(key, value, px=_ms(ttl_s))
+
+    @_command
+    async def acquire_lease(self, lease: str, token: str, ttl_s: float) -> bool:
+        return bool(await self._client.set(lease, token, px=_ms(ttl_s), nx=True))
+
+    @_command
+    async def renew_lease(self, lease: str, token: str, ttl_s: float) -> bool:
+        return bool(await self._renew(keys=[lease], args=[token, _ms(ttl_s)]))
+
+    @_command
+    async def release_lease(self, lease: str, token: str) -> None:
+        await self._release(keys=[lease], args=[token])
+
+    @_command
+    async def peek(self, key: str, lease: str) -> tuple[bytes | None, bool]:
+        value, held = await self._peek(keys=[key, lease])
+        return value, bool(held)
+
+    @_command
+    async def store_and_release(self, key: str, value: bytes, ttl_s: float, lease: str, token: str) -> None:
+        await self._store_and_release(keys=[key, lease], args=[value, _ms(ttl_s), token])
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -16,6 +16,7 @@ from edgecloud.config import Section
 __all__ = [
     "BreakerSettings",
     "CacheSettings",
+    "LeaseSettings",
     "LruSettings",
     "ModelCacheSettings",
     "RedisSettings",
@@ -132,6 +133,26 @@ class NearCacheSettings(Section):
     """Bytes of copies kept; the least recently used go first."""
 
 
+class LeaseSettings(Section):
+    """Gateway replicas sharing one Redis compute a missing entry once between them: the first to
+    miss takes a short lease on the entry and computes; the others wait for its answer, polling
+    Redis, and compute themselves if the lease holder dies (its lease expires), gives up without an
+    answer, or takes longer than ``max_wait_ms``. Within one gateway, concurrent identical misses
+    share one computation anyway (single-flight); the lease only coordinates replicas."""
+
+    enabled: bool = True
+    """Use leases in front of Redis (no effect on the in-process LRU)."""
+    ttl_ms: float = Field(2000, ge=50, le=600_000)
+    """Lease lifetime; the holder renews it every third of this while it computes, so a dead
+    holder is noticed (its lease lapses) within this long."""
+    max_wait_ms: float = Field(10_000, gt=0, le=600_000)
+    """A waiter computes itself after this long (each request's own deadline still applies)."""
+    poll_initial_ms: float = Field(2, gt=0, le=10_000)
+    """First interval between a waiter's polls of Redis; it doubles up to ``poll_max_ms``."""
+    poll_max_ms: float = Field(50, gt=0, le=60_000)
+    """Longest interval between a waiter's polls."""
+
+
 class BreakerSettings(Section):
     """The circuit breaker in front of Redis: stop asking a failing Redis, probe it back."""
 
@@ -160,7 +181,7 @@ class CacheSettings(Section):
     early_refresh_beta: float = Field(1.0, ge=0, le=100)
     """XFetch's beta: a hit near expiry refreshes the entry in the background with a probability
     that grows as expiry nears, scaled by the answer's compute time; 0 turns early refresh off."""
-    key_prefix: str = Field("edgecloud:cache:v1:", max_length=200)
+    key_prefix: str = Field("edgecloud:cache:v2:", max_length=200)
     """Prefix of every Redis key (namespaces gateways that share one Redis)."""
     ignore_parameters: list[str] = Field(default_factory=list)
     """Extra request/tensor parameters that never change the answer (tracing ids, ...), left out of
@@ -177,6 +198,8 @@ class CacheSettings(Section):
     """The in-process near cache in front of Redis (hot keys answered without a round trip)."""
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     """When to stop asking Redis and when to probe it back."""
+    lease: LeaseSettings = Field(default_factory=LeaseSettings)
+    """Replicas sharing Redis compute a missing entry once (a short lease on the entry)."""
     models: dict[str, ModelCacheSettings] = Field(default_factory=dict)
     """Per-model enable/disable and TTL, keyed by model name."""
 

@@ -10,6 +10,7 @@ import pytest
 from edgecloud.clock import FakeClock
 from edgecloud.errors import DeadlineExceeded, Unavailable
 from gateway.cache import CACHE_HIT, CacheSettings, LruBackend, cache_key
+from gateway.cache.keys import entry_key
 from gateway.cache.api import CACHE_SOURCE
 from tests.gateway.cache.conftest import Computes, cache_request, counter, text_msg
 
@@ -184,7 +185,7 @@ async def test_corrupt_and_foreign_values_are_misses_and_get_overwritten(start_c
     cache = await start_cache()
     computes = Computes()
     msg = text_msg(["x"])
-    key = cache.settings.key_prefix + cache_key(cache_request(msg)).hex()
+    key = entry_key(cache.settings.key_prefix, cache_key(cache_request(msg)))
     await cache.backend.set(key, b"\x80\x04garbage that is not an entry", 60)
     assert (await cache.serve(cache_request(msg), computes(msg))).served_by == "edge"
     assert counter(cache_metrics.lookups, "corrupt") == 1

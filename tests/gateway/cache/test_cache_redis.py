@@ -10,6 +10,7 @@ import time
 
 from edgecloud_tools.fault_proxy import FaultProxy
 from gateway.cache import BreakerState, LruBackend, RedisBackend, cache_key
+from gateway.cache.keys import entry_key
 from tests.gateway.cache.conftest import Computes, cache_request, counter, text_msg
 from tests.support.waiting import wait_until
 
@@ -47,7 +48,7 @@ async def test_garbage_under_a_key_is_a_miss_and_a_metric(redis_server, start_ca
     server = redis_server()
     cache = await start_cache({"redis": {"url": server.url}})
     msg = text_msg(["x"])
-    key = cache.settings.key_prefix + cache_key(cache_request(msg)).hex()
+    key = entry_key(cache.settings.key_prefix, cache_key(cache_request(msg)))
     await cache.backend.client.set(key, b"\x00\x01 not an entry")
     computes = Computes()
     assert (await cache.serve(cache_request(msg), computes(msg))).served_by == "edge"
@@ -203,3 +204,66 @@ async def test_the_near_cache_can_be_turned_off(redis_server, start_cache, cache
     await wait_until(lambda: counter(cache_metrics.writes, "stored") == 1)
     assert (await serve(cache, computes, "x")).served_by == "cache"
     assert counter(cache_metrics.near_hits) == 0
+
+
+async def test_replicas_share_one_computation_through_a_lease(redis_server, cache_metrics):
+    """200 identical concurrent misses over two caches (replicas) sharing Redis: one compute."""
+    from gateway.cache import CacheSettings, GatewayCache
+    from prometheus_client import CollectorRegistry
+    from gateway.metrics import CacheMetrics
+    server = redis_server()
+    caches = []
+    try:
+        for _ in range(2):
+            settings = CacheSettings.model_validate({"enabled": True, "redis": {
+                "url": server.url, "connect_timeout_ms": 2000, "socket_timeout_ms": 2000}})
+            caches.append(GatewayCache(settings, CacheMetrics(CollectorRegistry())))
+            await caches[-1].start()
+        computes = [Computes(delay_s=0.3), Computes(delay_s=0.3)]
+        answers = await asyncio.gather(*(serve(caches[i % 2], computes[i % 2], "same text") for i in range(200)))
+        assert computes[0].calls + computes[1].calls == 1
+        lead = 0 if computes[0].calls else 1
+        holder, waiter = caches[lead]._metrics, caches[1 - lead]._metrics
+        assert counter(holder.flights, "lease_holder") == 1 and counter(waiter.flights, "lease_waiter") == 1
+        first = answers[lead].response.outputs[0].data.tobytes()
+        assert all(a.response.outputs[0].data.tobytes() == first for a in answers)
+        assert {a.served_by for a in answers[1 - lead::2]} == {"cache"}  # the waiter's: from Redis
+        assert not await caches[0].backend.client.keys("*:lease:*")  # released with the write
+    finally:
+        for cache in caches:
+            await cache.stop()
+
+
+async def test_a_replica_that_dies_holding_the_lease_is_replaced_by_a_waiter(redis_server):
+    from gateway.cache import CacheSettings, GatewayCache
+    from prometheus_client import CollectorRegistry
+    from gateway.metrics import CacheMetrics
+    server = redis_server()
+    caches = []
+    try:
+        for _ in range(2):
+            settings = CacheSettings.model_validate({"enabled": True, "lease": {"ttl_ms": 500}, "redis": {
+                "url": server.url, "connect_timeout_ms": 2000, "socket_timeout_ms": 2000}})
+            caches.append(GatewayCache(settings, CacheMetrics(CollectorRegistry())))
+            await caches[-1].start()
+        doomed, survivor = caches
+        hangs, works = Computes(delay_s=3600), Computes(delay_s=0.05)
+        stuck = asyncio.ensure_future(serve(doomed, hangs, "same text"))
+        await hangs.started.wait()
+        waiting = [asyncio.ensure_future(serve(survivor, works, "same text")) for _ in range(20)]
+        await asyncio.sleep(0.3)
+        assert not any(w.done() for w in waiting) and works.calls == 0  # they wait on the holder
+        doomed._leases.release = _never_released  # dies: no release, no renewal
+        stuck.cancel()
+        await doomed.stop()
+        started = time.monotonic()
+        answers = await asyncio.gather(*waiting)
+        assert works.calls == 1 and len(answers) == 20 and time.monotonic() - started < 3.0
+        assert {a.served_by for a in answers} == {"edge"}
+    finally:
+        for cache in caches:
+            await cache.stop()
+
+
+async def _never_released(*args):
+    return None
