@@ -122,6 +122,10 @@ class ServerSettings(Section):
     """Helper processes for large JSON bodies (started on first need, each parses one at a time)."""
     tls: ServerTlsSettings | None = None
     """TLS (or mutual TLS) for this server's gRPC and HTTP listeners; unset for plaintext."""
+    reuse_port: bool = False
+    """Let several processes listen on the same gRPC and HTTP ports (``SO_REUSEPORT``; the kernel
+    spreads new connections over them): how N gateway processes that share nothing but Redis use N
+    cores. Off, a port already in use fails the start. Give each process its own ``metrics_port``."""
 
 
 class LimitsSettings(Section):

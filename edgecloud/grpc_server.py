@@ -229,7 +229,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await asyncio.gather(reader, *running, return_exceptions=True)
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -237,7 +237,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 1000),
         ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -256,8 +256,10 @@ class GrpcServer:
         port: int = 0,
         max_message_bytes: int = 64 * 1024 * 1024,
         credentials: grpc.ServerCredentials | None = None,
+        reuse_port: bool = False,
     ):
         self._register = register
+        self._reuse_port = reuse_port
         self._service_names = service_names
         self._address = f"{host}:{port}"
         self._max_message_bytes = max_message_bytes
@@ -267,7 +269,7 @@ class GrpcServer:
         self.port: int | None = None
 
     async def start(self) -> int:
-        server = grpc.aio.server(options=server_options(self._max_message_bytes))
+        server = grpc.aio.server(options=server_options(self._max_message_bytes, self._reuse_port))
         self._register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

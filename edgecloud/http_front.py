@@ -183,8 +183,10 @@ class RestFront:
         extra_routes: Callable[[web.Application], None] | None = None,
         ssl_context=None,
         authenticate: Callable[[Mapping[str, str]], str] | None = None,
+        reuse_port: bool = False,
     ):
         self.dataplane = dataplane
+        self._reuse_port = reuse_port
         self.host = host
         self.port: int | None = None
         self._requested_port = port
@@ -228,7 +230,8 @@ class RestFront:
         runner = GuardedAppRunner(self.make_app(), access_log=None, max_connections=self._max_connections,
                                   encoding_error=_encoding_error_response)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._ssl_context)
+        site = web.TCPSite(runner, self.host, self._requested_port, ssl_context=self._ssl_context,
+                           reuse_port=self._reuse_port or None)
         try:
             await site.start()
         except BaseException:

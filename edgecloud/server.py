@@ -95,7 +95,8 @@ class InferenceServer:
         tls = settings.tls
         self._grpc = inference_server(self.dataplane, authenticate=self._authenticate, host=settings.host,
                                       port=settings.port, max_message_bytes=settings.max_message_bytes,
-                                      credentials=tls.grpc_credentials() if tls else None)
+                                      credentials=tls.grpc_credentials() if tls else None,
+                                      reuse_port=settings.reuse_port)
         self.port = await self._grpc.start()
         await self._grpc.set_serving(False)
         if settings.http_port is not None:
@@ -109,7 +110,8 @@ class InferenceServer:
                                    json_decode_threshold_bytes=settings.json_decode_process_bytes,
                                    json_decode_processes=settings.json_decode_processes,
                                    response_headers=options.response_headers, extra_routes=options.extra_routes,
-                                   ssl_context=tls.ssl_context() if tls else None, authenticate=self._authenticate)
+                                   ssl_context=tls.ssl_context() if tls else None, authenticate=self._authenticate,
+                                   reuse_port=settings.reuse_port)
             try:
                 self.http_port = await self._rest.start()
             except BaseException:
