@@ -11,6 +11,7 @@ machine's own Redis), fake compute functions, and cache metrics on a private reg
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -143,6 +144,100 @@ def redis_server(tmp_path) -> Callable[..., RedisProcess]:
             leaked[server.port] = clients
         server.stop()
     assert not leaked, f"connections left open to redis-server(s): {leaked}"
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too (so at most 55535)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def redis_cli(port: int, *args: str) -> str:
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+
+
+@dataclass
+class RedisCluster:
+    """Real ``redis-server`` processes in cluster mode, made with ``redis-cli --cluster create``."""
+
+    nodes: dict[int, RedisProcess]
+
+    @property
+    def startup_nodes(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.nodes]
+
+    def topology(self) -> list[tuple[int, str, str]]:
+        """(port, role, state flags) per node, as a live node sees it."""
+        live = next(port for port, node in self.nodes.items() if node.alive())
+        rows = []
+        for line in redis_cli(live, "cluster", "nodes").splitlines():
+            fields = line.split()
+            port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+            rows.append((port, "master" if "master" in fields[2] else "replica", fields[2]))
+        return rows
+
+    def masters(self) -> list[int]:
+        return [port for port, role, flags in self.topology() if role == "master" and "fail" not in flags]
+
+    def master_of(self, key: str) -> int:
+        live = next(port for port, node in self.nodes.items() if node.alive())
+        slot = int(redis_cli(live, "cluster", "keyslot", key))
+        slots = json.loads(subprocess.run(["redis-cli", "-p", str(live), "--json", "cluster", "slots"],
+                                          capture_output=True, text=True, timeout=10, check=True).stdout)
+        for start, end, master, *_ in slots:
+            if start <= slot <= end:
+                return int(master[1])
+        raise LookupError(f"slot {slot} is not covered")
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok, and there are 3 masters with a replica each."""
+        try:
+            live = [port for port, node in self.nodes.items() if node.alive()]
+            if not all("cluster_state:ok" in redis_cli(port, "cluster", "info") for port in live):
+                return False
+            topology = self.topology()
+            return (sum(role == "master" and "fail" not in flags for _, role, flags in topology) == 3
+                    and all("master_link_status:up" in redis_cli(port, "info", "replication")
+                            for port, role, flags in topology if role == "replica" and "fail" not in flags))
+        except (subprocess.SubprocessError, StopIteration):
+            return False
+
+
+@pytest.fixture
+def redis_cluster(redis_server) -> Callable[..., RedisCluster]:
+    """``redis_cluster(masters=3, replicas=1, node_timeout_ms=2000)``: a new cluster, torn down
+    with the test (``redis_server`` stops every node)."""
+
+    def start(masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000) -> RedisCluster:
+        nodes = {}
+        for _ in range(masters * (1 + replicas)):
+            port = cluster_port()
+            nodes[port] = redis_server("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                                       "--cluster-node-timeout", str(node_timeout_ms), port=port)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes),
+                        "--cluster-replicas", str(replicas), "--cluster-yes"], check=True, capture_output=True,
+                       timeout=60)
+        cluster = RedisCluster(nodes)
+        deadline = time.monotonic() + 30
+        while not (cluster.healthy() if replicas else all(
+                "cluster_state:ok" in redis_cli(p, "cluster", "info") for p in nodes)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not ok: {cluster.topology()}")
+            time.sleep(0.1)
+        return cluster
+
+    return start
 
 
 @pytest.fixture
