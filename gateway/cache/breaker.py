@@ -16,6 +16,12 @@ Contract (``CircuitBreaker``), on an injected monotonic clock:
 - A success reported while OPEN (a command that started before it opened) changes nothing; only
   the probe closes an open breaker. A failure reported while OPEN changes nothing either.
 - Every state change calls ``on_change(old, new)`` once (the cache logs one line and sets a gauge).
+
+Contract (``NodeBreakers``): one breaker per backend node, made CLOSED on first use, so a Redis
+Cluster master that dies stops requests for its slots only; the other masters' keys keep their
+cache. A standalone Redis is one node, ``""``. When a failover moves slots to a promoted replica,
+their keys map to that node's breaker (closed) at once. ``worst()`` is the most severe state of
+any breaker (open, then half-open, then closed), for the gauge.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from collections.abc import Callable
 
 from edgecloud.clock import Clock
 
-__all__ = ["BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "NodeBreakers"]
 
 
 class BreakerState(enum.Enum):
@@ -95,3 +101,36 @@ class CircuitBreaker:
         old, self._state = self._state, state
         if old is not state and self._on_change is not None:
             self._on_change(old, state)
+
+
+_SEVERITY = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class NodeBreakers:
+    def __init__(self, consecutive_failures: int, open_s: float, clock: Clock,
+                 on_change: Callable[[str, BreakerState, BreakerState], None] | None = None):
+        self.consecutive_failures = consecutive_failures
+        self.open_s = open_s
+        self._clock = clock
+        self._on_change = on_change
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def get(self, node: str = "") -> CircuitBreaker:
+        breaker = self._breakers.get(node)
+        if breaker is None:
+            on_change = self._on_change
+            breaker = CircuitBreaker(self.consecutive_failures, self.open_s, self._clock,
+                                     on_change=None if on_change is None else
+                                     lambda old, new: on_change(node, old, new))
+            self._breakers[node] = breaker
+        return breaker
+
+    def reconfigure(self, consecutive_failures: int, open_s: float) -> None:
+        self.consecutive_failures = consecutive_failures
+        self.open_s = open_s
+        for breaker in self._breakers.values():
+            breaker.reconfigure(consecutive_failures, open_s)
+
+    def worst(self) -> BreakerState:
+        return max((b.state for b in self._breakers.values()), key=_SEVERITY.__getitem__,
+                   default=BreakerState.CLOSED)

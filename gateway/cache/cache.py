@@ -57,7 +57,7 @@ from edgecloud.clock import Clock, MonotonicClock
 from edgecloud.errors import DeadlineExceeded, Unavailable
 from edgecloud.types import InferResponse
 from gateway.cache.backend import BackendError, CacheBackend
-from gateway.cache.breaker import BreakerState, CircuitBreaker
+from gateway.cache.breaker import BreakerState, CircuitBreaker, NodeBreakers
 from gateway.cache.envelope import HEADER, CorruptEntry, Entry, Provenance, decode, encode
 from gateway.cache.freshness import Freshness
 from gateway.cache.keys import EXCLUDED_PARAMETERS, cache_key, entry_key, lease_key, uncacheable
@@ -116,8 +116,8 @@ class GatewayCache:
         self._writer = BackgroundWriter(settings.max_pending_writes)
         self._backend: CacheBackend | None = None
         self._near: LruBackend | None = None
-        self._breaker = self._new_breaker(settings)
-        self._leases = Leases(settings.lease, self._clock, sleep, on_error=self._backend_failed)
+        self._breakers = self._new_breakers(settings)
+        self._leases = Leases(settings.lease, self._clock, sleep, on_error=self._lease_failed)
         self._remote_answering = True
         """False after a failed Redis command, until one succeeds: a miss whose GET just failed
         takes no lease (it would wait out a second timeout on a sick Redis)."""
@@ -152,7 +152,12 @@ class GatewayCache:
 
     @property
     def breaker(self) -> CircuitBreaker:
-        return self._breaker
+        """The breaker of a single Redis (node ``""``); a cluster has one per master (``breakers``)."""
+        return self._breakers.get("")
+
+    @property
+    def breakers(self) -> NodeBreakers:
+        return self._breakers
 
     async def start(self) -> None:
         if not self._started:
@@ -173,20 +178,20 @@ class GatewayCache:
         self._leases.settings = settings.lease
         self._ignored = EXCLUDED_PARAMETERS | frozenset(settings.ignore_parameters)
         self._writer.max_pending = settings.max_pending_writes
-        self._breaker.reconfigure(settings.breaker.consecutive_failures, settings.breaker.open_ms / 1000.0)
+        self._breakers.reconfigure(settings.breaker.consecutive_failures, settings.breaker.open_ms / 1000.0)
         if self._started and settings.backend_settings() != old.backend_settings():
             await self._stop_background()
             await self._close_backend()
             await self._open_backend(settings)
 
-    def _new_breaker(self, settings: CacheSettings) -> CircuitBreaker:
+    def _new_breakers(self, settings: CacheSettings) -> NodeBreakers:
         for state in BreakerState:
             self._metrics.breaker_state.labels(state.value).set(1 if state is BreakerState.CLOSED else 0)
-        return CircuitBreaker(settings.breaker.consecutive_failures, settings.breaker.open_ms / 1000.0,
-                              self._clock, on_change=self._breaker_changed)
+        return NodeBreakers(settings.breaker.consecutive_failures, settings.breaker.open_ms / 1000.0,
+                            self._clock, on_change=self._breaker_changed)
 
     async def _open_backend(self, settings: CacheSettings) -> None:
-        self._breaker = self._new_breaker(settings)
+        self._breakers = self._new_breakers(settings)
         if not settings.enabled:
             self._set_backend(None)
             return
@@ -229,7 +234,7 @@ class GatewayCache:
             redis, _ = await self._connect_redis(settings)
             if redis is not None:
                 old = self._backend
-                self._breaker = self._new_breaker(settings)
+                self._breakers = self._new_breakers(settings)
                 self._set_backend(redis)
                 log.warning("cache: %s is reachable now; moving from the in-process LRU to Redis", redis.describe())
                 if old is not None:
@@ -260,10 +265,12 @@ class GatewayCache:
         if backend is not None:
             await backend.close()
 
-    def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
+    def _breaker_changed(self, node: str, old: BreakerState, new: BreakerState) -> None:
         backend = self._backend.describe() if self._backend is not None else "Redis"
+        if node:
+            backend += f" (node {node}: its slots only)"
         why = {
-            BreakerState.OPEN: "requests skip the cache; probing again in %.0f ms" % (self._breaker.open_s * 1000)
+            BreakerState.OPEN: "requests skip the cache; probing again in %.0f ms" % (self._breakers.open_s * 1000)
             if old is BreakerState.CLOSED else "the probe failed; requests keep skipping the cache",
             BreakerState.HALF_OPEN: "probing with PING",
             BreakerState.CLOSED: "the probe succeeded; requests use the cache again",
@@ -271,8 +278,9 @@ class GatewayCache:
         # One line per change: opening and closing are warnings; the probes in between are info.
         level = logging.WARNING if old is BreakerState.CLOSED or new is BreakerState.CLOSED else logging.INFO
         log.log(level, "cache: breaker for %s %s -> %s: %s", backend, old.value, new.value, why)
+        worst = self._breakers.worst()  # the gauge shows the most severe of the nodes' breakers
         for state in BreakerState:
-            self._metrics.breaker_state.labels(state.value).set(1 if state is new else 0)
+            self._metrics.breaker_state.labels(state.value).set(1 if state is worst else 0)
         self._metrics.breaker_transitions.labels(new.value).inc()
 
     # serving ---------------------------------------------------------------------------------
@@ -374,19 +382,21 @@ class GatewayCache:
         if value is not None:
             self._m_near_hit.inc()
             return self._decode(key, value, digest)
-        if backend.remote and not self._breaker.allows_requests():
+        node = backend.node_of(key) if backend.remote else ""
+        breaker = self._breakers.get(node)
+        if backend.remote and not breaker.allows_requests():
             self._m_breaker_open.inc()
-            self._maybe_probe(backend)
+            self._maybe_probe(backend, node, breaker)
             return None
         started = self._clock.now()
         try:
             value = await backend.get(key)
         except BackendError as exc:
-            self._backend_failed("get", exc, started)
+            self._backend_failed("get", exc, started, breaker)
             self._m_error.inc()
             return None
         if backend.remote:
-            self._breaker.record_success()
+            breaker.record_success()
             self._remote_answering = True
         if value is None:
             self._m_miss.inc()
@@ -404,24 +414,31 @@ class GatewayCache:
             self._m_corrupt.inc()
             return None
 
-    def _backend_failed(self, op: str, exc: BackendError, started: float) -> None:
+    def _backend_failed(self, op: str, exc: BackendError, started: float, breaker: CircuitBreaker) -> None:
         self._m_errors.labels(op, exc.kind).inc()
         if exc.counts_against_backend:
             self._remote_answering = False
-            self._breaker.record_failure(started)
+            breaker.record_failure(started)
 
-    def _maybe_probe(self, backend: CacheBackend) -> None:
-        if self._breaker.try_probe():
-            self._spawn(self._probe(backend), "cache-probe")
+    def _lease_failed(self, op: str, exc: BackendError, started: float, key: str) -> None:
+        backend = self._backend
+        node = backend.node_of(key) if backend is not None and backend.remote else ""
+        self._backend_failed(op, exc, started, self._breakers.get(node))
 
-    async def _probe(self, backend: CacheBackend) -> None:
+    def _maybe_probe(self, backend: CacheBackend, node: str, breaker: CircuitBreaker) -> None:
+        if breaker.try_probe():
+            self._spawn(self._probe(backend, node, breaker), "cache-probe")
+
+    async def _probe(self, backend: CacheBackend, node: str, breaker: CircuitBreaker) -> None:
+        """PING the node (a failed one also makes a cluster client refresh its slot map, so a
+        promoted replica's keys move to a breaker of their own)."""
         try:
-            await backend.ping()
+            await backend.ping(node)
         except BackendError as exc:
             self._m_errors.labels("probe", exc.kind).inc()
-            self._breaker.record_failure()  # HALF_OPEN: any failed probe reopens
+            breaker.record_failure()  # HALF_OPEN: any failed probe reopens
         else:
-            self._breaker.record_success()
+            breaker.record_success()
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -507,7 +524,7 @@ class GatewayCache:
         """The cross-replica lease for a miss (None when the backend takes no leases)."""
         backend = self._backend
         if backend is None or not getattr(backend, "leases", False) or not self.settings.lease.enabled \
-                or not self._remote_answering or not self._breaker.allows_requests():
+                or not self._remote_answering or not self._breakers.get(backend.node_of(key)).allows_requests():
             return None
 
         def accept(value: bytes) -> _Computed | None:
@@ -542,17 +559,18 @@ class GatewayCache:
         if backend is None:
             done()
             return
-        if backend.remote and not self._breaker.allows_requests():
+        breaker = self._breakers.get(backend.node_of(key) if backend.remote else "")
+        if backend.remote and not breaker.allows_requests():
             self._m_writes.labels("dropped_breaker_open").inc()
             self._release(lease)
             done()
             return
-        if self._writer.submit(lambda: self._write(backend, key, value, ttl_s, done, lease)) is None:
+        if self._writer.submit(lambda: self._write(backend, breaker, key, value, ttl_s, done, lease)) is None:
             self._m_writes.labels("dropped_busy").inc()
             self._release(lease)
             done()
 
-    async def _write(self, backend: CacheBackend, key: str, value: bytes, ttl_s: float,
+    async def _write(self, backend: CacheBackend, breaker: CircuitBreaker, key: str, value: bytes, ttl_s: float,
                      done: Callable[[], None], lease: tuple[str, str] | None = None) -> None:
         started = self._clock.now()
         try:
@@ -561,11 +579,11 @@ class GatewayCache:
             else:
                 await backend.set(key, value, ttl_s)
         except BackendError as exc:
-            self._backend_failed("set", exc, started)
+            self._backend_failed("set", exc, started, breaker)
             self._m_writes.labels("failed").inc()
         else:
             if backend.remote:
-                self._breaker.record_success()
+                breaker.record_success()
             near = self._near
             if near is not None and backend is self._backend:
                 near.put(key, value, min(self.settings.near.ttl_ms / 1000.0, ttl_s))

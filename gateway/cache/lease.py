@@ -37,7 +37,8 @@ from gateway.cache.settings import LeaseSettings
 __all__ = ["Claim", "Leases"]
 
 T = TypeVar("T")
-OnError = Callable[[str, BackendError, float], None]
+OnError = Callable[[str, BackendError, float, str], None]
+"""``on_error(op, error, started, key)``: a failed command on ``key`` (to count against its node)."""
 
 
 @dataclass(slots=True)
@@ -77,7 +78,7 @@ class Leases:
         self.settings = settings
         self._clock = clock
         self._sleep = sleep
-        self._on_error = on_error or (lambda op, exc, started: None)
+        self._on_error = on_error or (lambda op, exc, started, key: None)
         self._new_token = new_token
 
     async def claim(self, backend: LeaseBackend, key: str, lease: str,
@@ -91,7 +92,7 @@ class Leases:
                 if await backend.acquire_lease(lease, token, settings.ttl_ms / 1000.0):
                     return Claim(token=token, _leases=self, _backend=backend, _lease=lease)
             except BackendError as exc:
-                self._on_error("lease", exc, started)
+                self._on_error("lease", exc, started, lease)
                 if exc.kind != "busy" or self._clock.now() >= deadline:
                     return Claim(why="error")
                 await self._sleep(settings.poll_initial_ms / 1000.0)  # no free connection: try again
@@ -118,7 +119,7 @@ class Leases:
             try:
                 value, held = await backend.peek(key, lease)
             except BackendError as exc:
-                self._on_error("lease", exc, started)
+                self._on_error("lease", exc, started, lease)
                 if exc.kind == "busy":  # no free connection (local congestion): poll again
                     continue
                 return Claim(why="error")
@@ -140,11 +141,11 @@ class Leases:
                 if not await backend.renew_lease(lease, token, ttl_s):
                     return  # lost it (it lapsed while Redis was away): others may compute too
             except BackendError as exc:
-                self._on_error("lease", exc, started)
+                self._on_error("lease", exc, started, lease)
 
     async def release(self, backend: LeaseBackend, lease: str, token: str) -> None:
         started = self._clock.now()
         try:
             await backend.release_lease(lease, token)
         except BackendError as exc:
-            self._on_error("lease", exc, started)  # it lapses by itself within ttl_ms
+            self._on_error("lease", exc, started, lease)  # it lapses by itself within ttl_ms

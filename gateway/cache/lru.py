@@ -40,8 +40,11 @@ class LruBackend:
     async def start(self) -> None:
         pass
 
-    async def ping(self) -> None:
+    async def ping(self, node: str = "") -> None:
         pass
+
+    def node_of(self, key: str) -> str:
+        return ""
 
     async def close(self) -> None:
         self._entries.clear()

@@ -138,6 +138,7 @@ class RedisBackend:
         self.name = "redis-cluster" if settings.cluster_nodes else "redis"
         self.timeout_s = settings.operation_timeout_s
         self._client: Redis | RedisCluster = make_redis_client(settings)
+        self._cluster = isinstance(self._client, RedisCluster)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
         self._peek = self._client.register_script(_PEEK)
@@ -154,8 +155,20 @@ class RedisBackend:
         await self.ping()
 
     @_command
-    async def ping(self) -> None:
-        await self._client.ping()
+    async def ping(self, node: str = "") -> None:
+        target = self._client.get_node(node_name=node) if node and self._cluster else None
+        if target is not None:
+            await self._client.ping(target_nodes=target)
+        else:
+            await self._client.ping()
+
+    def node_of(self, key: str) -> str:
+        if not self._cluster:
+            return ""
+        try:  # the client's current slot map: a CRC16 and a lookup, no I/O
+            return self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key)).name
+        except Exception:  # not initialized yet, or the slot is not covered right now
+            return ""
 
     @_command
     async def get(self, key: str) -> bytes | None:

@@ -84,3 +84,24 @@ def test_commands_that_failed_together_count_once():
         clock.advance(0.03)
         breaker.record_failure(started)
     assert breaker.state is BreakerState.OPEN
+
+
+def test_node_breakers_open_per_node_and_report_the_worst():
+    from gateway.cache.breaker import NodeBreakers
+
+    clock = FakeClock()
+    changes = []
+    breakers = NodeBreakers(2, 1.0, clock, on_change=lambda node, old, new: changes.append((node, new)))
+    assert breakers.worst() is BreakerState.CLOSED
+    dead, alive = breakers.get("10.0.0.1:6379"), breakers.get("10.0.0.2:6379")
+    dead.record_failure()
+    clock.advance(0.01)
+    dead.record_failure()
+    assert dead.state is BreakerState.OPEN and alive.allows_requests()
+    assert breakers.get("10.0.0.1:6379") is dead and breakers.worst() is BreakerState.OPEN
+    assert changes == [("10.0.0.1:6379", BreakerState.OPEN)]
+    breakers.reconfigure(5, 0.5)
+    clock.advance(0.5)
+    assert dead.try_probe() and breakers.worst() is BreakerState.HALF_OPEN
+    dead.record_success()
+    assert breakers.worst() is BreakerState.CLOSED and breakers.get("new").consecutive_failures == 5

@@ -127,6 +127,9 @@ async def test_a_master_killed_under_load_fails_nothing_and_the_cache_resumes(re
           f"({len(bypassed)} requests on its slots, {len(other_bypassed)} on other slots); "
           f"{len(outcomes)} requests, {len(failures)} failed; latency max {max(o[2] for o in outcomes):.3f} s")
     assert after and all(o[1] == "cache" for o in after)
+    # One breaker per master: keys on the healthy masters kept their cache (a few requests may
+    # meet the client's slot-map refresh).
+    assert len(other_bypassed) < max(50, len(bypassed) // 4), (len(other_bypassed), len(bypassed))
     assert window < promotion + 1.5, (window, promotion)  # resumes right after the cluster does
     assert max(o[2] for o in outcomes) < 1.5  # no request waited on the dead master for long
 

@@ -72,7 +72,7 @@ class LeaseStore:
 
 
 def leases(clock, errors=None, **settings) -> Leases:
-    on_error = (lambda op, exc, started: errors.append((op, exc.kind))) if errors is not None else None
+    on_error = (lambda op, exc, started, key: errors.append((op, exc.kind))) if errors is not None else None
     return Leases(LeaseSettings(**settings), clock, clock.sleep, on_error=on_error)
 
 

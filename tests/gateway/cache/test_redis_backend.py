@@ -4,10 +4,6 @@ cancellation safety through a delay proxy, AUTH, TLS and Redis Cluster."""
 from __future__ import annotations
 
 import asyncio
-import random
-import shutil
-import socket
-import subprocess
 import time
 
 import pytest
@@ -183,34 +179,9 @@ async def test_cluster_client_is_built_from_startup_nodes_without_retries():
     assert RedisBackend(s).name == "redis-cluster"
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too (so at most 55535)."""
-    for _ in range(200):
-        port = random.randint(20000, 55000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli to create the cluster")
-async def test_a_real_three_node_cluster(redis_server, backends):
-    ports = [cluster_port() for _ in range(3)]
-    for port in ports:
-        redis_server("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf", port=port)
-    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas",
-                    "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
-    for _ in range(100):  # wait until every node agrees the cluster is up
-        infos = [subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"], capture_output=True, text=True,
-                                timeout=5).stdout for p in ports]
-        if all("cluster_state:ok" in info for info in infos):
-            break
-        await asyncio.sleep(0.05)
-    backend = await backends(RedisSettings(cluster_nodes=[f"127.0.0.1:{ports[0]}"], connect_timeout_ms=1000,
+async def test_a_real_three_node_cluster(redis_cluster, backends):
+    cluster = redis_cluster(masters=3, replicas=0)
+    backend = await backends(RedisSettings(cluster_nodes=cluster.startup_nodes[:1], connect_timeout_ms=1000,
                                            socket_timeout_ms=1000))
     for i in range(30):  # keys spread over all three nodes' slots
         await backend.set(f"key-{i}", str(i).encode(), 10)
