@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 TRITON_VENV := .venv-triton
+MLSERVER_VENV := .venv-mlserver
 BIN := $(VENV)/bin
 MODEL_DIR := models/all-MiniLM-L6-v2
 GEN_MODEL_DIR := models/smollm2-135m-instruct
@@ -11,7 +12,7 @@ IMAGE_MODEL_DIR := models/efficientnet-lite0
 
 .PHONY: setup up test model bench clean protos
 
-setup: $(VENV)/.stamp $(TRITON_VENV)/.stamp
+setup: $(VENV)/.stamp $(TRITON_VENV)/.stamp $(MLSERVER_VENV)/.stamp
 
 # torch==2.13.0 first (a local CPU wheel here); constraints.txt pins it so nothing pulls CUDA wheels.
 $(VENV)/.stamp: pyproject.toml constraints.txt
@@ -26,6 +27,13 @@ $(VENV)/.stamp: pyproject.toml constraints.txt
 $(TRITON_VENV)/.stamp: tests/outside_clients/requirements.txt
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install -q -r tests/outside_clients/requirements.txt
+	touch $@
+
+# MLServer (an outside Open Inference Protocol server, run as a cloud worker by tests/outside_servers)
+# pins protobuf < 7 too: its own environment as well (about a minute; no torch).
+$(MLSERVER_VENV)/.stamp: tests/outside_servers/requirements.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q -r tests/outside_servers/requirements.txt
 	touch $@
 
 $(MODEL_DIR)/model.json: | $(VENV)/.stamp
@@ -55,4 +63,4 @@ protos: $(VENV)/.stamp
 	$(BIN)/python -m protos.generate
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(MODEL_DIR) $(GEN_MODEL_DIR) $(IMAGE_MODEL_DIR)
+	rm -rf $(VENV) $(TRITON_VENV) $(MLSERVER_VENV) $(MODEL_DIR) $(GEN_MODEL_DIR) $(IMAGE_MODEL_DIR)
