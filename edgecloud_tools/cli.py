@@ -5,6 +5,7 @@
     edgecloud model build --model efficientnet      build the image classifier (edge static INT8, cloud FP32)
     edgecloud model pack --out DIR [--variant V]    one variant only: the directory a device carries
     edgecloud serve edge|cloud|gateway --config F   run one server until SIGINT/SIGTERM
+                                                   (gateway: --processes N for N processes on one port)
     edgecloud up                                    build what is missing, run the local stack
     edgecloud config check FILE [--kind KIND]       validate a config file (kind inferred) and explain errors
     edgecloud --version
@@ -73,6 +74,8 @@ def _serve(args) -> int:
         from edge_agent.main import run
     elif args.component == "gateway":
         from gateway.main import run
+
+        return run(args.config, processes=args.processes, worker_index=args.worker_index)
     else:
         from cloud_worker.main import run
     return run(args.config)
@@ -179,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a server")
     serve.add_argument("component", choices=["edge", "cloud", "gateway"])
     serve.add_argument("--config", default=None, help="YAML config file (defaults apply without one)")
+    serve.add_argument("--processes", type=int, default=1,
+                       help="gateway only: N processes on the same ports (SO_REUSEPORT), sharing nothing but "
+                            "Redis; needs fixed server.port and server.metrics_port (metrics of all on that port)")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     up = commands.add_parser("up", help="build what is missing and run the local stack")

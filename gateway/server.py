@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -60,7 +60,11 @@ def _latency_trace_route(dataplane: GatewayDataplane):
 
 class GatewayServer(InferenceServer):
     def __init__(self, config: GatewayConfig, config_path: str | Path | None = None, *,
-                 dataplane: GatewayDataplane | None = None):
+                 dataplane: GatewayDataplane | None = None,
+                 transform: Callable[[GatewayConfig], GatewayConfig] | None = None):
+        """``transform`` is applied to the file's config on every reload, as it was to ``config``
+        (a worker of ``--processes`` keeps its own metrics port)."""
+        self._transform = transform or (lambda loaded: loaded)
         self.config = config
         self.config_path = Path(config_path) if config_path else None
         self.dataplane: GatewayDataplane = dataplane or GatewayDataplane(config)
@@ -128,7 +132,7 @@ class GatewayServer(InferenceServer):
         if self.config_path is None:
             return "no config file to reload"
         try:
-            config = load_gateway_config(self.config_path)
+            config = self._transform(load_gateway_config(self.config_path))
         except ConfigError as exc:
             self.dataplane.metrics.reloads.labels("refused").inc()
             log.error("config reload refused, keeping the running config: %s", exc)
