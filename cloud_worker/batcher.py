@@ -235,6 +235,7 @@ class DynamicBatcher(Generic[T, R]):
         metrics = self._metrics
         if metrics is not None:
             metrics.batch_size.observe(rows)
+            metrics.batch_fill.observe(min(rows / self.max_batch_size, 1.0))
             metrics.batch_requests.observe(len(batch))
             for entry in batch:
                 metrics.queue_seconds.observe(start - entry.enqueued)
@@ -318,7 +319,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def _set_pending(self) -> None:
         if self._metrics is not None:
-            self._metrics.pending.set(self._queued + self._running)
+            self._metrics.set_load(self._queued, self._running)
 
     def _count(self, outcome: Outcome, count: int = 1) -> None:
         if self._metrics is not None and count:

@@ -5,6 +5,14 @@ fresh ``CollectorRegistry`` by default, so several workers or tests in one proce
 ``for_model(name)`` returns a ``ModelMetrics`` whose children are bound once, keeping label look-ups
 out of the per-request path. ``render()`` / ``exposition()`` is the text exposition format the
 operator port's ``/metrics`` serves.
+
+What an autoscaler reads, per model and so per pod (sum over ``model``): queue depth
+(``edgecloud_cloud_queued_requests``: waiting, not running), in flight
+(``edgecloud_cloud_running_requests``: in a batch or a generation slot now;
+``edgecloud_cloud_pending_requests`` is both), batch fill (``edgecloud_cloud_batch_fill``: rows
+per batch over the batch limit) and throughput (``rate(edgecloud_cloud_requests_total{outcome="ok"})``;
+rows: ``rate(edgecloud_cloud_batch_size_sum)``). Tensor models and generative models report the
+same families.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512)
+FILL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
@@ -46,6 +55,12 @@ class WorkerMetrics:
                                          ["model"], buckets=SECONDS_BUCKETS, registry=r)
         self.pending = Gauge("edgecloud_cloud_pending_requests", "Requests queued or running.", ["model"],
                              registry=r)
+        self.queued = Gauge("edgecloud_cloud_queued_requests", "Requests waiting to run (queue depth): in the "
+                            "batch queue, or waiting for a generation slot.", ["model"], registry=r)
+        self.running = Gauge("edgecloud_cloud_running_requests", "Requests running now: in the batch on the "
+                             "model, or holding a generation slot.", ["model"], registry=r)
+        self.batch_fill = Histogram("edgecloud_cloud_batch_fill", "Rows per batch over the most one batch "
+                                    "takes (1.0: a full batch).", ["model"], buckets=FILL_BUCKETS, registry=r)
         self.requests = Counter("edgecloud_cloud_requests", "Requests that left the batcher, by outcome.",
                                 ["model", "outcome"], registry=r)
         self.time_to_first_token = Histogram("edgecloud_cloud_time_to_first_token_seconds",
@@ -84,10 +99,18 @@ class ModelMetrics:
         self.queue_seconds = metrics.queue_seconds.labels(model=model)
         self.compute_seconds = metrics.compute_seconds.labels(model=model)
         self.pending = metrics.pending.labels(model=model)
+        self.queued = metrics.queued.labels(model=model)
+        self.running = metrics.running.labels(model=model)
+        self.batch_fill = metrics.batch_fill.labels(model=model)
         self._outcomes = {outcome: metrics.requests.labels(model=model, outcome=outcome.value) for outcome in Outcome}
 
     def outcome(self, outcome: Outcome, count: int = 1) -> None:
         self._outcomes[outcome].inc(count)
+
+    def set_load(self, queued: int, running: int) -> None:
+        self.queued.set(queued)
+        self.running.set(running)
+        self.pending.set(queued + running)
 
 
 class GenerationMetrics:
@@ -98,6 +121,10 @@ class GenerationMetrics:
         self.generated_tokens = metrics.generated_tokens.labels(model=model)
         metrics.generation_slots.labels(model=model).set_function(lambda: status()[0])
         metrics.generation_queued.labels(model=model).set_function(lambda: status()[1])
+        # The families every model reports, read at scrape time like the two above.
+        metrics.running.labels(model=model).set_function(lambda: status()[0])
+        metrics.queued.labels(model=model).set_function(lambda: status()[1])
+        metrics.pending.labels(model=model).set_function(lambda: sum(status()))
         self._outcomes = {outcome: metrics.requests.labels(model=model, outcome=outcome.value) for outcome in Outcome}
 
     def outcome(self, outcome: Outcome) -> None:

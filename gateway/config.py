@@ -159,10 +159,51 @@ class CloudWorkerSettings(Section):
     """What metrics and logs call it (``backend`` label), instead of its address."""
 
 
+class DiscoverySettings(Section):
+    """Cloud workers found through DNS: a name (a Kubernetes headless Service) resolved every
+    ``refresh_ms`` through the system resolver; each address it answers is one worker, added when
+    it appears and drained when it is gone (see ``gateway.discovery``)."""
+
+    dns: str = Field(min_length=3, max_length=300, pattern=r"^[^\s]+:\d{1,5}$")
+    """``name:port`` to resolve, e.g. ``edgecloud-cloud.edgecloud.svc.cluster.local:8201``: every
+    address of ``name`` is a worker on ``port``. Workers are dialled by IP: with ``cloud.tls``,
+    set ``tls.server_name`` to the name their certificate carries."""
+    refresh_ms: float = Field(5000, ge=100, le=3_600_000)
+    """How often the name is resolved again."""
+    timeout_ms: float = Field(2000, gt=0, le=60_000)
+    """A resolution slower than this has failed (the last known workers stay)."""
+    empty_grace_ms: float | None = Field(30_000, ge=0, le=86_400_000)
+    """An answer with no address (the name does not exist, or has no ready pod) empties the pool
+    only once every answer for this long was empty: a DNS glitch never drops every worker, a
+    Service scaled to zero does after this long. Null: never (the last workers stay until the name
+    answers again). A failed resolution (timeout, server failure) never changes the pool."""
+    family: Literal["any", "ipv4", "ipv6"] = "any"
+    """Which addresses of the name count: ``ipv4`` or ``ipv6`` only, or ``any``."""
+    name_prefix: str = Field("cloud", min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
+    """A discovered worker is called ``<name_prefix>-<ip>:<port>`` in metrics and logs (stable
+    per address, so its outlier and latency state follow the address)."""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.dns.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @model_validator(mode="after")
+    def _port_in_range(self) -> DiscoverySettings:
+        if not 0 < self.host_port[1] < 65536:
+            raise ValueError("the port of dns must be 1..65535")
+        return self
+
+
 class CloudPoolSettings(Section):
     workers: list[str | CloudWorkerSettings] = Field(default_factory=lambda: ["127.0.0.1:8201"])
     """Each cloud worker (any Open Inference Protocol server, Triton included): ``host:port``
-    (named ``cloud-N`` by its place in this list) or ``{name, address}``."""
+    (named ``cloud-N`` by its place in this list) or ``{name, address}``. Default: one worker on
+    ``127.0.0.1:8201``, or none when ``discovery`` is set."""
+    discovery: DiscoverySettings | None = None
+    """Also take the workers a DNS name resolves to (a headless Service), re-resolved periodically;
+    the pool is the union of ``workers`` and the discovered addresses (a listed address is not
+    added twice)."""
     lb_policy: Literal["least_request", "p2c_latency"] = "least_request"
     """least_request: fewest outstanding requests; p2c_latency: the lower-EWMA of two random workers."""
     attempt_timeout_ms: float = Field(2000, gt=0, le=600_000)
@@ -175,6 +216,17 @@ class CloudPoolSettings(Section):
     """When a worker is taken out of rotation."""
     tls: ClientTlsSettings | None = None
     """TLS (mutual with a client certificate) to every cloud worker; unset for plaintext."""
+    drain_timeout_ms: float = Field(30_000, ge=0, le=3_600_000)
+    """A worker removed from the pool (by discovery or a config reload) takes no new requests and
+    is closed once its calls in flight finish, or after this long (calls still running then fail
+    over to the other workers)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_worker_with_discovery(cls, data):
+        if isinstance(data, dict) and data.get("discovery") is not None and "workers" not in data:
+            data = {**data, "workers": []}
+        return data
 
     def named_workers(self) -> list[CloudWorkerSettings]:
         return [w if isinstance(w, CloudWorkerSettings) else CloudWorkerSettings(address=w, name=f"cloud-{i}")
@@ -236,8 +288,9 @@ class GatewayConfig(Section):
 
     @model_validator(mode="after")
     def _some_backend(self) -> GatewayConfig:
-        if self.edge.address is None and self.edge.embedded is None and not self.cloud.workers:
-            raise ValueError("configure an edge address or at least one cloud worker")
+        if self.edge.address is None and self.edge.embedded is None and not self.cloud.workers \
+                and self.cloud.discovery is None:
+            raise ValueError("configure an edge address, a cloud worker or cloud worker discovery")
         return self
 
 

@@ -9,8 +9,13 @@ Contract for ``GatewayDataplane.infer(request)`` (an ``edgecloud.dataplane.Infer
   the client's deadline (or ``routing.default_timeout_ms``).
 - The response carries ``served_by`` (edge | cloud | cache) and ``route_reason``; metrics count
   every answer by both, and every error by kind.
-``start()`` opens the cache and starts the probes; ``stop()`` stops them and closes every backend.
+``start()`` opens the cache, resolves ``cloud.discovery`` once (when set) and starts the probes and
+discovery's refresh loop; ``stop()`` stops them and closes every backend.
 ``apply_config(config)`` switches to a reloaded config without dropping in-flight requests.
+The cloud pool is ``cloud.workers`` plus the addresses discovery finds (``gateway.discovery``); a
+worker that stays (same name and address) is the same ``Backend``, its outlier and latency state
+kept. A removed worker (gone from DNS, or from a reloaded config) is drained: no new picks, its
+calls in flight finish, then it is closed (after ``cloud.drain_timeout_ms`` at the latest).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from edgecloud.validation import validate_request
 from gateway.auth import ApiKeyAuthenticator
 from gateway.backend import CLOUD, EDGE, Backend
 from gateway.cache import NO_CACHE_PARAMETER, QUALITY_PARAMETER, CacheRequest, Served, build_cache
-from gateway.config import CloudWorkerSettings, GatewayConfig
+from gateway.config import GatewayConfig
+from gateway.discovery import Resolver, WorkerDiscovery, worker_name
 from gateway.dispatch import Dispatcher, DispatchSettings
 from gateway.grpc_backend import GrpcBackend
 from gateway.latency import LatencyMonitor
@@ -57,19 +63,27 @@ log = logging.getLogger(__name__)
 QUALITIES = ("auto", "cloud")
 """Values of the ``quality`` request parameter."""
 SERVER_METADATA = ServerMetadata("edgecloud-gateway", __version__, PROTOCOL_EXTENSIONS)
+DRAIN_POLL_S = 0.05
+"""How often a draining backend's calls in flight are counted."""
 
 
 class GatewayDataplane:
     def __init__(self, config: GatewayConfig, *, clock: Clock | None = None, sleep: Sleep = asyncio.sleep,
-                 metrics: GatewayMetrics | None = None):
+                 metrics: GatewayMetrics | None = None, resolver: Resolver | None = None):
+        """``resolver`` answers ``cloud.discovery`` (default: the system resolver)."""
         self.config = config
         self.clock = clock or MonotonicClock()
+        self._sleep = sleep
         self.metrics = metrics or GatewayMetrics()
+        self._resolver = resolver
+        self._discovered: list[str] = []
+        """Worker addresses discovery found last (``ip:port``)."""
         self.limits = config.limits.to_limits()
         routing = config.routing
         self.monitor = LatencyMonitor(self.clock, window_s=routing.window_ms / 1000.0, ewma_alpha=routing.ewma_alpha,
                                       warmup=routing.warmup_samples)
-        self.pool = CloudPool(config.cloud, [self._make_worker(config, w) for w in config.cloud.named_workers()],
+        self.pool = CloudPool(config.cloud, [self._make_worker(config, name, address)
+                                             for name, address in self._worker_specs(config)],
                               self.monitor, self.clock)
         self.policy = RoutingPolicy(routing, self.monitor.stats(EDGE), self.clock,
                                     cloud_statistic=self._cloud_statistic)
@@ -77,6 +91,8 @@ class GatewayDataplane:
         self.lag = LoopLag(self.clock, sleep)
         self.admission = Admission(config.server.max_concurrent_requests,
                                    config.server.overload_retry_after_ms / 1000.0)
+        admission = self.admission
+        self.metrics.inflight.set_function(lambda: admission.in_flight)  # read at scrape: nothing per request
         self.auth = ApiKeyAuthenticator(config.auth)
         self.dispatcher = Dispatcher(edge=self._make_edge(config), pool=self.pool, policy=self.policy,
                                      monitor=self.monitor, budget=self.retry_budget,
@@ -104,6 +120,14 @@ class GatewayDataplane:
         self._probe_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
         self._retired: list[Backend] = []
+        """Backends out of service, not closed yet (draining, or waiting for ``stop``)."""
+        self._drains: dict[int, asyncio.Task] = {}
+        """Drains still waiting for their backend's calls to finish, by ``id(backend)``."""
+        self._drain_tasks: set[asyncio.Task] = set()
+        self.discovery: WorkerDiscovery | None = self._make_discovery(config)
+        self._discovery_task: asyncio.Task | None = None
+        self._started = False
+        self._count_workers()
 
     # construction ----------------------------------------------------------------------------
 
@@ -124,8 +148,25 @@ class GatewayDataplane:
             return None
         return self._grpc_backend(config, EDGE, EDGE, config.edge.address, config.edge.tls)
 
-    def _make_worker(self, config: GatewayConfig, worker: CloudWorkerSettings) -> GrpcBackend:
-        return self._grpc_backend(config, worker.name, CLOUD, worker.address, config.cloud.tls)
+    def _make_worker(self, config: GatewayConfig, name: str, address: str) -> GrpcBackend:
+        return self._grpc_backend(config, name, CLOUD, address, config.cloud.tls)
+
+    def _worker_specs(self, config: GatewayConfig) -> list[tuple[str, str]]:
+        """(name, address) of every cloud worker: the configured ones, then those discovered at
+        addresses not configured already."""
+        specs = [(w.name, w.address) for w in config.cloud.named_workers()]
+        discovery = config.cloud.discovery
+        if discovery is not None:
+            configured = {address for _, address in specs}
+            specs += [(worker_name(discovery.name_prefix, address), address) for address in self._discovered
+                      if address not in configured]
+        return specs
+
+    def _make_discovery(self, config: GatewayConfig, known: list[str] | None = None) -> WorkerDiscovery | None:
+        if config.cloud.discovery is None:
+            return None
+        return WorkerDiscovery(config.cloud.discovery, self._on_discovered, clock=self.clock, sleep=self._sleep,
+                               resolver=self._resolver, metrics=self.metrics, known=known)
 
     @property
     def edge(self) -> Backend | None:
@@ -159,17 +200,26 @@ class GatewayDataplane:
         await self.cache.start()
         if self.edge is not None:
             await self.edge.start()
+        self._started = True
+        if self.discovery is not None:
+            await self.discovery.refresh()  # serve from the discovered workers from the start
+            self._start_discovery(first_sleep=True)
         self._lag_task = asyncio.create_task(self.lag.run(), name="gateway-loop-lag")
         self._probe_task = asyncio.create_task(self.prober.run(), name="gateway-probes")
         self._stream_probe_task = asyncio.create_task(self.stream_prober.run(), name="gateway-stream-probes")
 
     async def stop(self) -> None:
         errors: list[Exception] = []
-        tasks = [task for task in (self._probe_task, self._stream_probe_task, self._lag_task) if task is not None]
+        self._started = False
+        tasks = [task for task in (self._probe_task, self._stream_probe_task, self._lag_task, self._discovery_task)
+                 if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._probe_task = self._stream_probe_task = self._lag_task = None
+        self._probe_task = self._stream_probe_task = self._lag_task = self._discovery_task = None
+        for task in self._drains.values():
+            task.cancel()  # still waiting: closed below with the others
+        await asyncio.gather(*self._drain_tasks, return_exceptions=True)  # those closing finish
         await self.metadata.close()
         for backend in self.backends() + self._retired:
             try:
@@ -204,18 +254,103 @@ class GatewayDataplane:
         self.dispatcher.settings = DispatchSettings.from_config(config)
         if config.edge != old.edge:
             if self.edge is not None:
-                self._retired.append(self.edge)
+                self._retire(self.edge)
             self.dispatcher.edge = self._make_edge(config)
             if self.edge is not None:
                 await self.edge.start()
-        same_tls = config.cloud.tls == old.cloud.tls
-        current = {(w.name, w.address): w for w in self.pool.workers} if same_tls else {}
-        workers = [current.pop((w.name, w.address), None) or self._make_worker(config, w)
-                   for w in config.cloud.named_workers()]
-        self._retired.extend(current.values())
-        self.pool.set_workers(config.cloud, workers)
+        self._reconfigure_discovery(old, config)
+        self._set_workers(config, reuse=config.cloud.tls == old.cloud.tls)
         self.metadata.clear()
         await self.cache.reconfigure(config.cache)
+
+    # the cloud pool's membership ---------------------------------------------------------------
+
+    def _set_workers(self, config: GatewayConfig, *, reuse: bool = True) -> None:
+        """Install the workers ``config`` and discovery name: the same ``Backend`` for a worker
+        that stays (``reuse``: the connection settings did not change), a new one for a new
+        worker, and a drain for each one that left."""
+        current = {(w.name, w.address): w for w in self.pool.workers} if reuse else {}
+        leaving = [] if reuse else list(self.pool.workers)
+        workers = [current.pop(spec, None) or self._make_worker(config, *spec) for spec in self._worker_specs(config)]
+        leaving += current.values()
+        self.pool.set_workers(config.cloud, workers)
+        names = {w.name for w in workers}
+        for worker in leaving:
+            self._retire(worker)
+            if worker.name not in names:
+                self.metrics.forget_backend(worker.name)
+        self._count_workers()
+
+    def _on_discovered(self, addresses: list[str]) -> None:
+        """Discovery's ``apply``: the addresses the DNS name has now."""
+        self._discovered = addresses
+        self._set_workers(self.config)
+
+    def _start_discovery(self, *, first_sleep: bool = False) -> None:
+        discovery = self.discovery
+        if discovery is None:
+            return
+
+        async def loop() -> None:
+            if first_sleep:
+                await self._sleep(discovery.settings.refresh_ms / 1000.0)
+            await discovery.run()
+
+        self._discovery_task = asyncio.create_task(loop(), name="gateway-discovery")
+
+    def _reconfigure_discovery(self, old: GatewayConfig, config: GatewayConfig) -> None:
+        """A reload that changes ``cloud.discovery`` restarts discovery; one that keeps its name
+        keeps the known addresses until the next answer differs."""
+        if config.cloud.discovery == old.cloud.discovery:
+            if self.discovery is not None:
+                self.discovery.settings = config.cloud.discovery
+            return
+        if self._discovery_task is not None:
+            self._discovery_task.cancel()  # ends at its next await; a refresh in flight applies nothing after it
+            self._discovery_task = None
+        same_name = (old.cloud.discovery is not None and config.cloud.discovery is not None
+                     and old.cloud.discovery.dns == config.cloud.discovery.dns)
+        if not same_name:
+            self._discovered = []
+        self.discovery = self._make_discovery(config, known=self._discovered if same_name else None)
+        if self._started:
+            self._start_discovery()
+
+    def _retire(self, backend: Backend) -> None:
+        """Take ``backend`` out of service: it is closed once its calls in flight end (or after
+        ``cloud.drain_timeout_ms``), or at ``stop`` if that comes first."""
+        self._retired.append(backend)
+        try:
+            task = asyncio.get_running_loop().create_task(self._drain(backend), name=f"gateway-drain-{backend.name}")
+        except RuntimeError:  # no loop (a dataplane reconfigured before it started): stop() closes it
+            return
+        self._drains[id(backend)] = task
+        self._drain_tasks.add(task)
+        task.add_done_callback(self._drain_tasks.discard)
+
+    async def _drain(self, backend: Backend) -> None:
+        deadline = self.clock.now() + self.config.cloud.drain_timeout_ms / 1000.0
+        try:
+            while (backend.outstanding > 0 or self.prober.probing(backend)) and self.clock.now() < deadline:
+                await self._sleep(DRAIN_POLL_S)
+        finally:
+            self._drains.pop(id(backend), None)  # from here on, stop() waits for the close
+        if backend.outstanding > 0:
+            log.warning("%s still had %d calls in flight after %.0f ms of draining; closing it", backend.name,
+                        backend.outstanding, self.config.cloud.drain_timeout_ms)
+        self._retired.remove(backend)
+        self._count_workers()
+        try:
+            await backend.close()
+        except Exception:
+            log.exception("closing %s after its drain failed", backend.name)
+
+    def _count_workers(self) -> None:
+        configured = len(self.config.cloud.workers)
+        gauge = self.metrics.cloud_workers
+        gauge.labels("configured").set(configured)
+        gauge.labels("discovered").set(len(self.pool.workers) - configured)
+        gauge.labels("draining").set(sum(1 for b in self._retired if b.role == CLOUD))
 
     # the dataplane contract ------------------------------------------------------------------
 
@@ -355,9 +490,11 @@ class GatewayDataplane:
         edge = self.edge
         if edge is not None:
             metrics.backend_up.labels(edge.name).set(1 if edge.up else 0)
+            metrics.backend_outstanding.labels(edge.name).set(edge.outstanding)
         for worker in self.pool.workers:
             up = worker.up and not self.pool.detector.is_ejected(worker.name)
             metrics.backend_up.labels(worker.name).set(1 if up else 0)
+            metrics.backend_outstanding.labels(worker.name).set(worker.outstanding)
 
 
 def _require_cloud(request: InferRequest) -> bool:

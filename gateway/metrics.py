@@ -80,7 +80,29 @@ class GatewayMetrics:
         self.stream_cache = Counter("edgecloud_gateway_stream_cache", "Streams answered by the cache: hit "
                                     "(replayed), joined (shared a live generation), stored", ["result"],
                                     registry=r)
+        # What an autoscaler and an operator need: load now, and the pool's membership.
+        self.inflight = Gauge("edgecloud_gateway_inflight_requests", "Requests being answered now (admitted, "
+                              "not yet answered), streams included", registry=r)
+        self.backend_outstanding = Gauge("edgecloud_gateway_backend_outstanding", "Calls in flight to each "
+                                         "backend (sampled every probe round)", ["backend"], registry=r)
+        self.cloud_workers = Gauge("edgecloud_gateway_cloud_workers", "Cloud workers in the pool by where they "
+                                   "come from (configured, discovered), and those draining after removal",
+                                   ["source"], registry=r)
+        self.discovery_resolutions = Counter("edgecloud_gateway_discovery_resolutions", "Resolutions of "
+                                             "cloud.discovery.dns by result (ok, empty, error, timeout)",
+                                             ["result"], registry=r)
+        self.discovery_changes = Counter("edgecloud_gateway_discovery_changes", "Cloud worker addresses "
+                                         "discovery added and removed", ["change"], registry=r)
         self.cache = CacheMetrics(r)
+
+    def forget_backend(self, name: str) -> None:
+        """Drop the per-backend series of a worker that left the pool (discovery churns names)."""
+        for family, labels in ((self.backend_up, (name,)), (self.backend_outstanding, (name,)),
+                               (self.backend_rtt, (name, "ewma")), (self.backend_rtt, (name, "p95"))):
+            try:
+                family.remove(*labels)
+            except KeyError:
+                pass
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

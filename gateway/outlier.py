@@ -5,7 +5,10 @@ host is ejected for ``base_ejection_time * ejections`` (capped at ``max_ejection
 that would eject more than ``max_ejection_percent`` of the hosts (as in Envoy, one host may always
 be ejected when the percentage is above 0). ``on_success`` resets the count. An ejected host
 returns by itself when its time is up; a host healthy for ``interval`` has its ejection multiplier
-reduced by one. Time comes from the injected clock.
+reduced by one. ``set_hosts(hosts)`` names the pool's hosts: a host that stays keeps its state,
+a new one starts healthy, one that left is forgotten, and a failure or success of a host not in
+the pool (a call that was in flight when its worker left) changes nothing. Time comes from the
+injected clock.
 """
 
 from __future__ import annotations
@@ -39,14 +42,10 @@ class OutlierDetector:
         now = self.clock.now()
         self._hosts = {host: self._hosts.get(host) or HostHealth(healthy_since=now) for host in hosts}
 
-    def _health(self, host: str) -> HostHealth:
+    def is_ejected(self, host: str) -> bool:
         health = self._hosts.get(host)
         if health is None:
-            health = self._hosts[host] = HostHealth(healthy_since=self.clock.now())
-        return health
-
-    def is_ejected(self, host: str) -> bool:
-        health = self._health(host)
+            return False
         now = self.clock.now()
         if health.ejected_until is not None:
             if now < health.ejected_until:
@@ -65,11 +64,15 @@ class OutlierDetector:
         return sum(1 for host in self._hosts if self.is_ejected(host))
 
     def on_success(self, host: str) -> None:
-        self._health(host).consecutive_failures = 0
+        health = self._hosts.get(host)
+        if health is not None:
+            health.consecutive_failures = 0
 
     def on_failure(self, host: str) -> bool:
         """Count a server-side failure; True when it ejected the host."""
-        health = self._health(host)
+        health = self._hosts.get(host)
+        if health is None:
+            return False
         health.consecutive_failures += 1
         if health.consecutive_failures < self.settings.consecutive_5xx or self.is_ejected(host):
             return False

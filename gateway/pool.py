@@ -5,7 +5,8 @@ Contract: ``pick(exclude)`` returns a worker that is up, not ejected and not in 
 candidates, the lower EWMA RTT), or None when none qualifies. ``available()`` says whether any
 worker could be picked; ``statistic(name, min_samples)`` is the best candidate's RTT statistic
 (what routing expects the cloud to take), None while no candidate has enough samples. Failures and
-successes feed the outlier detector.
+successes feed the outlier detector. ``set_workers`` replaces the membership (a reload,
+discovery): a worker that stays under its name keeps its outlier state, a new one starts healthy.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ none in flight (a slow backend never delays the others' probes) and then calls `
 (gauges). A probe that answers, even with a request error (the probe model is missing there),
 marks its backend up and records its RTT (``probe=True``); a backend fault (unreachable, timed out
 after ``probe_timeout_ms``, failed) counts against its ``up``. A backend that comes back up starts
-its latency warm-up again. Edge probes drive the routing policy's recovery. A probe taken across
+its latency warm-up again. Edge probes drive the routing policy's recovery. ``probing(backend)``
+says whether a probe of that very backend is in flight (a backend leaving the pool is closed only
+after it ends); probes of backends no longer listed are forgotten once they end. A probe taken across
 a stall of this process's event loop (``lag``) records no RTT. Time comes from the injected clock
 and sleep.
 """
@@ -54,6 +56,8 @@ class Prober:
         self._on_round = on_round
         self._lag = lag
         self._running: dict[str, asyncio.Task] = {}
+        self._probed: dict[str, Backend] = {}
+        """The backend each task in ``_running`` probes (a name may pass to a new backend)."""
 
     def reconfigure(self, settings: RoutingSettings) -> None:
         self.settings = settings
@@ -62,19 +66,34 @@ class Prober:
     async def run(self) -> None:
         try:
             while True:
-                for backend in self._backends():
+                backends = self._backends()
+                for backend in backends:
                     task = self._running.get(backend.name)
                     if task is None or task.done():
                         self._running[backend.name] = asyncio.ensure_future(self.probe(backend))
+                        self._probed[backend.name] = backend
+                if len(self._running) > len(backends):
+                    self._forget_gone({backend.name for backend in backends})
                 if self._on_round is not None:
                     self._on_round()
                 await self._sleep(self.settings.probe_interval_ms / 1000.0)
         finally:
             tasks = list(self._running.values())
             self._running.clear()
+            self._probed.clear()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def probing(self, backend: Backend) -> bool:
+        """Whether a probe of ``backend`` (this object, not another of its name) is in flight."""
+        task = self._running.get(backend.name)
+        return task is not None and not task.done() and self._probed.get(backend.name) is backend
+
+    def _forget_gone(self, listed: set[str]) -> None:
+        for name in [name for name, task in self._running.items() if name not in listed and task.done()]:
+            del self._running[name]
+            del self._probed[name]
 
     async def probe(self, backend: Backend) -> float | None:
         """Probe ``backend`` once; its RTT in seconds, or None when it failed."""

@@ -84,11 +84,15 @@ def test_cloud_worker_runs_fp16_on_a_gpu(path):
 @pytest.mark.parametrize("path", [CONFIGS / "cloud" / "gateway.yaml", K8S_CONFIGS / "gateway.yaml"], ids=_id)
 def test_cloud_gateway_balances_several_workers_with_outlier_detection(path):
     config = load_shipped(path)
-    assert len(config.cloud.workers) >= 2 and len(set(config.cloud.workers)) == len(config.cloud.workers)
+    listed = config.cloud.workers
+    assert len(set(listed)) == len(listed)
+    assert len(listed) >= 2 or config.cloud.discovery is not None, "several workers, listed or discovered"
     assert "outlier_detection" in config.cloud.model_fields_set, "state the ejection policy, do not inherit it"
     detection = config.cloud.outlier_detection
-    # Envoy's rule: at least one host may always be ejected; the rest must stay in rotation.
-    assert max(1, len(config.cloud.workers) * detection.max_ejection_percent // 100) < len(config.cloud.workers)
+    # Envoy's rule: at least one host may always be ejected; the rest must stay in rotation (with
+    # discovery: at the HPA's minimum of two workers).
+    count = len(listed) if config.cloud.discovery is None else 2
+    assert max(1, count * detection.max_ejection_percent // 100) < count
     assert config.cache.enabled and config.cache.redis.configured, "gateway replicas share one Redis"
 
 

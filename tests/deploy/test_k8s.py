@@ -1,7 +1,9 @@
 """The Kubernetes manifests parse and carry what the deployment relies on: GPU requests and gRPC
-probes on the cloud workers, an HPA on the gateway, probes and resources on every container,
-Services whose ports reach container ports, configs that are valid for their kind and wired to
-the containers that read them, and the gateway's worker list matching the StatefulSet."""
+probes on the cloud workers, HPAs on the gateway and the workers, probes and resources on every
+container, Services whose ports reach container ports, configs that are valid for their kind and
+wired to the containers that read them, the workers as a Deployment behind a headless Service
+whose name the gateway's discovery resolves, and the custom-metrics overlay scaling on metric
+families the worker and the gateway really export."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import yaml
 from tests.deploy.conftest import DEPLOY, IMAGE_CONFIG_DIR, config_kind, parse_text, yaml_documents
 
 K8S = DEPLOY / "k8s"
+CUSTOM_METRICS = K8S / "custom-metrics"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
 
@@ -118,8 +121,8 @@ def test_the_expected_objects_are_there(docs):
         ("Namespace", "edgecloud"),
         ("Deployment", "edgecloud-gateway"), ("Service", "edgecloud-gateway"),
         ("HorizontalPodAutoscaler", "edgecloud-gateway"), ("PodDisruptionBudget", "edgecloud-gateway"),
-        ("StatefulSet", "edgecloud-cloud"), ("Service", "edgecloud-cloud"),
-        ("PodDisruptionBudget", "edgecloud-cloud"),
+        ("Deployment", "edgecloud-cloud"), ("Service", "edgecloud-cloud"),
+        ("HorizontalPodAutoscaler", "edgecloud-cloud"), ("PodDisruptionBudget", "edgecloud-cloud"),
         ("Deployment", "edgecloud-redis"), ("Service", "edgecloud-redis"),
     } <= kinds
 
@@ -240,7 +243,7 @@ def test_disruption_budgets_cover_the_serving_workloads(docs):
 # --- cloud workers --------------------------------------------------------------------------------
 
 def test_cloud_workers_request_a_gpu_and_probe_grpc_health(docs, config_maps):
-    workers = _one(docs, "StatefulSet", "edgecloud-cloud")
+    workers = _one(docs, "Deployment", "edgecloud-cloud")
     container = _containers(workers)[0]
     resources = container["resources"]
     assert int(resources["requests"]["nvidia.com/gpu"]) >= 1
@@ -252,19 +255,143 @@ def test_cloud_workers_request_a_gpu_and_probe_grpc_health(docs, config_maps):
     assert {"name": "grpc", "containerPort": port} in container["ports"]
 
 
-def test_cloud_service_is_headless_and_governs_the_statefulset(docs):
-    workers = _one(docs, "StatefulSet", "edgecloud-cloud")
-    service = _one(docs, "Service", workers["spec"]["serviceName"])
+def _cloud_service(docs) -> dict:
+    """The one Service selecting the cloud worker pods."""
+    workers = _one(docs, "Deployment", "edgecloud-cloud")
+    labels = workers["spec"]["template"]["metadata"]["labels"]
+    services = [s for s in _by_kind(docs, "Service") if _selects(s["spec"]["selector"], labels)]
+    assert len(services) == 1, [s["metadata"]["name"] for s in services]
+    return services[0]
+
+
+def test_cloud_service_is_headless_and_selects_the_worker_pods(docs):
+    service = _cloud_service(docs)
     assert service["spec"]["clusterIP"] == "None", "the gateway balances per pod: no virtual IP in between"
+    assert service["spec"].get("publishNotReadyAddresses", False) is False, "only ready pods are workers"
+    workers = _one(docs, "Deployment", "edgecloud-cloud")
+    assert _selects(workers["spec"]["selector"]["matchLabels"], workers["spec"]["template"]["metadata"]["labels"])
 
 
-def test_gateway_lists_exactly_the_cloud_worker_pods(docs, config_maps):
-    workers = _one(docs, "StatefulSet", "edgecloud-cloud")
+def test_gateway_discovers_the_workers_through_the_headless_service(docs, config_maps, kustomization):
+    workers = _one(docs, "Deployment", "edgecloud-cloud")
     gateway = _config(_one(docs, "Deployment", "edgecloud-gateway"), config_maps)
-    port = _config(workers, config_maps).server.port
-    name, service = workers["metadata"]["name"], workers["spec"]["serviceName"]
-    expected = [f"{name}-{ordinal}.{service}:{port}" for ordinal in range(workers["spec"]["replicas"])]
-    assert gateway.cloud.workers == expected, "scale the StatefulSet and cloud.workers together"
+    service = _cloud_service(docs)
+    name, namespace = service["metadata"]["name"], kustomization["namespace"]
+    discovery = gateway.cloud.discovery
+    assert discovery is not None, "the workers are found through DNS, not listed"
+    host, port = discovery.host_port
+    assert host.rstrip(".") in {name, f"{name}.{namespace}", f"{name}.{namespace}.svc",
+                                f"{name}.{namespace}.svc.cluster.local"}, host
+    assert port == _config(workers, config_maps).server.port
+    assert port in {p["port"] for p in service["spec"]["ports"]}
+    assert gateway.cloud.workers == [], "no static worker beside the discovered ones"
+    assert discovery.empty_grace_ms is not None and discovery.empty_grace_ms >= discovery.refresh_ms, \
+        "one empty DNS answer must not empty the pool"
+
+
+def test_workers_keep_serving_until_the_gateways_have_drained_them(docs, config_maps):
+    workers = _one(docs, "Deployment", "edgecloud-cloud")
+    gateway = _config(_one(docs, "Deployment", "edgecloud-gateway"), config_maps)
+    command = _containers(workers)[0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    dns_ttl_s = 5  # CoreDNS' kubernetes plugin default
+    assert float(command[1]) >= gateway.cloud.discovery.refresh_ms / 1000.0 + dns_ttl_s
+
+
+def _hpa_for(docs, kind: str, name: str) -> dict:
+    hpas = [h for h in _by_kind(docs, "HorizontalPodAutoscaler")
+            if (h["spec"]["scaleTargetRef"]["kind"], h["spec"]["scaleTargetRef"]["name"]) == (kind, name)]
+    assert len(hpas) == 1, f"one HPA must own {kind} {name}, found {len(hpas)}"
+    return hpas[0]
+
+
+def test_cloud_workers_are_scaled_by_a_cpu_hpa(docs):
+    workers = _one(docs, "Deployment", "edgecloud-cloud")
+    hpa = _hpa_for(docs, "Deployment", "edgecloud-cloud")
+    assert hpa["apiVersion"] == "autoscaling/v2" and hpa["spec"]["scaleTargetRef"]["apiVersion"] == "apps/v1"
+    cpu = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert cpu and cpu[0]["resource"]["target"]["type"] == "Utilization"
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert "replicas" not in workers["spec"], "the HPA owns the replica count"
+    assert all("cpu" in c["resources"]["requests"] for c in _containers(workers)), "utilisation needs a request"
+    rolling = workers["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxSurge"] == 0, "an update must not need a spare GPU"
+
+
+# --- the custom-metrics Component -------------------------------------------------------------------
+
+def _merge(base, patch):
+    """A strategic-merge patch as kustomize applies it to these objects (lists without a merge
+    key, such as an HPA's metrics, are replaced)."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in patch.items()}}
+    return patch
+
+
+@pytest.fixture(scope="module")
+def overlay_docs(docs) -> list[dict]:
+    """deploy/k8s with the custom-metrics Component applied."""
+    component = yaml.safe_load((CUSTOM_METRICS / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert component["kind"] == "Component" and not component.get("resources"), \
+        "patches over deploy/k8s only (an overlay inside its base is a kustomize cycle)"
+    built = [dict(doc) for doc in docs]
+    for patch_ref in component["patches"]:
+        for patch in yaml_documents(CUSTOM_METRICS / patch_ref["path"]):
+            index = next(i for i, doc in enumerate(built)
+                         if (doc["kind"], doc["metadata"]["name"]) == (patch["kind"], patch["metadata"]["name"]))
+            built[index] = _merge(built[index], patch)
+    return built
+
+
+@pytest.fixture(scope="module")
+def adapter_rules() -> dict[str, str]:
+    """Custom metric name -> the series it is computed from, per the prometheus-adapter rules."""
+    (config_map,) = yaml_documents(CUSTOM_METRICS / "prometheus-adapter.yaml")
+    rules = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+    served = {}
+    for rule in rules:
+        series = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", rule["seriesQuery"].strip("'\"")).group(0)
+        assert {"namespace", "pod"} == {k for k in rule["resources"]["overrides"]}, "per-pod metrics"
+        name = re.sub(rule["name"]["matches"], rule["name"]["as"].replace("${1}", r"\1"), series)
+        served[name] = series
+    return served
+
+
+def _exported_series() -> set[str]:
+    """The series names the cloud worker's and the gateway's metrics produce."""
+    from cloud_worker.metrics import WorkerMetrics
+    from gateway.metrics import GatewayMetrics
+
+    names = set()
+    for registry in (WorkerMetrics().registry, GatewayMetrics().registry):
+        for family in registry.collect():
+            suffixes = {"counter": ("_total",), "histogram": ("_sum", "_count", "_bucket")}.get(family.type, ("",))
+            names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def test_adapter_rules_read_series_the_processes_export(adapter_rules):
+    exported = _exported_series()
+    assert adapter_rules
+    for name, series in adapter_rules.items():
+        assert series in exported, f"rule {name} reads {series}, which nothing exports"
+
+
+def test_custom_metric_hpas_use_served_metrics_and_target_the_workloads(overlay_docs, adapter_rules):
+    cloud = _hpa_for(overlay_docs, "Deployment", "edgecloud-cloud")
+    pods = [m["pods"]["metric"]["name"] for m in cloud["spec"]["metrics"] if m["type"] == "Pods"]
+    assert {"edgecloud_cloud_queued_requests", "edgecloud_cloud_running_requests"} <= set(pods), pods
+    gateway = _hpa_for(overlay_docs, "Deployment", "edgecloud-gateway")
+    kinds = {m["type"] for m in gateway["spec"]["metrics"]}
+    assert kinds == {"Resource", "Pods"}, "the gateway keeps CPU beside its in-flight requests"
+    for hpa in (cloud, gateway):
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Pods":
+                assert metric["pods"]["metric"]["name"] in adapter_rules, metric
+                assert metric["pods"]["target"]["type"] == "AverageValue"
+        assert hpa["spec"]["minReplicas"] >= 1 and hpa["spec"]["scaleTargetRef"]["apiVersion"] == "apps/v1"
+    # Everything else is deploy/k8s unchanged.
+    assert len(overlay_docs) == len({(d["kind"], d["metadata"]["name"]) for d in overlay_docs})
 
 
 # --- gateway --------------------------------------------------------------------------------------
