@@ -279,6 +279,7 @@ class GatewayDataplane:
             self._retire(worker)
             if worker.name not in names:
                 self.metrics.forget_backend(worker.name)
+                self.monitor.forget(worker.name)
         self._count_workers()
 
     def _on_discovered(self, addresses: list[str]) -> None:

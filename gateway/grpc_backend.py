@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import grpc
 
 from edgecloud import codec
-from edgecloud.errors import ErrorKind, InferenceError, InternalError, error_for_kind
+from edgecloud.errors import ErrorKind, InferenceError, InternalError, Unavailable, error_for_kind
 from edgecloud.generation import FINAL_PARAMETER
 from edgecloud.grpc_calls import cancel_in_core, unary
 from edgecloud.limits import RequestLimits
@@ -71,8 +71,11 @@ class GrpcBackend(Backend):
         self._infer_call: Callable | None = None
         self._stream_call: Callable | None = None
         self._metadata_call: Callable | None = None
+        self._closed = False
 
     def _connect(self) -> None:
+        if self._closed:  # retired (drained, or the gateway stopping): never open a channel again
+            raise Unavailable(f"{self.name} has left the pool")
         if self._credentials is not None:
             channel = grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
         else:
@@ -161,6 +164,9 @@ class GrpcBackend(Backend):
         return codec.model_metadata_from_proto(msg)
 
     async def close(self) -> None:
+        """Close the channel for good: a call that comes later fails UNAVAILABLE (and is retried
+        elsewhere) instead of opening a channel nobody would close."""
+        self._closed = True
         channel, self._channel = self._channel, None
         self._infer_call = self._stream_call = self._metadata_call = None
         if channel is not None:

@@ -161,6 +161,11 @@ class LatencyMonitor:
                                                         ewma_alpha=self.ewma_alpha, warmup=self.warmup)
         return stats
 
+    def forget(self, backend: str) -> None:
+        """Drop a backend that left for good (discovery churns pod addresses): its samples would
+        otherwise be kept forever."""
+        self._stats.pop(backend, None)
+
     def record(self, backend: str, rtt_s: float, *, probe: bool = False) -> None:
         if self.stats(backend).record(rtt_s, probe=probe):
             self.trace.append(self.clock.now(), backend, rtt_s, probe)

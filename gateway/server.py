@@ -95,10 +95,13 @@ class GatewayServer(InferenceServer):
         port = await super().start()
         server = self.config.server
         edge = self.config.edge
-        log.info("gateway listening: grpc %s:%s%s; edge %s; cloud workers %s", server.host, port,
+        discovery = self.config.cloud.discovery
+        log.info("gateway listening: grpc %s:%s%s; edge %s; cloud workers %s%s", server.host, port,
                  f", http {server.host}:{self.http_port}" if self.http_port else "",
                  "embedded" if edge.embedded is not None else edge.address or "none",
-                 ", ".join(f"{w.name} {w.address}" for w in self.config.cloud.named_workers()) or "none")
+                 ", ".join(f"{w.name} {w.address}" for w in self.config.cloud.named_workers()) or "none",
+                 f"; discovering workers at {discovery.dns} every {discovery.refresh_ms:.0f} ms"
+                 if discovery is not None else "")
         return port
 
     # hot reload ------------------------------------------------------------------------------

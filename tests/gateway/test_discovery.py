@@ -344,6 +344,7 @@ async def test_metrics_of_a_worker_that_left_are_dropped(clock):
     dataplane = await make_dataplane(clock, resolver)
     await dataplane.discovery.refresh()
     dataplane._update_gauges()
+    dataplane.monitor.record("cloud-10.0.0.1:8201", 0.01)
     sample = dataplane.metrics.registry.get_sample_value
     assert sample("edgecloud_gateway_backend_up", {"backend": "cloud-10.0.0.1:8201"}) == 1
     assert sample("edgecloud_gateway_backend_outstanding", {"backend": "cloud-10.0.0.1:8201"}) == 0
@@ -353,6 +354,7 @@ async def test_metrics_of_a_worker_that_left_are_dropped(clock):
     assert sample("edgecloud_gateway_backend_up", {"backend": "cloud-10.0.0.2:8201"}) == 1
     assert sample("edgecloud_gateway_discovery_changes_total", {"change": "removed"}) == 1
     assert sample("edgecloud_gateway_discovery_changes_total", {"change": "added"}) == 2
+    assert set(dataplane.monitor.snapshot()) <= {"cloud-10.0.0.2:8201", "edge"}  # latency state dropped too
     await dataplane.stop()
 
 
@@ -439,3 +441,17 @@ async def test_the_prober_says_which_backend_it_probes_and_forgets_those_gone(cl
     assert not prober.probing(slow) and slow.name not in prober._running
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_closed_worker_never_opens_a_channel_again():
+    """A late call on a retired worker (a metadata fetch racing its drain) fails over instead of
+    opening a channel that nobody would close."""
+    from edgecloud.errors import Unavailable
+    from edgecloud.limits import RequestLimits
+    from gateway.grpc_backend import GrpcBackend
+
+    backend = GrpcBackend("cloud-10.0.0.9:8201", "cloud", "127.0.0.1:9", limits=RequestLimits())
+    await backend.close()
+    with pytest.raises(Unavailable, match="left the pool"):
+        await backend.model_metadata("m", "", 1.0)
+    assert backend._channel is None
