@@ -88,7 +88,10 @@ async def requests_over_connections(address: str, count: int, connections: int =
                 for _ in range(connections)]
     try:
         stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]
-        return await asyncio.gather(*(stubs[i % connections].ModelInfer(text_request([f"processes {i}"]), timeout=30)
+        # wait_for_ready: a connection attempt that races a worker's death (reset in its accept
+        # queue) is tried again, as any client would, and lands on a live worker
+        return await asyncio.gather(*(stubs[i % connections].ModelInfer(text_request([f"processes {i}"]), timeout=30,
+                                                                        wait_for_ready=True)
                                       for i in range(count)))
     finally:
         await asyncio.gather(*(c.close() for c in channels))
