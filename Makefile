@@ -1,6 +1,6 @@
 # edgecloud: two commands on a fresh machine.
 #   make up     set up, build the models if missing (embeddings INT8, generation INT4 + FP32, images INT8), run the local stack
-#   make test   set up, build the models if missing, run the whole test suite
+#   make test   set up (plus the test-only MLServer environment), build the models if missing, run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 TRITON_VENV := .venv-triton
@@ -10,9 +10,12 @@ MODEL_DIR := models/all-MiniLM-L6-v2
 GEN_MODEL_DIR := models/smollm2-135m-instruct
 IMAGE_MODEL_DIR := models/efficientnet-lite0
 
-.PHONY: setup up test model bench clean protos
+.PHONY: setup test-setup up test model bench clean protos
 
-setup: $(VENV)/.stamp $(TRITON_VENV)/.stamp $(MLSERVER_VENV)/.stamp
+setup: $(VENV)/.stamp $(TRITON_VENV)/.stamp
+
+# What only the tests need beyond setup: MLServer, the outside OIP server run as a cloud worker.
+test-setup: setup $(MLSERVER_VENV)/.stamp
 
 # torch==2.13.0 first (a local CPU wheel here); constraints.txt pins it so nothing pulls CUDA wheels.
 $(VENV)/.stamp: pyproject.toml constraints.txt
@@ -51,7 +54,7 @@ model: $(MODEL_DIR)/model.json $(GEN_MODEL_DIR)/model.json $(IMAGE_MODEL_DIR)/mo
 up: setup model
 	$(BIN)/edgecloud up --model-dir $(MODEL_DIR) $(ARGS)
 
-test: setup model
+test: test-setup model
 	@command -v redis-server >/dev/null || { echo "make test needs redis-server (Debian: apt-get install redis-server; .ci/run installs it)" >&2; exit 2; }
 	$(BIN)/python -m pytest --durations=15
 

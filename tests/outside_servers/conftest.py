@@ -58,7 +58,7 @@ def launch_mlserver(workdir: Path, model_dir: Path, name: str = "mlserver") -> S
     """``mlserver start`` on a fresh repository under ``workdir/name``, output in ``name.log``;
     not waited for."""
     if not MLSERVER.exists():
-        pytest.fail(f"MLServer is missing ({MLSERVER.relative_to(REPO_ROOT)}): run `make setup` "
+        pytest.fail(f"MLServer is missing ({MLSERVER.relative_to(REPO_ROOT)}): run `make test-setup` "
                     "(creates .venv-mlserver from tests/outside_servers/requirements.txt)")
     http_port, grpc_port = free_port(), free_port()
     root = mlserver_repository(workdir / name, model_dir, http_port=http_port, grpc_port=grpc_port)
