@@ -30,8 +30,9 @@ def run(config_path: str | None, *, processes: int = 1, worker_index: int | None
         return asyncio.run(supervisor.run())
     transform = None
     if worker_index is not None:
-        from gateway.processes import worker_config
+        from gateway.processes import die_with_supervisor, worker_config
 
+        die_with_supervisor()
         transform = lambda loaded: worker_config(loaded, worker_index)  # noqa: E731
         config = transform(config)
     server = GatewayServer(config, config_path, transform=transform)

@@ -15,12 +15,15 @@ Contract:
 - SIGTERM/SIGINT: every worker gets SIGTERM and drains (``server.grace_s``); the supervisor exits
   when they have. SIGHUP is passed on: every worker reloads the same file. A worker that exits on
   its own is started again after ``restart_delay_s`` (logged); the others keep serving meanwhile.
+  A supervisor that dies without stopping them (SIGKILL) takes its workers with it: each is
+  started with a parent-death signal (Linux ``PR_SET_PDEATHSIG``, SIGTERM), so none is orphaned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -29,7 +32,8 @@ from pathlib import Path
 
 from gateway.config import GatewayConfig
 
-__all__ = ["ProcessesError", "Supervisor", "aggregate_metrics", "check_processes", "worker_config"]
+__all__ = ["ProcessesError", "Supervisor", "aggregate_metrics", "check_processes", "die_with_supervisor",
+           "worker_config"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,20 @@ def aggregate_metrics(expositions: list[tuple[int, str]]) -> str:
         out.extend(headers.get(family, []))
         out.extend(samples)
     return "\n".join(out) + "\n"
+
+def die_with_supervisor() -> None:
+    """Called by a worker at start: SIGTERM when its supervisor dies (Linux ``PR_SET_PDEATHSIG``;
+    elsewhere nothing). A supervisor already gone by then (the worker was re-parented) ends it."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent == 1 or os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
 
 class Supervisor:
     def __init__(self, config_path: str, config: GatewayConfig, processes: int, *, restart_delay_s: float = 1.0):

@@ -99,11 +99,8 @@ async def requests_over_connections(address: str, count: int, connections: int =
 
 def test_two_processes_share_the_port_aggregate_metrics_and_restart_a_dead_worker(edge_process, tmp_path):
     port, metrics_port = free_port(), free_port()  # the workers take metrics_port + 1 and + 2
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(gateway_config(port, edge_process.address, [], metrics_port=metrics_port)))
-    log = open(tmp_path / "supervisor.log", "wb")
-    supervisor = subprocess.Popen([sys.executable, "-m", "edgecloud_tools", "serve", "gateway", "--config", str(path),
-                                   "--processes", "2"], stdout=log, stderr=subprocess.STDOUT)
+    supervisor, log = start_supervisor(tmp_path, port, metrics_port, edge_process.address)
+    seen: set[int] = set()  # every worker pid, killed at the end whatever happens
     try:
         wait_ready(f"127.0.0.1:{port}", 60)
         deadline = time.monotonic() + 60
@@ -115,8 +112,8 @@ def test_two_processes_share_the_port_aggregate_metrics_and_restart_a_dead_worke
         served = served_by_worker(scrape(metrics_port))
         assert sum(served.values()) >= 200 and set(served) == {"0", "1"}, served  # both took connections
 
-        pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True,
-                                               text=True).stdout.split()]
+        pids = children(supervisor.pid)
+        seen.update(pids)
         assert len(pids) == 2
         os.kill(pids[0], signal.SIGKILL)
         while alive(pids[0]):
@@ -125,8 +122,8 @@ def test_two_processes_share_the_port_aggregate_metrics_and_restart_a_dead_worke
         assert len(answers) == 50
         deadline = time.monotonic() + 60
         while True:  # started again
-            now = [int(p) for p in subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True,
-                                                  text=True).stdout.split()]
+            now = children(supervisor.pid)
+            seen.update(now)
             if len(now) == 2 and pids[0] not in now:
                 break
             assert time.monotonic() < deadline, (tmp_path / "supervisor.log").read_text()
@@ -135,9 +132,48 @@ def test_two_processes_share_the_port_aggregate_metrics_and_restart_a_dead_worke
         assert supervisor.wait(timeout=30) == 0
         assert not [p for p in now if alive(p)]  # the workers are gone with it
     finally:
-        if supervisor.poll() is None:
-            supervisor.kill()
-            supervisor.wait()
-        for p in subprocess.run(["pgrep", "-P", str(supervisor.pid)], capture_output=True, text=True).stdout.split():
-            os.kill(int(p), signal.SIGKILL)
-        log.close()
+        stop_everything(supervisor, seen | set(children(supervisor.pid)), log)
+
+
+def test_workers_die_with_a_killed_supervisor(edge_process, tmp_path):
+    """A supervisor SIGKILLed (no chance to stop its workers) leaves no orphaned gateway behind."""
+    port, metrics_port = free_port(), free_port()
+    supervisor, log = start_supervisor(tmp_path, port, metrics_port, edge_process.address)
+    workers: list[int] = []
+    try:
+        wait_ready(f"127.0.0.1:{port}", 60)
+        deadline = time.monotonic() + 60
+        while len(workers := children(supervisor.pid)) < 2:
+            assert time.monotonic() < deadline, (tmp_path / "supervisor.log").read_text()
+            time.sleep(0.1)
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 30
+        while [p for p in workers if alive(p)]:  # each drains (SIGTERM) and exits
+            assert time.monotonic() < deadline, f"orphaned workers: {[p for p in workers if alive(p)]}"
+            time.sleep(0.1)
+    finally:
+        stop_everything(supervisor, set(workers), log)
+
+
+def start_supervisor(tmp_path, port: int, metrics_port: int, edge: str):
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(port, edge, [], metrics_port=metrics_port)))
+    log = open(tmp_path / "supervisor.log", "wb")
+    supervisor = subprocess.Popen([sys.executable, "-m", "edgecloud_tools", "serve", "gateway", "--config", str(path),
+                                   "--processes", "2"], stdout=log, stderr=subprocess.STDOUT)
+    return supervisor, log
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
+def stop_everything(supervisor: subprocess.Popen, workers: set[int], log) -> None:
+    if supervisor.poll() is None:
+        supervisor.kill()
+        supervisor.wait()
+    for pid in workers:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    log.close()
