@@ -212,6 +212,30 @@ async def concurrency_1(redis_gw: str, far_gw: str, lru_gw: str, floor: str, red
 # (b) all hits at concurrency 64, load from several processes
 
 
+async def hot_loop(stubs: list, msgs: list, concurrency: int, duration_s: float) -> tuple[int, int, list[float]]:
+    """``concurrency`` closed-loop clients cycling ``msgs`` for ``duration_s``, client i on
+    ``stubs[i % len(stubs)]``; returns (answered, errors, latencies in seconds)."""
+    t0 = time.monotonic()
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(index: int) -> None:
+        nonlocal errors
+        stub = stubs[index % len(stubs)]
+        n = index
+        while time.monotonic() - t0 < duration_s:
+            n += 1
+            start = time.perf_counter()
+            try:
+                await stub.ModelInfer(msgs[n % len(msgs)], timeout=10)
+                latencies.append(time.perf_counter() - start)
+            except grpc.aio.AioRpcError:
+                errors += 1
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    return len(latencies), errors, latencies
+
+
 def _client_process(address: str, concurrency: int, start_at: float, duration_s: float, out) -> None:
     async def main() -> tuple[int, int, list[float]]:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -220,24 +244,7 @@ def _client_process(address: str, concurrency: int, start_at: float, duration_s:
             for msg in msgs[:8]:
                 await stub.ModelInfer(msg, timeout=10)
             await asyncio.sleep(max(0.0, start_at - time.time()))
-            t0 = time.monotonic()
-            latencies: list[float] = []
-            errors = 0
-
-            async def client(index: int) -> None:
-                nonlocal errors
-                n = index
-                while time.monotonic() - t0 < duration_s:
-                    n += 1
-                    start = time.perf_counter()
-                    try:
-                        await stub.ModelInfer(msgs[n % len(msgs)], timeout=10)
-                        latencies.append(time.perf_counter() - start)
-                    except grpc.aio.AioRpcError:
-                        errors += 1
-
-            await asyncio.gather(*(client(i) for i in range(concurrency)))
-            return len(latencies), errors, latencies
+            return await hot_loop([stub], msgs, concurrency, duration_s)
 
     cpu0 = time.process_time()
     ok, errors, latencies = asyncio.run(main())

@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from bench.cache import HOT_TEXTS, request
+from bench.cache import HOT_TEXTS, hot_loop, request
 from bench.common import cpu_seconds, machine_facts, print_table, ratio, summarize, write_result
 from edgecloud_tools.stack import edge_config, free_port, gateway_config, launch, launch_redis, wait_ready
 from protos import inference_pb2_grpc as pb_grpc
@@ -45,26 +45,10 @@ def _client_process(address: str, concurrency: int, start_at: float, duration_s:
             for msg in msgs:
                 await stub.ModelInfer(msg, timeout=30)  # every worker's near cache warm
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        t0 = time.monotonic()
-        latencies: list[float] = []
-        errors = 0
-
-        async def client(index: int) -> None:
-            nonlocal errors
-            stub = stubs[index % len(stubs)]
-            n = index
-            while time.monotonic() - t0 < duration_s:
-                n += 1
-                start = time.perf_counter()
-                try:
-                    await stub.ModelInfer(msgs[n % len(msgs)], timeout=10)
-                    latencies.append(time.perf_counter() - start)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-
-        await asyncio.gather(*(client(i) for i in range(concurrency)))
-        await asyncio.gather(*(c.close() for c in channels))
-        return len(latencies), errors, latencies
+        try:
+            return await hot_loop(stubs, msgs, concurrency, duration_s)
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
 
     ok, errors, latencies = asyncio.run(main())
     out.put((ok, errors, latencies[::4]))
