@@ -35,6 +35,12 @@ class Group:
         """Whether the MatMulNBits (blockwise 8-bit) path applies: plain MatMul nodes only."""
         return self.op_type == "MatMul"
 
+    @property
+    def static_capable(self) -> bool:
+        """Whether the node quantizes a float input at run time (so the static level changes it):
+        MatMul and Attention; EmbedLayerNormalization quantizes weights only."""
+        return self.op_type in ("MatMul", "Attention")
+
 
 def _params(model: onnx.ModelProto, names) -> int:
     sizes = {i.name: math.prod(i.dims) for i in model.graph.initializer}

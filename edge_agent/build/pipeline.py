@@ -31,7 +31,7 @@ from edge_agent.build.metrics import agreement
 from edge_agent.build.quantize import Level, Recipe
 from edge_agent.build.report import missed_targets, render_summary, write_report
 from edge_agent.build.runners import OrtRunner, TorchRunner, default_tokenizer
-from edge_agent.build.search import greedy, sensitivity
+from edge_agent.build.search import choose_levels, greedy, sensitivity
 from edge_agent.build.staging import staged
 from edge_agent.build.targets import Targets
 from edge_agent.build.trials import EvalSet, TrialBench
@@ -76,7 +76,7 @@ def _spread(items: list[str], n: int) -> list[str]:
     return [items[int(i * step)] for i in range(n)]
 
 
-def _report_trials(bench: TrialBench, final_recipe: Recipe, final_path: Path, mode: str,
+def _report_trials(bench: TrialBench, base: Recipe, final_recipe: Recipe, final_path: Path, mode: str,
                    iterations: int, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """The alternatives the report compares: each on the full corpus, then all timed side by
     side (one interleaved run, so their speed figures are comparable with each other)."""
@@ -89,6 +89,9 @@ def _report_trials(bench: TrialBench, final_recipe: Recipe, final_path: Path, mo
         ("dynamic per-channel reduce_range, all groups", Recipe(reduce_range=True)),
         ("dynamic per-channel, embeddings FP32", Recipe(levels={"embeddings": Level.FLOAT})),
         ("blockwise all MatMuls, rest dynamic", Recipe(levels=matmuls_blockwise)),
+        ("static (calibrated, smoothed), all groups", Recipe(default=Level.STATIC)),
+        ("static without smoothing, all groups", Recipe(default=Level.STATIC, smooth_quantile=None)),
+        ("search start: each group dynamic or static", base),
     ]
     if mode == "full":
         candidates += [
@@ -152,8 +155,9 @@ def build_model_dir(out_dir: Path, *, force: bool = False, progress: Callable[[s
     """Build (or reuse) the edge model directory at ``out_dir``; see the module docstring.
 
     ``report_sentences`` sentences spread over the evaluation corpus are reported on;
-    ``calibration_sentences`` of those drive the sensitivity analysis and the greedy search
-    (``sensitivity_mode="full"`` analyses on all report sentences and also at blockwise level).
+    ``calibration_sentences`` of those drive the sensitivity analysis, the static level's
+    activation ranges and the greedy search (``sensitivity_mode="full"`` analyses on all report
+    sentences and also at blockwise level).
     """
     out_dir = Path(out_dir)
     if (out_dir / manifest.MANIFEST).exists() and not force:
@@ -214,20 +218,23 @@ def _build(staging: Path, progress: Callable[[str], None], report_sentences: int
     bench = TrialBench(fused_path, groups, evalset, work, fp32_path, tokenizer)
     steps.done(f"{len(texts)} sentences, {len(calibration)} for calibration")
 
-    progress(f"[4/8] sensitivity analysis ({mode}): one group at a time at dynamic INT8")
-    ranking = sensitivity(bench, targets, Level.DYNAMIC, full=(mode == "full"), progress=progress)
+    progress(f"[4/8] sensitivity analysis ({mode}): one group at a time at dynamic and at static INT8")
+    rankings = {level: sensitivity(bench, targets, level, full=(mode == "full"), progress=progress)
+                for level in (Level.DYNAMIC, Level.STATIC)}
+    base, ranking = choose_levels(rankings)
     blockwise_ranking = (sensitivity(bench, targets, Level.BLOCKWISE, full=True, progress=progress)
                          if mode == "full" else [])
-    steps.done(f"top: {', '.join(f'{e.group} ({e.score:.2f})' for e in ranking[:4])}")
+    steps.done(f"static for {sum(base.level(g) is Level.STATIC for g in groups)} groups; "
+               f"top: {', '.join(f'{e.group} ({e.score:.2f})' for e in ranking[:4])}")
 
     progress("[5/8] greedy search: promote the most sensitive groups until the targets hold")
-    recipe, greedy_steps = greedy(bench, ranking, targets.with_margin(), progress=progress)
+    recipe, greedy_steps = greedy(bench, ranking, targets.with_margin(), progress=progress, base=base)
     bench.build(recipe, int8_path)
-    steps.done(f"{sum(recipe.level(g) is not Level.DYNAMIC for g in groups)} groups promoted, "
+    steps.done(f"{sum(not recipe.level(g).integer for g in groups)} groups promoted, "
                f"INT8 {int8_path.stat().st_size / 2**20:.1f} MiB")
 
     progress("[6/8] trials for the report (full corpus; batch-1 speed side by side)")
-    trials = _report_trials(bench, recipe, int8_path, mode, max(20, latency_iterations // 2), progress)
+    trials = _report_trials(bench, base, recipe, int8_path, mode, max(20, latency_iterations // 2), progress)
     steps.done(f"{len(trials)} trials")
 
     progress("[7/8] final accuracy and latency")
@@ -273,7 +280,9 @@ def _build(staging: Path, progress: Callable[[str], None], report_sentences: int
         "targets": [{"target": k, "value": values[k], "threshold": getattr(targets, k), "met": v}
                     for k, v in checks.items()],
         "targets_met": all(checks.values()),
-        "sensitivity": [e.as_dict() for e in ranking],
+        "sensitivity": [e.as_dict() for e in rankings[Level.DYNAMIC]],
+        "sensitivity_static": [e.as_dict() for e in rankings[Level.STATIC]],
+        "sensitivity_chosen": [e.as_dict() for e in ranking],
         "sensitivity_blockwise": [e.as_dict() for e in blockwise_ranking],
         "greedy": greedy_steps,
         "trials": trials,

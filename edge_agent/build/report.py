@@ -67,10 +67,15 @@ def render_text(report: dict[str, Any]) -> str:
     out.append("\nTargets")
     out.append(table([[t["target"], t["value"], t["threshold"], t["met"]] for t in report["targets"]],
                      ["target", "value", "threshold", "met"]))
-    out.append("\nSensitivity: one group at dynamic INT8, all others FP32 (most damaging first)")
+    static = {e["group"]: e["score"] for e in report.get("sensitivity_static", [])}
+    chosen = {e["group"]: e["level"] for e in report.get("sensitivity_chosen", [])}
+    out.append("\nSensitivity: one group at dynamic INT8, all others FP32 (most damaging first); its score "
+               "at static INT8, and the level the search starts it at")
     out.append(table([[e["group"], e["cosine_mean_drop"] * 1e4, e["cosine_min_drop"] * 1e4,
-                       e["spearman_drop"] * 1e4, e["score"]] for e in report["sensitivity"]],
-                     ["group", "mean drop e-4", "min drop e-4", "spearman drop e-4", "score"]))
+                       e["spearman_drop"] * 1e4, e["score"], static.get(e["group"], ""),
+                       chosen.get(e["group"], e["level"])] for e in report["sensitivity"]],
+                     ["group", "mean drop e-4", "min drop e-4", "spearman drop e-4", "score", "static score",
+                      "start"]))
     out.append("\nGreedy search (calibration set)")
     out.append(table([[", ".join(s["promoted"]) or "(start)", s["calibration"]["cosine_mean"],
                        s["calibration"]["cosine_min"], s["calibration"]["spearman"],
@@ -84,7 +89,8 @@ def render_text(report: dict[str, Any]) -> str:
                      ["trial", "MiB", "ratio", "cos mean", "cos min", "spearman", "nn", "search speedup"]))
     q = report["quantization"]
     out.append(f"\nRecipe: {q['method']}; per_channel={q['per_channel']} reduce_range={q['reduce_range']}; "
-               f"dynamic {q['dynamic_nodes']}, blockwise {q['blockwise_nodes']}, float {q['excluded_nodes']} groups")
+               f"static {q.get('static_nodes', 0)}, dynamic {q['dynamic_nodes']}, blockwise {q['blockwise_nodes']}, "
+               f"float {q['excluded_nodes']} groups")
     for level, names in q["groups"].items():
         if names:
             out.append(f"  {level}: {', '.join(names)}")

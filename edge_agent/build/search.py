@@ -1,15 +1,19 @@
-"""Sensitivity analysis and the greedy choice of which node groups leave fast dynamic INT8.
+"""Sensitivity analysis and the greedy choice of which node groups leave fast integer INT8.
 
 Contract:
 - ``sensitivity(bench, level)`` quantizes one group at a time at ``level`` (all others FP32)
   and returns one ``GroupError`` per group, most damaging first. ``score`` is the error in
   units of the target budgets: max(mean-cosine drop / (1 - cosine_mean target),
   min-cosine drop / (1 - cosine_min target)).
-- ``greedy(bench, ranking, targets)`` starts from every group at dynamic INT8 and promotes
-  groups, most sensitive first, until the calibration metrics meet ``targets``, both at batch 1 and in
-  padded batches. MatMul groups are promoted to blockwise INT8 first (in sensitivity
-  order); only when none is left are other groups kept in FP32, and only while the size target
-  holds. Each round promotes as many groups as the summed single-group mean drops predict are
+- ``choose_levels(rankings)`` takes one ``sensitivity`` ranking per fast integer level
+  (``dynamic``, ``static``) and gives each group the level where it scored lowest (ties go to
+  the first ranking's level). It returns that recipe (the search's start) and the ranking of
+  each group's error at its chosen level, most damaging first.
+- ``greedy(bench, ranking, targets, base)`` starts from the recipe ``base`` (default: every
+  group at dynamic INT8) and promotes groups, most sensitive first, until the calibration
+  metrics meet ``targets``, both at batch 1 and in padded batches. MatMul groups are promoted
+  to blockwise INT8 first (in sensitivity order); only when none is left are other groups kept
+  in FP32, and only while the size target holds. Each round promotes as many groups as the summed single-group mean drops predict are
   needed, then verifies with a real build; it returns the recipe and every verified step.
 """
 
@@ -40,6 +44,19 @@ class GroupError:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def choose_levels(rankings: dict[Level, list[GroupError]]) -> tuple[Recipe, list[GroupError]]:
+    if not rankings:
+        raise ValueError("no sensitivity ranking to choose from")
+    best: dict[str, GroupError] = {}
+    for ranking in rankings.values():
+        for error in ranking:
+            if error.group not in best or error.score < best[error.group].score:
+                best[error.group] = error
+    default = next(iter(rankings))
+    levels = {name: Level(e.level) for name, e in best.items() if Level(e.level) is not default}
+    return Recipe(default=default, levels=levels), sorted(best.values(), key=lambda e: -e.score)
 
 
 def sensitivity(bench: TrialBench, targets: Targets, level: Level = Level.DYNAMIC,
@@ -73,14 +90,16 @@ def _met(targets: Targets, trial: dict[str, Any]) -> bool:
 
 
 def greedy(bench: TrialBench, ranking: list[GroupError], targets: Targets,
-           progress: Callable[[str], None] = lambda _: None) -> tuple[Recipe, list[dict[str, Any]]]:
+           progress: Callable[[str], None] = lambda _: None,
+           base: Recipe | None = None) -> tuple[Recipe, list[dict[str, Any]]]:
     by_name = {g.name: g for g in bench.groups}
-    recipe = Recipe(default=Level.DYNAMIC)
-    trial = bench.measure("greedy start: all dynamic", recipe)
+    recipe = base or Recipe(default=Level.DYNAMIC)
+    start = {level for level in (recipe.level(g) for g in bench.groups)}
+    trial = bench.measure(f"greedy start: {'/'.join(sorted(level.value for level in start))}", recipe)
     steps = [{**trial, "promoted": []}]
     budget = targets.size_ratio * bench.fp32_bytes
-    # Blockwise INT8 keeps file size and costs little speed; FP32 costs both, so it is the
-    # fallback once no blockwise-capable group is left.
+    # Blockwise INT8 keeps file size (and, with VNNI, most of the speed); FP32 costs both, so it
+    # is the fallback once no blockwise-capable group is left.
     pending = ([e for e in ranking if by_name[e.group].blockwise_capable]
                + [e for e in ranking if not by_name[e.group].blockwise_capable])
     while not _met(targets, trial) and pending:
@@ -108,7 +127,7 @@ def greedy(bench: TrialBench, ranking: list[GroupError], targets: Targets,
         trial = bench.measure(f"greedy +{','.join(names)}", recipe)
         steps.append({**trial, "promoted": names})
         m, mb = trial["calibration"], trial["calibration_batched"]
-        progress(f"    +{len(names)} -> {sum(recipe.level(g) is not Level.DYNAMIC for g in bench.groups)} "
+        progress(f"    +{len(names)} -> {sum(not recipe.level(g).integer for g in bench.groups)} "
                  f"promoted: calibration mean {m['cosine_mean']:.4f} min {m['cosine_min']:.4f} "
                  f"spearman {m['spearman']:.4f}; batched min {mb['cosine_min']:.4f}")
     return recipe, steps

@@ -1,11 +1,13 @@
 """Build one candidate INT8 model from a recipe and measure it against the torch FP32 reference.
 
 Contract: ``EvalSet`` is the report corpus with its torch FP32 embeddings and which rows form
-the calibration subset (the rest is held out). ``TrialBench.measure(name, recipe, ...)`` builds
-the candidate in a scratch directory, embeds the calibration rows at batch 1 and (``batched``)
-in padded batches, with ``full=True`` all rows at batch 1, deletes the candidate (unless
-``keep``), and returns a JSON-ready dict. ``TrialBench.speed(models)`` times kept candidates
-side by side with the FP32 ONNX model. Nothing here decides anything; ``search`` does.
+the calibration subset (the rest is held out). ``TrialBench.ranges`` are the activation ranges
+of the fused graph over the calibration rows at batch 1, which the ``static`` level needs.
+``TrialBench.measure(name, recipe, ...)`` builds the candidate in a scratch directory, embeds
+the calibration rows at batch 1 and (``batched``) in padded batches, with ``full=True`` all
+rows at batch 1, deletes the candidate (unless ``keep``), and returns a JSON-ready dict.
+``TrialBench.speed(models)`` times kept candidates side by side with the FP32 ONNX model.
+Nothing here decides anything; ``search`` does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.build.calibration import ChannelRange, collect_ranges
 from edge_agent.build.corpus import BENCH_SENTENCE
 from edge_agent.build.groups import Group
 from edge_agent.build.latency import interleaved, summary
@@ -50,6 +53,7 @@ def recipe_summary(recipe: Recipe, groups: Sequence[Group]) -> dict[str, Any]:
     return {
         "per_channel": recipe.per_channel,
         "reduce_range": recipe.reduce_range,
+        "smooth_quantile": recipe.smooth_quantile,
         **{f"{k}_groups": v for k, v in levels.items() if v and len(v) < len(groups)},
         "counts": {k: len(v) for k, v in levels.items()},
     }
@@ -67,9 +71,25 @@ class TrialBench:
         self._fp32 = OrtRunner(fp32_path, tokenizer, threads=1)
         self._bench_batch = tokenizer.encode([BENCH_SENTENCE])
         self._count = 0
+        self._ranges: dict[str, ChannelRange] | None = None
+
+    @property
+    def ranges(self) -> dict[str, ChannelRange]:
+        """Per-channel ranges of every group's input over the calibration rows at batch 1
+        (computed on first use, on the fused FP32 graph)."""
+        if self._ranges is None:
+            import onnx
+
+            nodes = {n.name: n for n in onnx.load(str(self.fused), load_external_data=False).graph.node}
+            texts, _ = self.evalset.subset(self.evalset.calibration)
+            feeds = (self.tokenizer.encode([text]) for text in texts)
+            inputs = sorted({nodes[g.node].input[0] for g in self.groups if g.static_capable})
+            self._ranges = collect_ranges(self.fused, inputs, feeds)
+        return self._ranges
 
     def build(self, recipe: Recipe, out: Path) -> Path:
-        return apply_recipe(self.fused, self.groups, recipe, out)
+        static = any(recipe.level(g) is Level.STATIC and g.static_capable for g in self.groups)
+        return apply_recipe(self.fused, self.groups, recipe, out, self.ranges if static else None)
 
     def measure(self, name: str, recipe: Recipe, *, batched: bool = True, full: bool = False,
                 keep: bool = False, path: Path | None = None) -> dict[str, Any]:

@@ -40,8 +40,19 @@ def test_recipe_levels_and_description():
     recipe = Recipe().with_level("L0.ffn_down", Level.BLOCKWISE).with_level("L0.qkv", Level.FLOAT)
     assert [recipe.level(g) for g in GROUPS] == [Level.DYNAMIC, Level.FLOAT, Level.BLOCKWISE]
     described = recipe.describe(GROUPS)
-    assert described["groups"] == {"float": ["L0.qkv"], "dynamic": ["embeddings"], "blockwise": ["L0.ffn_down"]}
+    assert described["groups"] == {"float": ["L0.qkv"], "dynamic": ["embeddings"], "blockwise": ["L0.ffn_down"],
+                                   "static": []}
     assert (described["excluded_nodes"], described["blockwise_nodes"], described["dynamic_nodes"]) == (1, 1, 1)
+    assert described["static_nodes"] == 0
+
+
+def test_static_level_needs_calibration_ranges(tmp_path):
+    with pytest.raises(ValueError, match="calibration ranges"):
+        apply_recipe(tmp_path / "missing.onnx", GROUPS, Recipe(default=Level.STATIC), tmp_path / "out.onnx")
+
+
+def test_integer_levels():
+    assert {level for level in Level if level.integer} == {Level.DYNAMIC, Level.STATIC}
 
 
 def test_blockwise_is_refused_for_non_matmul_groups(tmp_path):
