@@ -8,8 +8,6 @@ excess learns within microseconds that it should retry elsewhere or later.
 
 from __future__ import annotations
 
-import contextlib
-
 from edgecloud.errors import Overloaded
 
 
@@ -21,15 +19,27 @@ class Admission:
         self.shed = 0
         self.peak = 0
 
-    @contextlib.contextmanager
-    def admit(self):
+    def admit(self) -> _Admitted:
+        """A context manager holding one place while its block runs (raises ``Overloaded`` when
+        there is none). A plain object, not a generator: it is on every request's path."""
         if self.in_flight >= self.limit:
             self.shed += 1
             raise Overloaded(f"server is at capacity ({self.limit} requests in flight); retry later",
                              retry_after_s=self.retry_after_s)
         self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+        if self.in_flight > self.peak:
+            self.peak = self.in_flight
+        return _Admitted(self)
+
+
+class _Admitted:
+    __slots__ = ("_admission",)
+
+    def __init__(self, admission: Admission):
+        self._admission = admission
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info) -> None:
+        self._admission.in_flight -= 1

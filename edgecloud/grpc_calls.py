@@ -47,10 +47,17 @@ def _retrieve(future: asyncio.Future) -> None:
 
 
 async def unary(call: Any) -> Any:
-    """The response of a grpc.aio unary-unary ``call`` (see the module's contract)."""
-    pending = asyncio.ensure_future(call)
+    """The response of a grpc.aio unary-unary ``call`` (see the module's contract).
+
+    The call's own task (grpc.aio runs every call as one) is what is shielded, so no task of ours
+    is created per call; once it is done, awaiting ``call`` turns its outcome into the response or
+    the ``AioRpcError`` at once, as grpc does."""
+    pending = getattr(call, "_call_response", None)
+    if not isinstance(pending, asyncio.Future):  # a grpcio whose internals differ
+        pending = asyncio.ensure_future(call)
     try:
-        return await asyncio.shield(pending)
+        await asyncio.shield(pending)
+        return await call
     except asyncio.CancelledError:
         if not pending.done():
             cancel_in_core(call)

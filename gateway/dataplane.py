@@ -455,24 +455,25 @@ class GatewayDataplane:
         return self.clock.now() + self.config.routing.default_timeout_ms / 1000.0
 
     def _count_served(self, response: InferResponse, started: float) -> None:
-        served_by = str(response.parameters.get(SERVED_BY, ""))
-        self.metrics.served.labels(served_by, str(response.parameters.get(ROUTE_REASON, ""))).inc()
-        self.metrics.latency.labels(served_by).observe(time.perf_counter() - started)
+        self.metrics.count_answer(str(response.parameters.get(SERVED_BY, "")),
+                                  str(response.parameters.get(ROUTE_REASON, "")), time.perf_counter() - started)
 
     async def _infer(self, request: InferRequest, meta: ModelMetadata) -> InferResponse:
         started = time.perf_counter()
         validate_request(request, meta, self.limits)
         require_cloud = _require_cloud(request)
         deadline = self._deadline(request)
-        cache_request = CacheRequest(request, request.model_version or (meta.versions[0] if meta.versions else ""),
-                                     _keyed_outputs(request, meta), require_cloud,
-                                     request.parameters.get(NO_CACHE_PARAMETER) is True)
-        served = await self.cache.serve(cache_request, lambda: self._compute(request, deadline, require_cloud))
+        if self.cache.serves(request.model_name):
+            cache_request = CacheRequest(request, request.model_version or (meta.versions[0] if meta.versions else ""),
+                                         _keyed_outputs(request, meta), require_cloud,
+                                         request.parameters.get(NO_CACHE_PARAMETER) is True)
+            served = await self.cache.serve(cache_request, lambda: self._compute(request, deadline, require_cloud))
+        else:
+            served = await self._compute(request, deadline, require_cloud)
         response = served.response
         response.parameters[SERVED_BY] = served.served_by
         response.parameters[ROUTE_REASON] = served.reason
-        self.metrics.served.labels(served.served_by, served.reason).inc()
-        self.metrics.latency.labels(served.served_by).observe(time.perf_counter() - started)
+        self.metrics.count_answer(served.served_by, served.reason, time.perf_counter() - started)
         return response
 
     def _compute(self, request: InferRequest, deadline: float, require_cloud: bool):

@@ -95,7 +95,7 @@ class Dispatcher:
                 Decision(Route.NONE, Reason.NO_BACKEND, False)
         else:
             decision = self.policy.decide(self.edge_up(), cloud_up)
-        self.metrics.decisions.labels(decision.route.value, decision.reason).inc()
+        self.metrics.count_decision(decision.route.value, decision.reason)
         return decision
 
     async def dispatch(self, request: InferRequest, deadline: float, *, require_cloud: bool = False) -> Served:

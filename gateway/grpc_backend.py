@@ -88,22 +88,27 @@ class GrpcBackend(Backend):
             f"{_SERVICE}/ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
             response_deserializer=pb.ModelMetadataResponse.FromString)
 
+    def _translate(self, exc: grpc.aio.AioRpcError) -> InferenceError:
+        error = error_from_rpc(exc)
+        if error.kind in FAULT_MESSAGES:
+            log.debug("%s (%s) failed: %s: %s", self.name, self.address, exc.code().name, exc.details())
+            error = error_for_kind(error.kind, FAULT_MESSAGES[error.kind], retry_after_s=error.retry_after_s)
+        return error
+
     @contextmanager
     def _translated(self) -> Iterator[None]:
         try:
             yield
         except grpc.aio.AioRpcError as exc:
-            error = error_from_rpc(exc)
-            if error.kind in FAULT_MESSAGES:
-                log.debug("%s (%s) failed: %s: %s", self.name, self.address, exc.code().name, exc.details())
-                error = error_for_kind(error.kind, FAULT_MESSAGES[error.kind], retry_after_s=error.retry_after_s)
-            raise error from exc
+            raise self._translate(exc) from exc
 
     async def _send(self, request: InferRequest, timeout_s: float | None) -> bytes:
         if self._infer_call is None:
             self._connect()
-        with self._translated():
+        try:  # not ``_translated()``: a generator context manager costs microseconds per request
             return await unary(self._infer_call(codec.request_to_wire(request), timeout=timeout_s))
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate(exc) from exc
 
     async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
         body = await self._send(request, timeout_s)

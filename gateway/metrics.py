@@ -94,6 +94,26 @@ class GatewayMetrics:
         self.discovery_changes = Counter("edgecloud_gateway_discovery_changes", "Cloud worker addresses "
                                          "discovery added and removed", ["change"], registry=r)
         self.cache = CacheMetrics(r)
+        # Children of the per-request families by label values: ``labels()`` costs microseconds
+        # (it validates and joins the values every time); these sets are small and fixed.
+        self._answered: dict[tuple[str, str], tuple] = {}
+        self._decided: dict[tuple[str, str], object] = {}
+
+    def count_answer(self, served_by: str, reason: str, seconds: float) -> None:
+        """One answered request: ``served`` by who and why, and its latency by who."""
+        children = self._answered.get((served_by, reason))
+        if children is None:
+            children = (self.served.labels(served_by, reason), self.latency.labels(served_by))
+            self._answered[(served_by, reason)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_decision(self, route: str, reason: str) -> None:
+        """One routing decision."""
+        child = self._decided.get((route, reason))
+        if child is None:
+            child = self._decided[(route, reason)] = self.decisions.labels(route, reason)
+        child.inc()
 
     def forget_backend(self, name: str) -> None:
         """Drop the per-backend series of a worker that left the pool (discovery churns names)."""

@@ -285,6 +285,11 @@ class GatewayCache:
 
     # serving ---------------------------------------------------------------------------------
 
+    def serves(self, model_name: str) -> bool:
+        """Whether ``serve`` may answer a request for the model from the cache (or store its
+        answer); when not, ``serve`` only computes and the caller may call ``compute`` itself."""
+        return self._backend is not None and self.settings.model_enabled(model_name)
+
     async def serve(self, request: CacheRequest, compute: Compute) -> Served:
         backend = self._backend
         decoded = request.request

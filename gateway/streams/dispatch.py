@@ -164,7 +164,7 @@ class StreamDispatcher:
                 Decision(Route.NONE, Reason.NO_BACKEND, False)
         else:
             decision = self.policy.decide(self.core.edge_up(), cloud_up)
-        self.metrics.decisions.labels(decision.route.value, decision.reason).inc()
+        self.metrics.count_decision(decision.route.value, decision.reason)
         return decision
 
     # the stream ------------------------------------------------------------------------------
