@@ -116,6 +116,8 @@ class GatewayCache:
         self._writer = BackgroundWriter(settings.max_pending_writes)
         self._backend: CacheBackend | None = None
         self._near: LruBackend | None = None
+        self._near_decoded: dict[str, tuple[bytes, Entry]] = {}
+        """The near copy's values decoded, by key, with the value they were decoded from."""
         self._breakers = self._new_breakers(settings)
         self._leases = Leases(settings.lease, self._clock, sleep, on_error=self._lease_failed)
         self._remote_answering = True
@@ -245,6 +247,7 @@ class GatewayCache:
     def _set_backend(self, backend: CacheBackend | None) -> None:
         self._backend = backend
         near = self.settings.near
+        self._near_decoded = {}
         self._near = LruBackend(near.max_entries, near.max_bytes, self._lru_clock) \
             if backend is not None and backend.remote and near.enabled else None
         for name in ("redis", "redis-cluster", "lru"):
@@ -386,7 +389,7 @@ class GatewayCache:
         value = near.get_now(key) if near is not None else None
         if value is not None:
             self._m_near_hit.inc()
-            return self._decode(key, value, digest)
+            return self._near_entry(key, value, digest)
         node = backend.node_of(key) if backend.remote else ""
         breaker = self._breakers.get(node)
         if backend.remote and not breaker.allows_requests():
@@ -409,6 +412,21 @@ class GatewayCache:
         if near is not None and backend is self._backend:
             near.put(key, value, self.settings.near.ttl_ms / 1000.0)
         return self._decode(key, value, digest)
+
+    def _near_entry(self, key: str, value: bytes, digest: bytes) -> Entry | None:
+        """The near copy's entry, decoded once per stored value: a hot key's later hits get a
+        fresh response (its own ``id`` and parameters) over the same decoded outputs, which
+        nothing downstream of the cache changes."""
+        known = self._near_decoded.get(key)
+        if known is not None and known[0] is value:
+            return _fresh(known[1])
+        entry = self._decode(key, value, digest)
+        if entry is None:
+            return None
+        if len(self._near_decoded) >= self.settings.near.max_entries:
+            self._near_decoded.clear()  # bounded like the near cache; rebuilt by the next hits
+        self._near_decoded[key] = (value, entry)
+        return _fresh(entry)
 
     def _decode(self, key: str, value: bytes, digest: bytes) -> Entry | None:
         try:
@@ -595,3 +613,12 @@ class GatewayCache:
             self._m_stored.inc()
         finally:
             done()
+
+
+def _fresh(entry: Entry) -> Entry:
+    """``entry`` with a response of its own (``id`` and parameters are set per request) sharing
+    the decoded outputs and wire bytes."""
+    response = entry.response
+    return dataclasses.replace(entry, response=InferResponse(
+        response.model_name, response.outputs, response.model_version, response.id, dict(response.parameters),
+        response.wire))

@@ -196,6 +196,27 @@ async def test_the_near_cache_answers_hot_keys_without_redis_and_sees_other_writ
     assert edge.calls == 2 and cloud.calls == 1
 
 
+async def test_near_hits_decode_a_value_once_and_each_get_a_response_of_their_own(redis_server, start_cache,
+                                                                                cache_metrics):
+    """Hits on one near copy share its decoded outputs but not their id or parameters: what one
+    request's answer is given (its id, served_by) never shows in another's."""
+    server = redis_server()
+    cache = await start_cache({"redis": {"url": server.url}, "early_refresh_beta": 0})
+    computes = Computes()
+    await serve(cache, computes, "x")
+    await wait_until(lambda: counter(cache_metrics.writes, "stored") == 1)
+    first = await serve(cache, computes, "x", request_id="a")
+    first.response.parameters["served_by"] = "cache"
+    first.response.parameters["mine"] = "a"
+    second = await serve(cache, computes, "x", request_id="b")
+    assert counter(cache_metrics.near_hits) == 2 and computes.calls == 1
+    assert (first.response.id, second.response.id) == ("a", "b")
+    assert "mine" not in second.response.parameters and "served_by" not in second.response.parameters
+    assert second.response.outputs[0].data.tobytes() == first.response.outputs[0].data.tobytes()
+    assert second.response.outputs[0] is first.response.outputs[0]  # decoded once, for both
+    assert second.response.wire is first.response.wire  # sent without encoding, as stored
+
+
 async def test_the_near_cache_can_be_turned_off(redis_server, start_cache, cache_metrics):
     server = redis_server()
     cache = await start_cache({"redis": {"url": server.url}, "near": {"enabled": False}})
