@@ -44,13 +44,22 @@ class RuntimeSettings(Section):
     """Split a batch into sub-batches of similar token length when that saves padding."""
     max_sequence_length: int = Field(MAX_SEQUENCE_LENGTH, ge=8, le=512)
     """Tokens per text after truncation (the reference model was trained with 256)."""
+    encoder: Literal["torchscript", "eager"] = "torchscript"
+    """How the reference model runs: ``torchscript`` scripts the encoder and its pooling into one
+    call that releases the GIL for the whole forward (same weights and operators, so the same
+    numbers), so a busy event loop cannot hold the compute thread up between operators; ``eager``
+    runs the ``transformers`` model operator by operator from Python."""
     warmup: bool = True
     """Run a few batches at load so the first real request pays no kernel set-up cost."""
-    openmp_wait_policy: Literal["passive", "active", "inherit"] = "passive"
-    """How idle OpenMP threads wait between torch operators: ``passive`` sleeps, which keeps the cores
-    free for the gRPC loop, clients and neighbours (on a shared 2-core machine several times faster
-    than spinning); ``active`` spins (lowest per-operator latency on dedicated cores); ``inherit``
-    keeps the environment's ``OMP_WAIT_POLICY``. Applied by ``run``/``serve`` before torch loads."""
+    openmp_wait_policy: Literal["brief", "passive", "active", "inherit"] = "brief"
+    """How idle OpenMP threads wait between torch operators: ``brief`` spins for a few tens of
+    microseconds, then sleeps: threads stay awake across the short gaps inside one forward (waking a
+    sleeping thread costs far more on a virtual CPU) and leave the cores to the gRPC loop, clients and
+    neighbours between batches; ``passive`` sleeps at once (least CPU, slowest small batches);
+    ``active`` spins (lowest per-operator latency on dedicated cores, but starves a shared machine);
+    ``inherit`` keeps the environment's ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT``. Applied by
+    ``run``/``serve`` before torch loads (``GOMP_SPINCOUNT`` is libgomp's, which torch's Linux
+    wheels use)."""
 
 
 class BatchingSettings(Section):

@@ -23,17 +23,34 @@ from edgecloud.lifecycle import configure_logging, run_until_signal
 log = logging.getLogger(__name__)
 
 
+BRIEF_SPIN_COUNT = 3000
+"""libgomp busy-wait iterations before a waiting thread sleeps, for ``openmp_wait_policy: brief``;
+libgomp reckons ~100 per microsecond, so some tens of microseconds: longer than the gaps between
+the scripted encoder's operators, far shorter than the time between batches."""
+
+_OPENMP_ENV = {
+    "brief": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": str(BRIEF_SPIN_COUNT)},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None},
+    "active": {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None},
+}
+
+
 def apply_openmp_wait_policy(policy: str) -> None:
-    """Export ``OMP_WAIT_POLICY`` for ``runtime.openmp_wait_policy``; OpenMP reads it once, when torch
-    loads, so this only takes effect in a process that has not imported torch yet."""
+    """Export ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` for ``runtime.openmp_wait_policy`` (None:
+    unset); OpenMP reads them once, when torch loads, so this only takes effect in a process that has
+    not imported torch yet."""
     if policy == "inherit":
         return
-    wanted = policy.upper()
+    wanted = _OPENMP_ENV[policy]
     if "torch" in sys.modules:
-        if os.environ.get("OMP_WAIT_POLICY", "").upper() != wanted:
+        if any(os.environ.get(name) != value for name, value in wanted.items()):
             log.warning("runtime.openmp_wait_policy=%s has no effect: torch is already loaded", policy)
         return
-    os.environ["OMP_WAIT_POLICY"] = wanted
+    for name, value in wanted.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 async def serve(config: CloudConfig, *, ready: Callable[[CloudWorker], None] | None = None,
@@ -55,4 +72,4 @@ def run(config_path: str | None) -> int:
     return 0
 
 
-__all__ = ["apply_openmp_wait_policy", "run", "serve"]
+__all__ = ["BRIEF_SPIN_COUNT", "apply_openmp_wait_policy", "run", "serve"]

@@ -108,7 +108,7 @@ def test_exports_are_honest():
 
     for name in cloud_worker.__all__:
         assert getattr(cloud_worker, name) is not None, name
-    for module in ("batcher", "bucketing", "config", "device", "main", "manifest", "metrics",
+    for module in ("batcher", "bucketing", "config", "device", "encoder", "main", "manifest", "metrics",
                    "models", "programs", "reference", "runtime", "worker"):
         mod = importlib.import_module(f"cloud_worker.{module}")
         assert mod.__all__, module
@@ -116,12 +116,16 @@ def test_exports_are_honest():
             assert hasattr(mod, name), f"cloud_worker.{module}.{name}"
 
 
-def test_the_openmp_wait_policy_is_exported_before_torch_loads():
-    code = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None)\n"
+@pytest.mark.parametrize("policy, expected", [
+    ("passive", ["PASSIVE", "-"]), ("active", ["ACTIVE", "-"]), ("brief", ["-", "3000"]), ("inherit", ["ACTIVE", "7"])])
+def test_the_openmp_wait_policy_is_exported_before_torch_loads(policy, expected):
+    code = ("import os, sys; os.environ.update(OMP_WAIT_POLICY='ACTIVE', GOMP_SPINCOUNT='7')\n"
             "from cloud_worker.main import apply_openmp_wait_policy\n"
-            "apply_openmp_wait_policy('passive'); print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+            f"apply_openmp_wait_policy({policy!r})\n"
+            "env = os.environ.get\n"
+            "print(env('OMP_WAIT_POLICY', '-'), env('GOMP_SPINCOUNT', '-'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert out.stdout.split() == ["PASSIVE", "False"]
+    assert out.stdout.split() == [*expected, "False"]
 
 
 def test_the_openmp_wait_policy_warns_when_torch_is_already_loaded(caplog, monkeypatch):

@@ -116,6 +116,7 @@ def test_batched_equals_unbatched_in_the_runtime(reference_runtime, bucketing):
 
     runtime = ReferenceRuntime(settings=RuntimeSettings(device="cpu", length_bucketing=bucketing), max_rows=3)
     runtime._model, runtime._tokenizer = reference_runtime._model, reference_runtime.tokenizer
+    runtime._scripted = reference_runtime._scripted  # the encoder the worker serves with
     batched = runtime.embed(TEXTS)
     alone = np.concatenate([runtime.embed([text]) for text in TEXTS])
     np.testing.assert_allclose(batched, alone, atol=1e-5)
