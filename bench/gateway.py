@@ -9,6 +9,8 @@
     time to switch to the cloud and back, failures, and the bound every request must meet
     (threshold + cloud p99 + 20 ms).
 Every server (edge, cloud, gateway, proxy) runs in its own process; the load generator is this one.
+The hot path against its floors (a bare Python gRPC relay; the edge server for the embedded edge),
+with CPU per request: ``bench.gateway_hop``.
 Prints tables and writes bench/results/gateway.json.
 """
 

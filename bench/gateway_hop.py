@@ -35,9 +35,9 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import yaml
 
 from bench.common import cpu_seconds, print_table, ratio, summarize, write_result
+from bench.gateway_ab import launch_gateway
 from bench.load import closed_loop, text_request
 from edgecloud_tools.stack import ServiceProcess, edge_config, free_port, gateway_config, launch, wait_ready
 from protos import inference_pb2_grpc as pb_grpc
@@ -54,21 +54,6 @@ def launch_floor(target: str, workdir: Path) -> ServiceProcess:
         proc = subprocess.Popen([sys.executable, "-m", "bench.relay_floor", "--port", str(port), "--target", target],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return ServiceProcess("floor", proc, f"127.0.0.1:{port}", log_path, log_path)
-
-
-def launch_before(repo: Path, edge: str, workdir: Path) -> ServiceProcess:
-    """The gateway of the checkout at ``repo``, run by that checkout's own virtualenv and code."""
-    if not (repo / ".venv" / "bin" / "python").exists():
-        raise SystemExit(f"{repo} has no .venv: run `make setup` there (or link one)")
-    config = gateway_config(free_port(), edge, [])
-    config_path = workdir / "before.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = workdir / "before.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(repo / ".venv" / "bin" / "python"), "-m", "edgecloud_tools", "serve", "gateway",
-                                 "--config", str(config_path)], cwd=repo, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    return ServiceProcess("before", proc, f"127.0.0.1:{config['server']['port']}", config_path, log_path)
 
 
 def wait_relaying(service: ServiceProcess, timeout: float = 30.0) -> None:
@@ -167,7 +152,11 @@ def main() -> int:
                                    "embedded": {"models": [{"path": str(model_dir), "intra_op_threads": 1}]}}
         embedded = launch("gateway", embedded_config, workdir, name="embedded")
         services += [gateway, embedded]
-        before = launch_before(args.before.resolve(), edge.address, workdir) if args.before else None
+        before = None
+        if args.before is not None:
+            if not (args.before / ".venv" / "bin" / "python").exists():
+                raise SystemExit(f"{args.before} has no .venv: run `make setup` there (or link one)")
+            before = launch_gateway(args.before.resolve(), edge.address, workdir, "before")
         if before is not None:
             services.append(before)
         wait_relaying(floor)
