@@ -48,13 +48,13 @@ async def test_api_keys_gate_both_fronts_and_name_the_tenant(edge_proxy, shared_
                                            {"sha256": hashlib.sha256(KEY_B.encode()).hexdigest(), "tenant": "b"}]},
     })
     seen_tenants = []
-    original = gateway.dataplane.cache.serve
+    original = gateway.dataplane.dispatcher.dispatch
 
-    async def spy(request, compute):
-        seen_tenants.append(request.request.tenant)
-        return await original(request, compute)
+    async def spy(request, deadline, **kwargs):
+        seen_tenants.append(request.tenant)
+        return await original(request, deadline, **kwargs)
 
-    gateway.dataplane.cache.serve = spy
+    gateway.dataplane.dispatcher.dispatch = spy
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
