@@ -23,6 +23,7 @@ Contract (``RedisBackend``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from typing import Any
 
@@ -156,11 +157,20 @@ class RedisBackend:
 
     @_command
     async def ping(self, node: str = "") -> None:
+        """PING the server (the cluster node ``node``). A cluster node that does not answer makes
+        the client reload its slot map before the error is raised: requests for that node's keys
+        are bypassed by its open breaker, so no keyed command would tell the client that a replica
+        has taken over those slots."""
         target = self._client.get_node(node_name=node) if node and self._cluster else None
-        if target is not None:
-            await self._client.ping(target_nodes=target)
-        else:
+        if target is None:
             await self._client.ping()
+            return
+        try:
+            await self._client.ping(target_nodes=target)
+        except Exception:
+            with contextlib.suppress(Exception):  # the ping's error is the one that counts
+                await self._client.nodes_manager.initialize()
+            raise
 
     def node_of(self, key: str) -> str:
         if not self._cluster:

@@ -130,7 +130,10 @@ async def test_a_master_killed_under_load_fails_nothing_and_the_cache_resumes(re
     # One breaker per master: keys on the healthy masters kept their cache (a few requests may
     # meet the client's slot-map refresh).
     assert len(other_bypassed) < max(50, len(bypassed) // 4), (len(other_bypassed), len(bypassed))
-    assert window < promotion + 1.5, (window, promotion)  # resumes right after the cluster does
+    # Resumes right after the cluster does: usually 0.1-0.2 s after the promotion this test sees,
+    # but the slot map the client reloads comes from whichever node answers it, and the other
+    # nodes learn of the promotion by gossip (measured up to ~1.5 s later).
+    assert window < promotion + 2.5, (window, promotion)
     assert max(o[2] for o in outcomes) < 1.5  # no request waited on the dead master for long
 
 
