@@ -22,17 +22,14 @@ import argparse
 import asyncio
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import yaml
 
 from bench.common import cpu_seconds, print_table, summarize, write_result
-from bench.load import closed_loop, text_request
+from bench.load import closed_loop, rotated, text_request
 from edgecloud_tools.stack import ServiceProcess, edge_config, free_port, gateway_config, launch, wait_ready
-from protos import inference_pb2_grpc as pb_grpc
 
 HERE = Path(__file__).resolve().parent.parent
 MODEL_DIR = HERE / "models" / "all-MiniLM-L6-v2"
@@ -54,25 +51,10 @@ def launch_gateway(repo: Path, edge: str, workdir: Path, name: str) -> ServicePr
 
 
 async def concurrency_1(addresses: dict[str, str], gateways: dict[str, ServiceProcess], n: int) -> dict:
-    channels = {name: grpc.aio.insecure_channel(address) for name, address in addresses.items()}
-    try:
-        stubs = {name: pb_grpc.GRPCInferenceServiceStub(channel) for name, channel in channels.items()}
-        msg = text_request([SENTENCE])
-        for stub in stubs.values():
-            for _ in range(100):
-                await stub.ModelInfer(msg, timeout=10)
-        names = list(stubs)
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        cpu0 = {name: cpu_seconds(g.pid) for name, g in gateways.items()}
-        for i in range(n):
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                start = time.perf_counter()
-                await stubs[name].ModelInfer(msg, timeout=10)
-                samples[name].append(time.perf_counter() - start)
-        cpu1 = {name: cpu_seconds(g.pid) for name, g in gateways.items()}
-    finally:
-        for channel in channels.values():
-            await channel.close()
+    cpu0: dict[str, float] = {}
+    samples = await rotated(addresses, text_request([SENTENCE]), n,
+                            measuring=lambda: cpu0.update({name: cpu_seconds(g.pid) for name, g in gateways.items()}))
+    cpu1 = {name: cpu_seconds(g.pid) for name, g in gateways.items()}
     direct = summarize(samples["direct"])
     out = {"direct": direct}
     for name in gateways:

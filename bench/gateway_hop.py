@@ -38,7 +38,7 @@ import numpy as np
 
 from bench.common import cpu_seconds, print_table, ratio, summarize, write_result
 from bench.gateway_ab import launch_gateway
-from bench.load import closed_loop, text_request
+from bench.load import closed_loop, rotated, text_request
 from edgecloud_tools.stack import ServiceProcess, edge_config, free_port, gateway_config, launch, wait_ready
 from protos import inference_pb2_grpc as pb_grpc
 
@@ -72,25 +72,11 @@ def wait_relaying(service: ServiceProcess, timeout: float = 30.0) -> None:
 
 
 async def concurrency_1(addresses: dict[str, str], pids: dict[str, int], n: int) -> dict:
-    channels = {name: grpc.aio.insecure_channel(address) for name, address in addresses.items()}
-    try:
-        stubs = {name: pb_grpc.GRPCInferenceServiceStub(channel) for name, channel in channels.items()}
-        msg = text_request([SENTENCE])
-        for stub in stubs.values():
-            for _ in range(200):
-                await stub.ModelInfer(msg, timeout=10)
-        names = list(stubs)
-        samples: dict[str, list[float]] = {name: [] for name in names}
-        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        for i in range(n):
-            for name in names[i % len(names):] + names[:i % len(names)]:
-                start = time.perf_counter()
-                await stubs[name].ModelInfer(msg, timeout=10)
-                samples[name].append(time.perf_counter() - start)
-        cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    finally:
-        for channel in channels.values():
-            await channel.close()
+    cpu0: dict[str, float] = {}
+    samples = await rotated(addresses, text_request([SENTENCE]), n, warmup=200,
+                            measuring=lambda: cpu0.update({name: cpu_seconds(pid) for name, pid in pids.items()}))
+    cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    names = list(samples)
     out = {name: summarize(s) for name, s in samples.items()}
     direct = out["direct"]
     for name in names:
@@ -100,8 +86,8 @@ async def concurrency_1(addresses: dict[str, str], pids: dict[str, int], n: int)
             diffs = np.array(samples[name]) - np.array(samples["direct"])
             out[name]["paired_added_p50_ms"] = float(np.percentile(diffs, 50) * 1000)
     for name, pid_cpu in cpu1.items():
-        # The edge process serves direct, floor and gateway requests alike: its CPU is per request of those.
-        per = 3 * n if name == "edge" else n
+        # The edge process serves every path but the embedded one: its CPU is per request of those.
+        per = n * sum(1 for path in addresses if path != "embedded") if name == "edge" else n
         out.setdefault("cpu_per_request_ms", {})[name] = (pid_cpu - cpu0[name]) / per * 1000
     return out
 

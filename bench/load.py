@@ -4,6 +4,9 @@ Contract:
 - ``closed_loop(address, ...)`` runs ``concurrency`` clients, each sending its next request as
   soon as the previous one is answered, until ``duration_s`` has passed since the start.
   ``events(t0)`` runs alongside (fault injection) and is awaited before returning.
+- ``rotated(addresses, msg, n)`` sends ``msg`` ``n`` times to each address, one request at a time,
+  rotating over the addresses request by request (each round starts one address later), so drift
+  and noise hit every path alike; returns each address's latencies in seconds.
 - ``open_loop(address, rate_per_s=..., ...)`` sends requests at Poisson arrival times whatever
   the server does (offered load does not back off when the server slows, as real clients do
   not), for ``duration_s``, then waits for every answer.
@@ -104,6 +107,30 @@ async def closed_loop(address: str, *, duration_s: float | None, concurrency: in
             ended.set()
         await asyncio.gather(*tasks)
     return outcomes
+
+
+async def rotated(addresses: dict[str, str], msg: pb.ModelInferRequest, n: int, *, warmup: int = 100,
+                  measuring: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """See the module's contract; ``warmup`` requests per address first, then ``measuring()`` (a
+    hook to read CPU counters) right before the measured ones."""
+    channels = {name: grpc.aio.insecure_channel(address) for name, address in addresses.items()}
+    try:
+        stubs = {name: pb_grpc.GRPCInferenceServiceStub(channel) for name, channel in channels.items()}
+        for stub in stubs.values():
+            for _ in range(warmup):
+                await stub.ModelInfer(msg, timeout=10)
+        names = list(stubs)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        measuring()
+        for i in range(n):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                start = time.perf_counter()
+                await stubs[name].ModelInfer(msg, timeout=10)
+                samples[name].append(time.perf_counter() - start)
+        return samples
+    finally:
+        for channel in channels.values():
+            await channel.close()
 
 
 async def open_loop(address: str, *, rate_per_s: float, duration_s: float,

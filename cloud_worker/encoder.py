@@ -3,7 +3,7 @@
 Contract: ``script_encoder(model)`` returns a ``torch.jit.ScriptModule`` that computes, from
 ``input_ids``, ``attention_mask`` and ``token_type_ids`` ([N, S] int64 on the model's device), the
 same mean-pooled, L2-normalised embeddings ([N, hidden] FP32) as the ``transformers`` ``BertModel``
-followed by ``reference.mean_pool_normalize``: the same weights (shared, not copied), the same
+followed by ``mean_pool_normalize``: the same weights (shared, not copied), the same
 operators in the same order, in the model's dtype and on its device. It returns ``None`` for a
 model it does not describe exactly (not a BERT encoder with absolute positions and exact GELU),
 so the caller keeps the eager model. Why: the eager model runs Python between its ~100 operators
@@ -21,6 +21,15 @@ from torch import nn
 from torch.nn import functional as F
 
 log = logging.getLogger(__name__)
+
+
+def mean_pool_normalize(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over unmasked tokens, then L2 normalisation; computed in FP32 whatever ``hidden`` is
+    (the sentence-transformers pooling, for the eager model and inside the scripted one)."""
+    hidden = hidden.float()
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return F.normalize(pooled, p=2.0, dim=1, eps=1e-12)
 
 
 class _Layer(nn.Module):
@@ -73,10 +82,7 @@ class PooledBertEncoder(nn.Module):
         keys = attention_mask.to(torch.bool)[:, None, None, :]  # [N, 1, 1, S]: True = attend
         for layer in self.layers:
             hidden = layer(hidden, keys)
-        hidden = hidden.float()
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2.0, dim=1, eps=1e-12)
+        return mean_pool_normalize(hidden, attention_mask)
 
 
 def supports(model: nn.Module) -> str | None:
@@ -103,4 +109,4 @@ def script_encoder(model: nn.Module) -> torch.jit.ScriptModule | None:
     return torch.jit.script(PooledBertEncoder(model).eval())
 
 
-__all__ = ["PooledBertEncoder", "script_encoder", "supports"]
+__all__ = ["PooledBertEncoder", "mean_pool_normalize", "script_encoder", "supports"]

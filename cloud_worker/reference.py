@@ -20,7 +20,7 @@ import torch
 from cloud_worker.bucketing import plan_chunks
 from cloud_worker.config import ReferenceModelSpec, RuntimeSettings
 from cloud_worker.device import configure_threads, resolve_device, resolve_dtype
-from cloud_worker.encoder import script_encoder
+from cloud_worker.encoder import mean_pool_normalize, script_encoder
 from edgecloud.errors import FailedPrecondition
 from edgecloud.reference_model import EMBEDDING_DIM, INPUT_NAME, OUTPUT_NAME, load_torch_encoder, tokenizer_file
 from edgecloud.tokenization import TextTokenizer, decode_utf8
@@ -128,24 +128,11 @@ class ReferenceRuntime:
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
         device = self.device
-        mask_t = torch.from_numpy(mask).to(device)
+        ids_t, mask_t, types_t = (torch.from_numpy(a).to(device) for a in (ids, mask, types))
         if self._scripted is not None:
-            return self._scripted(torch.from_numpy(ids).to(device), mask_t,
-                                  torch.from_numpy(types).to(device)).cpu().numpy()
-        hidden = self._model(
-            input_ids=torch.from_numpy(ids).to(device),
-            attention_mask=mask_t,
-            token_type_ids=torch.from_numpy(types).to(device),
-        ).last_hidden_state
+            return self._scripted(ids_t, mask_t, types_t).cpu().numpy()
+        hidden = self._model(input_ids=ids_t, attention_mask=mask_t, token_type_ids=types_t).last_hidden_state
         return mean_pool_normalize(hidden, mask_t).cpu().numpy()
-
-
-def mean_pool_normalize(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over unmasked tokens, then L2 normalisation; computed in FP32 whatever ``hidden`` is."""
-    hidden = hidden.float()
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, p=2.0, dim=1, eps=1e-12)
 
 
 __all__ = ["PLATFORM", "ReferenceRuntime", "mean_pool_normalize"]

@@ -93,6 +93,7 @@ def aggregate_metrics(expositions: list[tuple[int, str]]) -> str:
         out.extend(samples)
     return "\n".join(out) + "\n"
 
+
 def die_with_supervisor() -> None:
     """Called by a worker at start: SIGTERM when its supervisor dies (Linux ``PR_SET_PDEATHSIG``;
     elsewhere nothing). A supervisor already gone by then (the worker was re-parented) ends it."""

@@ -297,7 +297,7 @@ class GatewayCache:
         backend = self._backend
         decoded = request.request
         settings = self.settings
-        if backend is None or not settings.model_enabled(decoded.model_name):
+        if not self.serves(decoded.model_name):
             return await compute()
         if request.bypass or uncacheable(request):
             self._m_bypass.inc()
@@ -334,7 +334,7 @@ class GatewayCache:
         """The backend key and digest for ``request`` (computed once, for ``lookup`` and ``store``),
         or None when it is not cached (cache off for the model, bypass, stateful, or a key that
         cannot be built)."""
-        if self._backend is None or not self.settings.model_enabled(request.request.model_name):
+        if not self.serves(request.request.model_name):
             return None
         if request.bypass or uncacheable(request):
             self._m_bypass.inc()
