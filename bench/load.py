@@ -5,8 +5,9 @@ Contract:
   soon as the previous one is answered, until ``duration_s`` has passed since the start.
   ``events(t0)`` runs alongside (fault injection) and is awaited before returning.
 - ``rotated(addresses, msg, n)`` sends ``msg`` ``n`` times to each address, one request at a time,
-  rotating over the addresses request by request (each round starts one address later), so drift
-  and noise hit every path alike; returns each address's latencies in seconds.
+  one request to each address per round in a freshly shuffled order (seeded), so drift and noise
+  hit every path alike and no path always follows the same one (a fixed cycle biased a slot by
+  +0.2 ms in an A/A run); returns each address's latencies in seconds.
 - ``open_loop(address, rate_per_s=..., ...)`` sends requests at Poisson arrival times whatever
   the server does (offered load does not back off when the server slows, as real clients do
   not), for ``duration_s``, then waits for every answer.
@@ -110,7 +111,7 @@ async def closed_loop(address: str, *, duration_s: float | None, concurrency: in
 
 
 async def rotated(addresses: dict[str, str], msg: pb.ModelInferRequest, n: int, *, warmup: int = 100,
-                  measuring: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+                  measuring: Callable[[], None] = lambda: None, seed: int = 0) -> dict[str, list[float]]:
     """See the module's contract; ``warmup`` requests per address first, then ``measuring()`` (a
     hook to read CPU counters) right before the measured ones."""
     channels = {name: grpc.aio.insecure_channel(address) for name, address in addresses.items()}
@@ -122,8 +123,10 @@ async def rotated(addresses: dict[str, str], msg: pb.ModelInferRequest, n: int, 
         names = list(stubs)
         samples: dict[str, list[float]] = {name: [] for name in names}
         measuring()
-        for i in range(n):
-            for name in names[i % len(names):] + names[:i % len(names)]:
+        rng = random.Random(seed)
+        for _ in range(n):
+            rng.shuffle(names)
+            for name in names:
                 start = time.perf_counter()
                 await stubs[name].ModelInfer(msg, timeout=10)
                 samples[name].append(time.perf_counter() - start)

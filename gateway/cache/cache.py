@@ -116,8 +116,10 @@ class GatewayCache:
         self._writer = BackgroundWriter(settings.max_pending_writes)
         self._backend: CacheBackend | None = None
         self._near: LruBackend | None = None
-        self._near_decoded: dict[str, tuple[bytes, Entry]] = {}
-        """The near copy's values decoded, by key, with the value they were decoded from."""
+        self._decoded: dict[str, tuple[bytes, Entry]] = {}
+        self._decoded_bytes = 0
+        """In-process values (the near copy's, or the LRU backend's) decoded, by key, with the
+        value they were decoded from."""
         self._breakers = self._new_breakers(settings)
         self._leases = Leases(settings.lease, self._clock, sleep, on_error=self._lease_failed)
         self._remote_answering = True
@@ -247,7 +249,7 @@ class GatewayCache:
     def _set_backend(self, backend: CacheBackend | None) -> None:
         self._backend = backend
         near = self.settings.near
-        self._near_decoded = {}
+        self._decoded, self._decoded_bytes = {}, 0
         self._near = LruBackend(near.max_entries, near.max_bytes, self._lru_clock) \
             if backend is not None and backend.remote and near.enabled else None
         for name in ("redis", "redis-cluster", "lru"):
@@ -389,7 +391,7 @@ class GatewayCache:
         value = near.get_now(key) if near is not None else None
         if value is not None:
             self._m_near_hit.inc()
-            return self._near_entry(key, value, digest)
+            return self._decoded_once(key, value, digest)
         node = backend.node_of(key) if backend.remote else ""
         breaker = self._breakers.get(node)
         if backend.remote and not breaker.allows_requests():
@@ -409,23 +411,31 @@ class GatewayCache:
         if value is None:
             self._m_miss.inc()
             return None
+        if not backend.remote:  # the in-process LRU hands back the very bytes it holds
+            return self._decoded_once(key, value, digest)
         if near is not None and backend is self._backend:
             near.put(key, value, self.settings.near.ttl_ms / 1000.0)
         return self._decode(key, value, digest)
 
-    def _near_entry(self, key: str, value: bytes, digest: bytes) -> Entry | None:
-        """The near copy's entry, decoded once per stored value: a hot key's later hits get a
-        fresh response (its own ``id`` and parameters) over the same decoded outputs, which
-        nothing downstream of the cache changes."""
-        known = self._near_decoded.get(key)
+    def _decoded_once(self, key: str, value: bytes, digest: bytes) -> Entry | None:
+        """An in-process copy's entry (the near cache's, or the LRU backend's), decoded once per
+        stored value: a hot key's later hits get a fresh response (its own ``id`` and parameters)
+        over the same decoded outputs, which nothing downstream of the cache changes. The decoded
+        entries are bounded by the near cache's ``max_entries`` and ``max_bytes``."""
+        known = self._decoded.get(key)
         if known is not None and known[0] is value:
             return _fresh(known[1])
         entry = self._decode(key, value, digest)
         if entry is None:
             return None
-        if len(self._near_decoded) >= self.settings.near.max_entries:
-            self._near_decoded.clear()  # bounded like the near cache; rebuilt by the next hits
-        self._near_decoded[key] = (value, entry)
+        near = self.settings.near
+        if len(value) > near.max_bytes:
+            return entry  # too big to keep decoded: decoded per hit, as a far value is
+        if len(self._decoded) >= near.max_entries or self._decoded_bytes + len(value) > near.max_bytes:
+            self._decoded.clear()  # bounded like the near cache; rebuilt by the next hits
+            self._decoded_bytes = 0
+        self._decoded[key] = (value, entry)
+        self._decoded_bytes += len(value)
         return _fresh(entry)
 
     def _decode(self, key: str, value: bytes, digest: bytes) -> Entry | None:

@@ -34,6 +34,29 @@ async def test_second_identical_request_is_a_hit_with_its_own_id(start_cache, ca
     assert counter(cache_metrics.backend, "lru") == 1
 
 
+async def test_lru_hits_decode_a_value_once_and_each_get_a_response_of_their_own(start_cache):
+    """Hits on one LRU value share its decoded outputs and wire bytes, never their id or
+    parameters; a value stored again (an entry replaced) is decoded afresh."""
+    cache = await start_cache()
+    edge, cloud = Computes("edge"), Computes("cloud")
+    msg = text_msg(["hello"])
+    await cache.serve(cache_request(msg), edge(msg))
+    await asyncio.sleep(0)  # the background write
+    first_msg, second_msg = text_msg(["hello"], request_id="a"), text_msg(["hello"], request_id="b")
+    first = await cache.serve(cache_request(first_msg), edge(first_msg))
+    first.response.parameters["mine"] = "a"
+    second = await cache.serve(cache_request(second_msg), edge(second_msg))
+    assert (first.served_by, second.served_by) == ("cache", "cache") and edge.calls == 1
+    assert (first.response.id, second.response.id) == ("a", "b") and "mine" not in second.response.parameters
+    assert second.response.outputs[0] is first.response.outputs[0]  # decoded once, for both
+    assert second.response.wire is first.response.wire
+    await cache.serve(cache_request(msg, require_cloud=True), cloud(msg))  # replaces the edge's entry
+    await asyncio.sleep(0)
+    third = await cache.serve(cache_request(msg), edge(msg))
+    assert third.response.parameters[CACHE_SOURCE] == "cloud"
+    assert third.response.outputs[0] is not first.response.outputs[0]
+
+
 async def test_edge_entries_do_not_satisfy_cloud_quality_and_the_cloud_answer_replaces_them(start_cache, cache_metrics):
     cache = await start_cache()
     edge, cloud = Computes("edge"), Computes("cloud")
