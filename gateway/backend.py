@@ -9,8 +9,10 @@ says whether another backend may be tried and whether the failure counts against
 (a hedge's loser, a client that left) stops the work upstream.
 
 The bookkeeping the dispatcher and prober keep on each backend lives here too, the same for every
-kind: ``outstanding`` (calls in flight, for least-request balancing) and ``up``, which turns False
-after ``failures_to_down`` consecutive reachability failures and True again on any success.
+kind: ``outstanding`` (calls in flight, for least-request balancing), ``answered_at`` (when a
+real request last succeeded there: the prober skips a backend that traffic already measures) and
+``up``, which turns False after ``failures_to_down`` consecutive reachability failures and True
+again on any success.
 Implementations: ``gateway.grpc_backend.GrpcBackend``, ``gateway.embedded_edge.EmbeddedEdge``,
 and the fakes of the dispatcher's unit tests.
 """
@@ -38,6 +40,8 @@ class Backend(abc.ABC):
         self.failures_to_down = failures_to_down
         self.outstanding = 0
         self.up = True
+        self.answered_at = float("-inf")
+        """Clock time of its last answer to a real request (set by the dispatcher)."""
         self._failures = 0
 
     # bookkeeping -----------------------------------------------------------------------------

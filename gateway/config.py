@@ -92,6 +92,11 @@ class RoutingSettings(Section):
     """How often each backend is probed with a small real inference."""
     probe_timeout_ms: float = Field(2000, gt=0, le=600_000)
     """A probe slower than this counts as a failure."""
+    probe_only_when_idle: bool = True
+    """Skip a backend's probe while real requests keep answering from it (one answered within the
+    last ``probe_interval_ms``): their round trips already measure it, and a probe would add a
+    real inference to its load. The edge is probed regardless while the gateway routes to the
+    cloud (its probes decide when it recovers), as is any backend that is down or not answering."""
     probe_model: str = "all-MiniLM-L6-v2"
     """Model the probes call (input ``probe_input`` BYTES [1])."""
     probe_input: str = "text"

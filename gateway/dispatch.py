@@ -331,6 +331,7 @@ class Dispatcher:
             self.policy.observe_edge(rtt_s)
 
     def note_answered(self, backend: Backend) -> None:
+        backend.answered_at = self.clock.now()
         if backend.mark_success():
             self.monitor.stats(backend.name).restart_warmup()
 

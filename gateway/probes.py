@@ -1,8 +1,10 @@
 """Active probes: every backend answers a small real inference every ``probe_interval_ms``.
 
 Contract: ``Prober.run()`` loops until cancelled; each round starts one probe per backend that has
-none in flight (a slow backend never delays the others' probes) and then calls ``on_round``
-(gauges). A probe that answers, even with a request error (the probe model is missing there),
+none in flight (a slow backend never delays the others' probes), except, with
+``probe_only_when_idle``, a backend up that answered a real request within the interval (its
+traffic measures it; the edge is probed regardless while routing prefers the cloud), and then
+calls ``on_round`` (gauges). A probe that answers, even with a request error (the probe model is missing there),
 marks its backend up and records its RTT (``probe=True``); a backend fault (unreachable, timed out
 after ``probe_timeout_ms``, failed) counts against its ``up``. A backend that comes back up starts
 its latency warm-up again. Edge probes drive the routing policy's recovery. ``probing(backend)``
@@ -26,7 +28,7 @@ from edgecloud.types import InferRequest, Tensor
 from gateway.backend import EDGE, Backend
 from gateway.config import RoutingSettings
 from gateway.latency import LatencyMonitor
-from gateway.routing import RoutingPolicy
+from gateway.routing import RouteState, RoutingPolicy
 
 __all__ = ["Prober", "probe_request"]
 
@@ -69,7 +71,7 @@ class Prober:
                 backends = self._backends()
                 for backend in backends:
                     task = self._running.get(backend.name)
-                    if task is None or task.done():
+                    if (task is None or task.done()) and not self._measured_by_traffic(backend):
                         self._running[backend.name] = asyncio.ensure_future(self.probe(backend))
                         self._probed[backend.name] = backend
                 if len(self._running) > len(backends):
@@ -84,6 +86,16 @@ class Prober:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _measured_by_traffic(self, backend: Backend) -> bool:
+        """Whether real requests answered by ``backend`` since the last round make its probe
+        redundant (``probe_only_when_idle``): not for a backend that is down, nor for the edge
+        while routing prefers the cloud (its probes drive the recovery)."""
+        if not self.settings.probe_only_when_idle or not backend.up:
+            return False
+        if backend.name == EDGE and self.policy.state is not RouteState.EDGE_PREFERRED:
+            return False
+        return self._clock.now() - backend.answered_at < self.settings.probe_interval_ms / 1000.0
 
     def probing(self, backend: Backend) -> bool:
         """Whether a probe of ``backend`` (this object, not another of its name) is in flight."""

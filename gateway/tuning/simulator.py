@@ -14,7 +14,8 @@ in time order, what the gateway's dispatcher and prober do (``gateway.dispatch``
   ``policy.observe_edge(rtt)``, as in ``Dispatcher._record_edge``;
 - a cloud route takes ``workload.cloud.at(t)`` (cloud samples never reach the policy);
 - edge probes start every ``probe_interval_ms`` from the workload's start unless one is still in
-  flight; one answering within ``probe_timeout_ms`` is recorded as a probe sample and passed to
+  flight, or (``probe_only_when_idle``) the edge is up, preferred, and answered a request within
+  the interval, as ``Prober._measured_by_traffic`` skips it; one answering within ``probe_timeout_ms`` is recorded as a probe sample and passed to
   ``policy.observe_probe(rtt)``; a slower one is a failure (``observe_probe(None)``), and
   ``failures_to_down`` consecutive failures mark the edge down until an edge call succeeds, as
   ``Backend.mark_failure`` / ``mark_success`` do.
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from edgecloud.clock import FakeClock
 from gateway.config import RoutingSettings
 from gateway.latency import LatencyStats
-from gateway.routing import Reason, Route, RoutingPolicy
+from gateway.routing import Reason, Route, RouteState, RoutingPolicy
 from gateway.tuning.summary import Summary
 from gateway.tuning.workload import Workload
 
@@ -84,6 +85,7 @@ class _Replay:
         self.edge_up = True
         self._failures = 0
         self._probe_in_flight = False
+        self._answered_at = float("-inf")
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.requests: list[SimRequest] = []
@@ -150,6 +152,7 @@ class _Replay:
         """``Dispatcher._record_edge``: a passive sample (censored when ``answered`` is False)."""
         if answered:
             self._edge_success()
+            self._answered_at = self.clock.now()
         self.stats.record(rtt_s)
         self.policy.observe_edge(rtt_s)
 
@@ -157,7 +160,7 @@ class _Replay:
 
     def _probe_tick(self) -> None:
         now = self.clock.now()
-        if not self._probe_in_flight:
+        if not self._probe_in_flight and not self._measured_by_traffic(now):
             self._probe_in_flight = True
             rtt_s = self.workload.edge.at(now)
             timeout_s = self.settings.probe_timeout_ms / 1000.0
@@ -168,6 +171,12 @@ class _Replay:
         following = now + self.settings.probe_interval_ms / 1000.0
         if following <= self.workload.end:
             self.at(following, self._probe_tick)
+
+    def _measured_by_traffic(self, now: float) -> bool:
+        settings = self.settings
+        return settings.probe_only_when_idle and self.edge_up and \
+            self.policy.state is RouteState.EDGE_PREFERRED and \
+            now - self._answered_at < settings.probe_interval_ms / 1000.0
 
     def _probe_done(self, rtt_s: float | None) -> None:
         self._probe_in_flight = False

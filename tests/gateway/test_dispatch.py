@@ -53,6 +53,7 @@ async def test_the_edge_answers(clock):
     assert took == pytest.approx(0.010) and w.calls == 0
     assert e.outstanding == 0 and d.monitor.stats("edge").count == 1
     assert counter(d.metrics.decisions, "edge", Reason.EDGE_FAST) == 1
+    assert e.answered_at == clock.now() and w.answered_at == float("-inf")  # the prober skips what traffic measures
 
 
 async def test_without_hedging_a_slow_edge_is_waited_for(clock):

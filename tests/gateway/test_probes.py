@@ -76,3 +76,56 @@ async def test_edge_probes_bring_routing_back_after_enough_fast_ones():
     assert policy.state is RouteState.CLOUD_FALLBACK
     await clock.run(prober.probe(e))
     assert policy.state is RouteState.EDGE_PREFERRED
+
+
+async def run_rounds(clock, prober, seconds: float, between=None) -> None:
+    """Run the prober for ``seconds`` of virtual time; ``between(t)`` runs every 50 ms (traffic)."""
+    task = asyncio.ensure_future(prober.run())
+    try:
+        for step in range(round(seconds / 0.05)):
+            if between is not None:
+                between(step * 0.05)
+            await clock.advance(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_backend_that_traffic_keeps_answering_is_not_probed_until_the_traffic_stops():
+    clock = VirtualClock()
+    e, w = edge(clock), worker(clock)
+    prober, _, _, rounds = make_prober(clock, [e, w])
+
+    def traffic(t: float) -> None:
+        if t < 0.5:  # the worker answers a real request every 50 ms for half a second
+            w.answered_at = clock.now()
+
+    await run_rounds(clock, prober, 1.0, traffic)
+    assert len(rounds) == 10 and e.probes == 10
+    assert 4 <= w.probes <= 6  # only once its traffic stopped (a round at 0 came before any traffic)
+    assert w.probes < e.probes
+
+
+async def test_the_edge_is_probed_while_routing_prefers_the_cloud_and_down_backends_always():
+    clock = VirtualClock()
+    e, w = edge(clock), worker(clock)
+    w.up = False  # the fake answers probes: it comes back up at its first
+    prober, _, policy, _ = make_prober(clock, [e, w], recover_probes=3)
+    policy.state = RouteState.CLOUD_FALLBACK
+
+    def traffic(t: float) -> None:
+        e.answered_at = clock.now()  # hedges that the edge answered
+        w.answered_at = clock.now()
+
+    await run_rounds(clock, prober, 1.0, traffic)
+    # Probed despite its answers until its probes brought routing back; then its traffic measures it.
+    assert e.probes == 3 and policy.state is RouteState.EDGE_PREFERRED
+    assert w.probes == 1 and w.up  # probed while down; once up, its traffic measures it
+
+
+async def test_probes_can_be_kept_under_traffic():
+    clock = VirtualClock()
+    w = worker(clock)
+    prober, _, _, _ = make_prober(clock, [w], probe_only_when_idle=False)
+    await run_rounds(clock, prober, 1.0, lambda t: setattr(w, "answered_at", clock.now()))
+    assert w.probes == 10

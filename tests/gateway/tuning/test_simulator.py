@@ -23,23 +23,29 @@ def test_a_fast_edge_serves_everything():
     assert {r.reason for r in result.requests} == {Reason.EDGE_FAST}
 
 
-def test_a_slow_edge_is_hedged_until_three_slow_samples_move_traffic():
+@pytest.mark.parametrize("probe_only_when_idle, switch_at", [(False, 5.36), (True, 5.31)])
+def test_a_slow_edge_is_hedged_until_enough_slow_samples_move_traffic(probe_only_when_idle, switch_at):
     # Edge 20 ms, then 400 ms from t=5 s; cloud 60 ms; a request every 50 ms; hedge at 200 ms.
     # The hedges win at 200+60 ms and their cancelled edge attempts are recorded as 260 ms samples at
-    # t=5.26, 5.31, 5.36; with 41 fast samples in the 2 s window, the third slow one makes the p95
-    # (rank 42 of 44) slow: traffic moves at 5.36, so the requests of 5.00..5.35 (8) were hedged.
-    result = simulate(workload(steps((5.0, 20), (1e9, 400)), steps((1e9, 60))), RoutingSettings(threshold_ms=200))
+    # t=5.26, 5.31, 5.36. Probed under traffic, the 2 s window also holds a fast probe every 200 ms:
+    # with 41 fast samples, the third slow one makes the p95 (rank 42 of 44) slow and traffic moves
+    # at 5.36, so the requests of 5.00..5.35 (8) were hedged. Probed only when idle (the default),
+    # the edge's traffic is its only sample: 34 fast ones, and the second slow one makes the p95
+    # (rank 35 of 36) slow at 5.31 (7 hedged).
+    settings = RoutingSettings(threshold_ms=200, probe_only_when_idle=probe_only_when_idle)
+    result = simulate(workload(steps((5.0, 20), (1e9, 400)), steps((1e9, 60))), settings)
     by_reason = {reason: [r for r in result.requests if r.reason == reason]
                  for reason in {r.reason for r in result.requests}}
     assert len(by_reason[Reason.EDGE_FAST]) == 100
     hedged = by_reason[Reason.HEDGE_WON]
-    assert [round(r.arrival - START, 2) for r in hedged] == [5.0, 5.05, 5.1, 5.15, 5.2, 5.25, 5.3, 5.35]
+    expected = [round(5.0 + 0.05 * k, 2) for k in range(8)]
+    assert [round(r.arrival - START, 2) for r in hedged] == [t for t in expected if t < switch_at]
     assert all(r.served_by == "cloud" and r.hedged and r.latency_s == pytest.approx(0.26) for r in hedged)
-    assert len(by_reason[Reason.EDGE_SLOW]) == 92
+    assert len(by_reason[Reason.EDGE_SLOW]) == 100 - len(hedged)
     assert all(r.latency_s == pytest.approx(0.06) for r in by_reason[Reason.EDGE_SLOW])
-    assert [(round(t - START, 2), s) for t, s in result.states] == [(0.0, "edge_preferred"), (5.36, "cloud_fallback")]
+    assert [(round(t - START, 2), s) for t, s in result.states] == [(0.0, "edge_preferred"), (switch_at, "cloud_fallback")]
     summary = result.summary
-    assert (summary.edge_share, summary.hedge_rate, summary.transitions) == (0.5, 0.04, 1)
+    assert (summary.edge_share, summary.hedge_rate, summary.transitions) == (0.5, len(hedged) / 200, 1)
     assert summary.p50_ms == pytest.approx(20) and summary.p99_ms == pytest.approx(260)
 
 
