@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                              "targets are for, the others are measured beside it in the same rounds (A/B)")
     parser.add_argument("--worker-omp", nargs="+", choices=["brief", "passive", "active", "inherit"],
                         default=["brief"], help="the workers' runtime.openmp_wait_policy; several are measured "
-                                                "side by side (every encoder with every policy)")
+                                                "side by side (every encoder with every policy), all alive at once, "
+                                                "so a policy that spins while idle (active) skews the others: "
+                                                "compare policies with bench.cloud_omp")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     result = asyncio.run(main_async(args))
