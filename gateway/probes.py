@@ -4,7 +4,8 @@ Contract: ``Prober.run()`` loops until cancelled; each round starts one probe pe
 none in flight (a slow backend never delays the others' probes), except, with
 ``probe_only_when_idle``, a backend up that answered a real request within the interval (its
 traffic measures it; the edge is probed regardless while routing prefers the cloud), and then
-calls ``on_round`` (gauges). A probe that answers, even with a request error (the probe model is missing there),
+calls ``on_round`` (gauges); ``measured_by_traffic`` is that rule, shared with the tuning
+simulator. A probe that answers, even with a request error (the probe model is missing there),
 marks its backend up and records its RTT (``probe=True``); a backend fault (unreachable, timed out
 after ``probe_timeout_ms``, failed) counts against its ``up``. A backend that comes back up starts
 its latency warm-up again. Edge probes drive the routing policy's recovery. ``probing(backend)``
@@ -30,7 +31,7 @@ from gateway.config import RoutingSettings
 from gateway.latency import LatencyMonitor
 from gateway.routing import RouteState, RoutingPolicy
 
-__all__ = ["Prober", "probe_request"]
+__all__ = ["Prober", "measured_by_traffic", "probe_request"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,18 @@ def probe_request(settings: RoutingSettings) -> InferRequest:
                            inputs=[Tensor(settings.probe_input, "BYTES", data.shape, data)])
     request.wire = request_to_wire(request)  # encoded once, sent as is by every gRPC probe
     return request
+
+
+def measured_by_traffic(settings: RoutingSettings, *, up: bool, edge: bool, state: RouteState,
+                        answered_at: float, now: float) -> bool:
+    """Whether real requests a backend answered make its probe redundant (``probe_only_when_idle``):
+    one answered within the last ``probe_interval_ms``, unless the backend is down, or is the edge
+    while routing prefers the cloud (its probes drive the recovery)."""
+    if not settings.probe_only_when_idle or not up:
+        return False
+    if edge and state is not RouteState.EDGE_PREFERRED:
+        return False
+    return now - answered_at < settings.probe_interval_ms / 1000.0
 
 
 class Prober:
@@ -71,7 +84,9 @@ class Prober:
                 backends = self._backends()
                 for backend in backends:
                     task = self._running.get(backend.name)
-                    if (task is None or task.done()) and not self._measured_by_traffic(backend):
+                    if (task is None or task.done()) and not measured_by_traffic(
+                            self.settings, up=backend.up, edge=backend.name == EDGE, state=self.policy.state,
+                            answered_at=backend.answered_at, now=self._clock.now()):
                         self._running[backend.name] = asyncio.ensure_future(self.probe(backend))
                         self._probed[backend.name] = backend
                 if len(self._running) > len(backends):
@@ -86,16 +101,6 @@ class Prober:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _measured_by_traffic(self, backend: Backend) -> bool:
-        """Whether real requests answered by ``backend`` since the last round make its probe
-        redundant (``probe_only_when_idle``): not for a backend that is down, nor for the edge
-        while routing prefers the cloud (its probes drive the recovery)."""
-        if not self.settings.probe_only_when_idle or not backend.up:
-            return False
-        if backend.name == EDGE and self.policy.state is not RouteState.EDGE_PREFERRED:
-            return False
-        return self._clock.now() - backend.answered_at < self.settings.probe_interval_ms / 1000.0
 
     def probing(self, backend: Backend) -> bool:
         """Whether a probe of ``backend`` (this object, not another of its name) is in flight."""

@@ -117,9 +117,9 @@ class GatewayCache:
         self._backend: CacheBackend | None = None
         self._near: LruBackend | None = None
         self._decoded: dict[str, tuple[bytes, Entry]] = {}
-        self._decoded_bytes = 0
         """In-process values (the near copy's, or the LRU backend's) decoded, by key, with the
         value they were decoded from."""
+        self._decoded_bytes = 0
         self._breakers = self._new_breakers(settings)
         self._leases = Leases(settings.lease, self._clock, sleep, on_error=self._lease_failed)
         self._remote_answering = True

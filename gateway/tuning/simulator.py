@@ -14,9 +14,9 @@ in time order, what the gateway's dispatcher and prober do (``gateway.dispatch``
   ``policy.observe_edge(rtt)``, as in ``Dispatcher._record_edge``;
 - a cloud route takes ``workload.cloud.at(t)`` (cloud samples never reach the policy);
 - edge probes start every ``probe_interval_ms`` from the workload's start unless one is still in
-  flight, or (``probe_only_when_idle``) the edge is up, preferred, and answered a request within
-  the interval, as ``Prober._measured_by_traffic`` skips it; one answering within ``probe_timeout_ms`` is recorded as a probe sample and passed to
-  ``policy.observe_probe(rtt)``; a slower one is a failure (``observe_probe(None)``), and
+  flight, or its answered requests make it redundant (``gateway.probes.measured_by_traffic``, the
+  prober's own rule); one answering within ``probe_timeout_ms`` is recorded as a probe sample and
+  passed to ``policy.observe_probe(rtt)``; a slower one is a failure (``observe_probe(None)``), and
   ``failures_to_down`` consecutive failures mark the edge down until an edge call succeeds, as
   ``Backend.mark_failure`` / ``mark_success`` do.
 
@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from edgecloud.clock import FakeClock
 from gateway.config import RoutingSettings
 from gateway.latency import LatencyStats
-from gateway.routing import Reason, Route, RouteState, RoutingPolicy
+from gateway.probes import measured_by_traffic
+from gateway.routing import Reason, Route, RoutingPolicy
 from gateway.tuning.summary import Summary
 from gateway.tuning.workload import Workload
 
@@ -160,7 +161,9 @@ class _Replay:
 
     def _probe_tick(self) -> None:
         now = self.clock.now()
-        if not self._probe_in_flight and not self._measured_by_traffic(now):
+        if not self._probe_in_flight and not measured_by_traffic(
+                self.settings, up=self.edge_up, edge=True, state=self.policy.state,
+                answered_at=self._answered_at, now=now):
             self._probe_in_flight = True
             rtt_s = self.workload.edge.at(now)
             timeout_s = self.settings.probe_timeout_ms / 1000.0
@@ -171,12 +174,6 @@ class _Replay:
         following = now + self.settings.probe_interval_ms / 1000.0
         if following <= self.workload.end:
             self.at(following, self._probe_tick)
-
-    def _measured_by_traffic(self, now: float) -> bool:
-        settings = self.settings
-        return settings.probe_only_when_idle and self.edge_up and \
-            self.policy.state is RouteState.EDGE_PREFERRED and \
-            now - self._answered_at < settings.probe_interval_ms / 1000.0
 
     def _probe_done(self, rtt_s: float | None) -> None:
         self._probe_in_flight = False
