@@ -6,9 +6,11 @@
 while idle (``active``) burns the cores the measured worker needs. Here each policy's worker
 (``runtime.openmp_wait_policy``, torch intra-op threads 2, batching on, TorchScript encoder) is
 started alone, measured, and stopped, in alternating order over ``--reps`` rounds:
-- concurrency 1: p50 of ``--requests`` sequential requests and the worker's CPU per request;
+- concurrency 1: p50 of ``--requests`` sequential requests (after 100 unmeasured) and the
+  worker's CPU per request;
 - concurrency 64: requests/s over ``--seconds`` of closed-loop load (after a warm-up);
-- idle while probed: cores busy while one request arrives every 200 ms (a gateway's probes).
+- idle while probed: cores busy while one short request arrives every 200 ms (a gateway's
+  probes; ``bench.edge_server.idle_cores``).
 Prints a table (medians of the rounds) and writes bench/results/cloud_omp.json.
 """
 
@@ -18,47 +20,31 @@ import argparse
 import asyncio
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import grpc
-
 from bench.common import cpu_seconds, print_table, write_result
-from bench.load import closed_loop, text_request
+from bench.edge_server import idle_cores
+from bench.load import closed_loop, rotated, text_request
 from edgecloud_tools.stack import cloud_config, free_port, launch, wait_ready
-from protos import inference_pb2_grpc as pb_grpc
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank"
-PROBE_INTERVAL_S = 0.2
 
 
-def measure(policy: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+async def measure(policy: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     config = cloud_config(free_port(), threads=2)
     config["runtime"].update({"openmp_wait_policy": policy, "encoder": "torchscript"})
     config["batching"] = {"enabled": True, "max_batch_size": 32, "max_queue_delay_us": 2000}
     worker = launch("cloud", config, workdir, name=f"cloud-{policy}")
     try:
-        wait_ready(worker, 180)
-        request = text_request([SENTENCE])
-        with grpc.insecure_channel(worker.address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            for _ in range(100):
-                stub.ModelInfer(request, timeout=10)
-            cpu0, latencies = cpu_seconds(worker.pid), []
-            for _ in range(args.requests):
-                start = time.perf_counter()
-                stub.ModelInfer(request, timeout=10)
-                latencies.append(time.perf_counter() - start)
-            cpu_c1 = (cpu_seconds(worker.pid) - cpu0) / args.requests
-            asyncio.run(closed_loop(worker.address, duration_s=2.0, concurrency=64))
-            outcomes = asyncio.run(closed_loop(worker.address, duration_s=args.seconds, concurrency=64))
-            answered = sum(1 for outcome in outcomes if outcome.error is None)
-            time.sleep(1.0)  # what the load left running settles
-            cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
-            while time.monotonic() - t0 < args.idle_s:
-                stub.ModelInfer(request, timeout=10)
-                time.sleep(PROBE_INTERVAL_S)
-            idle = (cpu_seconds(worker.pid) - cpu0) / (time.monotonic() - t0)
+        await asyncio.to_thread(wait_ready, worker, 180)
+        cpu0: list[float] = []
+        latencies = (await rotated({policy: worker.address}, text_request([SENTENCE]), args.requests,
+                                   measuring=lambda: cpu0.append(cpu_seconds(worker.pid))))[policy]
+        cpu_c1 = (cpu_seconds(worker.pid) - cpu0[0]) / args.requests
+        await closed_loop(worker.address, duration_s=2.0, concurrency=64)
+        outcomes = await closed_loop(worker.address, duration_s=args.seconds, concurrency=64)
+        answered = sum(1 for outcome in outcomes if outcome.error is None)
+        idle = await idle_cores(worker, args.idle_s)
         return {"c1_p50_ms": statistics.median(latencies) * 1000, "c1_cpu_ms_per_req": cpu_c1 * 1000,
                 "c64_req_per_s": answered / args.seconds, "idle_cores_while_probed": idle}
     finally:
@@ -78,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, float]]] = {policy: [] for policy in args.policies}
     for rep in range(args.reps):
         for policy in args.policies if rep % 2 == 0 else list(reversed(args.policies)):
-            runs[policy].append(measure(policy, args, workdir))
+            runs[policy].append(asyncio.run(measure(policy, args, workdir)))
             print(f"rep {rep + 1} {policy}: {runs[policy][-1]}", flush=True)
     rows = [{"policy": policy, **{key: statistics.median(run[key] for run in policy_runs) for key in policy_runs[0]}}
             for policy, policy_runs in runs.items()]

@@ -65,7 +65,7 @@ async def _window(service: ServiceProcess, concurrency: int, duration_s: float, 
             "errors": errors}
 
 
-async def _idle(service: ServiceProcess, seconds: float) -> float:
+async def idle_cores(service: ServiceProcess, seconds: float) -> float:
     """Cores busy while the server answers one short request every PROBE_INTERVAL_S."""
     async with grpc.aio.insecure_channel(service.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -103,7 +103,7 @@ async def run(args) -> dict:
                     print(f"rep {rep + 1} c={concurrency} {name}: {row['req_s']:.0f} req/s, "
                           f"p50 {row['p50_ms']:.2f} ms, {row['cpu_ms_per_req']:.2f} ms CPU/req", flush=True)
             for name, service in services.items():
-                idle.setdefault(name, []).append(await _idle(service, args.idle))
+                idle.setdefault(name, []).append(await idle_cores(service, args.idle))
     finally:
         stop_all(list(services.values()))
     rows = []
