@@ -1,14 +1,17 @@
 """Cloud worker benchmark: dynamic batching on vs off over real gRPC, against the pure-compute ceiling.
 
     python -m bench.cloud [--seconds 2.5] [--rounds 3] [--concurrency 1 8 64] [--threads 2]
-                          [--encoders torchscript eager]
+                          [--encoders torchscript eager] [--instances 1 2]
 
 Everything heavy runs in spawned child processes, so the load generator (this process, closed-loop
 ``grpc.aio`` clients sending pre-serialised one-sentence requests of 13 tokens) neither starves nor
 is starved by them: two cloud workers (batching on and off, otherwise identical) and two
 pure-compute processes that call the same runtime directly at batch 1 and batch 32, no server, one
 with the workers' OpenMP policy (passive) and one with torch's default (spin), so the ceiling is
-the better of the two. Configurations are interleaved round by round, in alternating order (the
+the better of the two. ``--instances`` (``runtime.instances``: batches that run at once, each on
+``threads / instances`` torch threads) adds a worker pair and a pair of compute processes per count;
+a compute process with several instances calls the runtime from that many threads at once, and the
+ceilings are the best of every thread layout measured. Configurations are interleaved round by round, in alternating order (the
 machine is shared and noisy), so every figure comes from the same minutes; concurrency 1 is also
 measured request by request in turn (a bare gRPC round trip, worker on, worker off), which shows
 what batching costs a lone request and the transport's floor. ``--encoders`` runs that whole set
@@ -65,10 +68,12 @@ def bench_sentences() -> list[str]:
     return sentences(TextTokenizer.from_file(tokenizer_file(), 256))
 
 
-def worker_config(batching: bool, threads: int, omp: str = "brief", encoder: str = "torchscript") -> dict:
+def worker_config(batching: bool, threads: int, omp: str = "brief", encoder: str = "torchscript",
+                  instances: int = 1) -> dict:
     return {
         "server": {"host": "127.0.0.1", "port": 0, "metrics_port": None, "grace_s": 1.0},
-        "runtime": {"device": "cpu", "intra_op_threads": threads, "openmp_wait_policy": omp, "encoder": encoder},
+        "runtime": {"device": "cpu", "intra_op_threads": max(1, threads // instances), "instances": instances,
+                    "openmp_wait_policy": omp, "encoder": encoder},
         "batching": {"enabled": batching, "max_batch_size": 32, "max_queue_delay_us": 2000},
     }
 
@@ -87,9 +92,10 @@ def _serve_process(config: dict, ready: multiprocessing.Queue) -> None:
     asyncio.run(serve(CloudConfig.model_validate(config), ready=lambda worker: ready.put(worker.port)))
 
 
-def _compute_process(policy: str, threads: int, encoder: str, conn) -> None:
-    """The runtime called directly: answers ``(batch, seconds)`` with (latencies, items, elapsed);
-    ``seconds`` 0 makes exactly one call."""
+def _compute_process(policy: str, threads: int, encoder: str, instances: int, conn) -> None:
+    """The runtime called directly from ``instances`` threads at once, each with ``threads /
+    instances`` torch threads: answers ``(batch, seconds)`` with (latencies, items, elapsed);
+    ``seconds`` 0 makes exactly one call per thread."""
     if policy == "default":
         os.environ.pop("OMP_WAIT_POLICY", None)
     else:
@@ -97,28 +103,35 @@ def _compute_process(policy: str, threads: int, encoder: str, conn) -> None:
     from cloud_worker.config import RuntimeSettings
     from cloud_worker.reference import ReferenceRuntime
 
-    runtime = ReferenceRuntime(settings=RuntimeSettings(device="cpu", intra_op_threads=threads, encoder=encoder),
-                               max_rows=32)
-    runtime.load()
-    texts = sentences(runtime.tokenizer)
-    conn.send("ready")
-    while (job := conn.recv()) is not None:
-        batch, seconds = job
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = RuntimeSettings(device="cpu", intra_op_threads=max(1, threads // instances), instances=instances,
+                               encoder=encoder)
+    runtime = ReferenceRuntime(settings=settings, max_rows=32)
+
+    def calls(batch: int, stop_at: float, offset: int) -> list[float]:
         latencies = []
-        items = 0
-        index = 0
-        begin = time.perf_counter()
-        stop_at = begin + seconds
+        index = offset
         while True:
             chunk = [texts[(index + i) % len(texts)] for i in range(batch)]
             start = time.perf_counter()
             runtime.embed(chunk)
             latencies.append(time.perf_counter() - start)
-            items += batch
             index += batch
             if time.perf_counter() >= stop_at:
-                break
-        conn.send((latencies, items, time.perf_counter() - begin))
+                return latencies
+
+    with ThreadPoolExecutor(instances) as pool:  # like the worker's instance threads, one of which loads
+        pool.submit(runtime.load).result()  # (OpenMP keeps a thread team per calling thread)
+        texts = sentences(runtime.tokenizer)
+        conn.send("ready")
+        while (job := conn.recv()) is not None:
+            batch, seconds = job
+            begin = time.perf_counter()
+            parts = list(pool.map(calls, [batch] * instances, [begin + seconds] * instances,
+                                  [7 * i for i in range(instances)]))
+            latencies = [latency for part in parts for latency in part]
+            conn.send((latencies, len(latencies) * batch, time.perf_counter() - begin))
     runtime.close()
 
 
@@ -228,8 +241,11 @@ async def served_embedding(channel: grpc.aio.Channel, request: bytes) -> np.ndar
 async def main_async(args) -> dict:
     ctx = multiprocessing.get_context("spawn")
     encoders = list(dict.fromkeys(args.encoders))
-    # worker variants "encoder/omp": the first is the one the targets are for
-    variants = [f"{encoder}/{omp}" for encoder in encoders for omp in dict.fromkeys(args.worker_omp)]
+    layouts = list(dict.fromkeys(args.instances))
+    # worker variants "encoder/omp/iN": the first is the one the targets are for
+    variants = [f"{encoder}/{omp}/i{instances}" for instances in layouts for encoder in encoders
+                for omp in dict.fromkeys(args.worker_omp)]
+    computes = [f"{encoder}/i{instances}" for instances in layouts for encoder in encoders]
     primary = variants[0]
     children = []
     ports = {}
@@ -237,18 +253,19 @@ async def main_async(args) -> dict:
     channels: dict[str, grpc.aio.Channel] = {}  # "on torchscript/brief", "off eager/passive", ...
     try:
         for variant in variants:
-            encoder, omp = variant.split("/")
+            encoder, omp, instances = variant.split("/")
             for mode, batching in (("on", True), ("off", False)):
                 key = f"{mode} {variant}"
                 ports[key] = ctx.Queue()
-                config = worker_config(batching, args.threads, omp, encoder)
+                config = worker_config(batching, args.threads, omp, encoder, int(instances[1:]))
                 children.append(ctx.Process(target=_serve_process, daemon=True, args=(config, ports[key])))
-        for encoder in encoders:
+        for compute in computes:
+            encoder, instances = compute.split("/")
             for policy in ("passive", "default"):
                 parent, child = ctx.Pipe()
-                pipes[f"{policy} {encoder}"] = parent
-                children.append(ctx.Process(target=_compute_process, args=(policy, args.threads, encoder, child),
-                                            daemon=True))
+                pipes[f"{policy} {compute}"] = parent
+                children.append(ctx.Process(target=_compute_process, daemon=True,
+                                            args=(policy, args.threads, encoder, int(instances[1:]), child)))
         for process in children:
             process.start()
         for key, ready in ports.items():
@@ -274,7 +291,7 @@ async def main_async(args) -> dict:
             else:  # "encoder" is a variant here
                 await load_segment(channels[f"{what} {encoder}"], requests, int(arg[1:]), seconds, into)
 
-        plan = [f"compute b{batch} {policy} {encoder}" for encoder in encoders for batch in (1, 32)
+        plan = [f"compute b{batch} {policy} {compute}" for compute in computes for batch in (1, 32)
                 for policy in ("passive", "default")]
         plan += [f"batching {mode} c{conc} {variant}" for conc in args.concurrency for variant in variants
                  for mode in ("on", "off")]
@@ -301,11 +318,11 @@ async def main_async(args) -> dict:
             process.join(timeout=30)
 
     rows = []
-    for encoder in encoders:
+    for compute in computes:
         for batch in (1, 32):
             for policy in ("passive", "default"):
-                rows.append(series[f"compute b{batch} {policy} {encoder}"].row(
-                    f"compute ({policy} omp)", encoder=encoder, batch=batch, concurrency="-"))
+                rows.append(series[f"compute b{batch} {policy} {compute}"].row(
+                    f"compute ({policy} omp)", encoder=compute, batch=batch, concurrency="-"))
     for conc in args.concurrency:
         for variant in variants:
             for mode in ("on", "off"):
@@ -317,7 +334,9 @@ async def main_async(args) -> dict:
                                                         batch="dyn" if mode == "on" else 1, concurrency="1 in turn"))
 
     def best(batch: int, key: str, encoder: str):
-        candidates = [series[f"compute b{batch} {policy} {encoder}"] for policy in ("passive", "default")]
+        """The best in-process figure for ``encoder`` over OpenMP policies and thread layouts."""
+        candidates = [series[f"compute b{batch} {policy} {compute}"] for policy in ("passive", "default")
+                      for compute in computes if compute.startswith(f"{encoder}/")]
         if key == "throughput":
             return max(s.throughput for s in candidates)
         return min(summarize(s.latencies)["p50_ms"] for s in candidates)
@@ -355,9 +374,15 @@ async def main_async(args) -> dict:
         "embedding_norm": float(np.linalg.norm(reference)),
         "settings": {"seconds_per_segment": args.seconds, "rounds": args.rounds, "threads": args.threads,
                      "sentence_tokens": TOKENS, "variants": variants,
-                     "worker_on": worker_config(True, args.threads, *reversed(primary.split("/"))),
-                     "worker_off": worker_config(False, args.threads, *reversed(primary.split("/")))},
+                     "worker_on": worker_config(True, args.threads, *_variant_settings(primary)),
+                     "worker_off": worker_config(False, args.threads, *_variant_settings(primary))},
     }
+
+
+def _variant_settings(variant: str) -> tuple[str, str, int]:
+    """``worker_config``'s (omp, encoder, instances) of a variant ``encoder/omp/iN``."""
+    encoder, omp, instances = variant.split("/")
+    return omp, encoder, int(instances[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                                                 "side by side (every encoder with every policy), all alive at once, "
                                                 "so a policy that spins while idle (active) skews the others: "
                                                 "compare policies with bench.cloud_omp")
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2],
+                        help="runtime.instances of the workers (threads / instances torch threads each), and the "
+                             "same thread layouts in the compute processes; the first is the one the targets are for")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     result = asyncio.run(main_async(args))

@@ -1,6 +1,7 @@
 """Dynamic batching: concurrent requests merged into one model call.
 
-Contract of ``DynamicBatcher`` (one per model; one batch runs at a time):
+Contract of ``DynamicBatcher`` (one per model; up to ``instances`` batches run at a time, one per
+model instance, Triton's ``instance_group`` count):
 
 - ``submit(item, rows, deadline)`` queues one already-validated request and returns its own
   result, or raises
@@ -12,12 +13,13 @@ Contract of ``DynamicBatcher`` (one per model; one batch runs at a time):
   * the batch's error when ``execute`` fails (an ``InferenceError`` as raised, anything else as
     ``InternalError``). A failed batch of several requests is re-run one request at a time first,
     so one request that breaks the model does not fail its batch-mates.
-- When the model is free, queued requests (FIFO, up to ``max_batch_size`` rows; a lone request
+- When an instance is free, queued requests (FIFO, up to ``max_batch_size`` rows; a lone request
   bigger than that runs alone) are dispatched as soon as the queue holds ``max_batch_size`` rows,
   a preferred batch size (the largest one reached is taken), or as many rows as the previous batch
   had (closed-loop clients whose answers just went out come back together); at the latest
-  ``max_queue_delay_s`` after the model became free. So a lone request on an idle batcher goes at
-  once, and no request waits for batch-mates longer than the delay while the model is free.
+  ``max_queue_delay_s`` after an instance became free. So a lone request on an idle batcher goes at
+  once, and no request waits for batch-mates longer than the delay while an instance is free.
+  Batches start in queue order; with several instances they may finish in any order.
 - ``enabled=False``: every batch is exactly one request (same queue, deadlines and metrics).
 - ``execute(items)`` gets the items in queue order and must return one result per item, in the
   same order; any other count fails the whole batch with ``InternalError``. Every request's future
@@ -63,18 +65,20 @@ class DynamicBatcher(Generic[T, R]):
         preferred_batch_sizes: Sequence[int] = (),
         max_queue_size: int = 1024,
         enabled: bool = True,
+        instances: int = 1,
         clock: Callable[[], float] = time.monotonic,
         metrics: ModelMetrics | None = None,
         name: str = "model",
     ):
-        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_s < 0:
-            raise ValueError("max_batch_size and max_queue_size must be >= 1, max_queue_delay_s >= 0")
+        if max_batch_size < 1 or max_queue_size < 1 or instances < 1 or max_queue_delay_s < 0:
+            raise ValueError("max_batch_size, max_queue_size and instances must be >= 1, max_queue_delay_s >= 0")
         self._execute = execute
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.preferred_batch_sizes = tuple(sorted(set(preferred_batch_sizes)))
         self.max_queue_size = max_queue_size
         self.enabled = enabled
+        self.instances = instances
         self.name = name
         self._clock = clock
         self._metrics = metrics
@@ -82,6 +86,7 @@ class DynamicBatcher(Generic[T, R]):
         self._queued = 0
         self._queued_rows = 0
         self._running = 0
+        self._batches: set[asyncio.Task] = set()
         self._previous_rows = 0
         self._free_since = float("-inf")
         self._last_compute_s = 0.0
@@ -97,14 +102,16 @@ class DynamicBatcher(Generic[T, R]):
             self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
-        """Fail every queued request with ``Unavailable`` and stop; a running batch is abandoned
-        (its requests get ``Unavailable``; the model call itself finishes on its thread)."""
+        """Fail every queued request with ``Unavailable`` and stop; running batches are abandoned
+        (their requests get ``Unavailable``; the model calls themselves finish on their threads)."""
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        tasks = [task, *self._batches] if task is not None else list(self._batches)
+        for each in tasks:
+            each.cancel()
+        for each in tasks:
             try:
-                await task
+                await each
             except asyncio.CancelledError:
                 pass
         self._fail_queued(Unavailable("the worker is shutting down"))
@@ -161,7 +168,7 @@ class DynamicBatcher(Generic[T, R]):
 
     async def _run(self) -> None:
         while True:
-            if not self._queued:
+            if not self._queued or len(self._batches) >= self.instances:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -169,15 +176,33 @@ class DynamicBatcher(Generic[T, R]):
             try:
                 limit = await self._gather() if self.enabled else 1
                 batch, rows = self._take(limit)
-                if batch:
-                    await self._dispatch(batch, rows)
-                    self._previous_rows = rows
-                    self._free_since = self._clock()
             except Exception:  # a bug here must not leave every later request hanging
-                log.exception("batcher of model %r failed; continuing", self.name)
-                self._fail(batch, InternalError(f"model {self.name!r} failed to run the request"), Outcome.ERROR)
-                self._running = 0
-                self._set_pending()
+                self._broken(batch)
+                continue
+            if not batch:
+                continue
+            if self.instances == 1:  # the common case runs the batch in this task: no task per batch
+                await self._run_batch(batch, rows)
+            else:
+                task = asyncio.create_task(self._run_batch(batch, rows), name=f"batch-{self.name}")
+                self._batches.add(task)
+                task.add_done_callback(self._batch_done)
+
+    async def _run_batch(self, batch: list[_Entry[T]], rows: int) -> None:
+        try:
+            await self._dispatch(batch, rows)
+        except Exception:
+            self._broken(batch)
+        self._previous_rows = rows
+        self._free_since = self._clock()
+
+    def _batch_done(self, task: asyncio.Task) -> None:
+        self._batches.discard(task)
+        self._wakeup.set()  # an instance is free: the loop may start the next batch
+
+    def _broken(self, batch: list[_Entry[T]]) -> None:
+        log.exception("batcher of model %r failed; continuing", self.name)
+        self._fail(batch, InternalError(f"model {self.name!r} failed to run the request"), Outcome.ERROR)
 
     async def _gather(self) -> int:
         """Wait (bounded by the delay since the model became free) for a batch worth starting;
@@ -226,20 +251,20 @@ class DynamicBatcher(Generic[T, R]):
             total += entry.rows
             if total >= limit:
                 break
-        self._running = len(batch)
+        self._running += len(batch)
         self._set_pending()
         return batch, total
 
     async def _dispatch(self, batch: list[_Entry[T]], rows: int) -> None:
         start = self._clock()
         metrics = self._metrics
-        if metrics is not None:
-            metrics.batch_size.observe(rows)
-            metrics.batch_fill.observe(min(rows / self.max_batch_size, 1.0))
-            metrics.batch_requests.observe(len(batch))
-            for entry in batch:
-                metrics.queue_seconds.observe(start - entry.enqueued)
         try:
+            if metrics is not None:
+                metrics.batch_size.observe(rows)
+                metrics.batch_fill.observe(min(rows / self.max_batch_size, 1.0))
+                metrics.batch_requests.observe(len(batch))
+                for entry in batch:
+                    metrics.queue_seconds.observe(start - entry.enqueued)
             try:
                 results = await self._execute([entry.item for entry in batch])
                 if len(results) != len(batch):
@@ -265,7 +290,7 @@ class DynamicBatcher(Generic[T, R]):
             self._last_compute_s = self._clock() - start
             if metrics is not None:
                 metrics.compute_seconds.observe(self._last_compute_s)
-            self._running = 0
+            self._running -= len(batch)
             self._set_pending()
 
     async def _run_alone(self, batch: list[_Entry[T]]) -> None:

@@ -36,8 +36,15 @@ class RuntimeSettings(Section):
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Reference model precision: ``auto`` is fp16 on CUDA and fp32 on CPU."""
+    instances: int = Field(1, ge=1, le=64)
+    """Model instances (Triton's ``instance_group`` count): batches that run at the same time, each
+    on its own thread with ``intra_op_threads`` torch threads. On a CPU, two instances of one thread
+    each move more rows per second than one instance of two threads (a small model's operators do
+    not split well across cores), but a lone request then runs on one core: higher throughput under
+    load, slower answers when idle (``python -m bench.cloud --instances 1 2`` measures both)."""
     intra_op_threads: int | None = Field(None, ge=1, le=256)
-    """torch threads inside one operator (``torch.set_num_threads``); null = the CPUs this process may use."""
+    """torch threads inside one operator, per instance (``torch.set_num_threads``); null = the CPUs
+    this process may use divided by ``instances``."""
     inter_op_threads: int = Field(1, ge=1, le=256)
     """torch threads across operators (``torch.set_num_interop_threads``)."""
     length_bucketing: bool = True
@@ -158,7 +165,7 @@ class CloudConfig(Section):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     """The dynamic batcher in front of each model."""
     models: list[ModelSpec] = Field(default_factory=lambda: [ReferenceModelSpec()], min_length=1)
-    """Models to serve (each gets its own batcher and compute thread)."""
+    """Models to serve (each gets its own batcher and ``runtime.instances`` compute threads)."""
 
     @field_validator("models")
     @classmethod

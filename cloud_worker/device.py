@@ -3,7 +3,8 @@
 Contract: ``resolve_device("auto")`` is CUDA when available, else CPU; asking for CUDA where there
 is none, or for bf16 on a GPU without it, raises ``ConfigError`` naming ``runtime.device`` /
 ``runtime.dtype``. ``resolve_dtype`` returns the torch dtype and the variant name responses report
-(``fp32``, ``fp16``, ``bf16``). ``configure_threads`` sets torch's process-wide thread pools once.
+(``fp32``, ``fp16``, ``bf16``). ``configure_threads`` sets torch's thread pools: the intra-op count
+is per model instance, and torch's other threads take it up at their first operator.
 """
 
 from __future__ import annotations
@@ -51,10 +52,16 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def configure_threads(intra_op: int | None, inter_op: int) -> int:
-    """Set torch's intra-op (``None`` = the CPUs this process may use) and inter-op pools; returns
-    the intra-op count. The inter-op pool can be sized only before torch first uses it."""
-    threads = intra_op or available_cpus()
+def intra_op_threads(intra_op: int | None, instances: int = 1) -> int:
+    """Torch threads per model instance: ``intra_op``, or the CPUs this process may use shared out
+    among ``instances``."""
+    return intra_op or max(1, available_cpus() // instances)
+
+
+def configure_threads(intra_op: int | None, inter_op: int, instances: int = 1) -> int:
+    """Set torch's intra-op count (``intra_op_threads``) and its inter-op pool; returns the intra-op
+    count. The inter-op pool can be sized only before torch first uses it."""
+    threads = intra_op_threads(intra_op, instances)
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != inter_op:
         try:
@@ -64,4 +71,4 @@ def configure_threads(intra_op: int | None, inter_op: int) -> int:
     return threads
 
 
-__all__ = ["available_cpus", "configure_threads", "resolve_device", "resolve_dtype"]
+__all__ = ["available_cpus", "configure_threads", "intra_op_threads", "resolve_device", "resolve_dtype"]

@@ -38,6 +38,7 @@ class ImageRuntime:
         self.max_rows = max_rows
         self.decode_threads = spec.decode_threads
         self.device = resolve_device(self.settings.device)
+        self.instances = self.settings.instances
         self.dtype, self.variant = resolve_dtype(self.settings.dtype, self.device)
         self.labels = imagenet_labels()
         self.metadata = ModelMetadata(name=spec.name, versions=(spec.version,), platform=PLATFORM,
@@ -48,7 +49,8 @@ class ImageRuntime:
 
     def load(self) -> None:
         if self.device.type == "cpu":
-            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads)
+            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads,
+                              self.settings.instances)
         self._model = load_torch_classifier(str(self.device), self.dtype)
         log.info("loaded %s on %s as %s", self.metadata.name, self.device, self.variant)
         if self.settings.warmup:

@@ -4,9 +4,10 @@ Contract: ``infer`` receives a request the ``Dataplane`` has already validated; 
 runtime's per-request ``prepare`` on the event loop, or on the model's decode pool when the
 runtime says ``decode_off_loop`` (images) (so a bad request is refused alone, before it
 can join a batch), queues it with its deadline, and answers with the runtime's outputs, the model's
-version and ``parameters={"variant": ...}``. Compute runs on one dedicated thread per model, never
-on the event loop. ``load`` loads and warms the runtime before the model reports ready; ``unload``
-stops the batcher (queued requests get UNAVAILABLE), waits for a running batch, and frees the runtime.
+version and ``parameters={"variant": ...}``. Compute runs on the model's own threads (as many as the
+runtime's ``instances``), never on the event loop. ``load`` loads and warms the runtime before the
+model reports ready; ``unload`` stops the batcher (queued requests get UNAVAILABLE), waits for the
+running batches, and frees the runtime.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class BatchedModel(Model):
         self.runtime = runtime
         self.metadata = runtime.metadata
         self._runner: BlockingRunner | None = None
+        self.instances: int = getattr(runtime, "instances", 1)
         self.batcher: DynamicBatcher[object, list[Tensor]] = DynamicBatcher(
             self._execute,
             max_batch_size=batch_limit(runtime, batching),
@@ -44,6 +46,7 @@ class BatchedModel(Model):
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_size=batching.max_queue_size,
             enabled=batching.enabled and runtime.batchable,
+            instances=self.instances,
             clock=clock,
             metrics=metrics,
             name=self.metadata.name,
@@ -65,7 +68,7 @@ class BatchedModel(Model):
     async def load(self) -> None:
         if self._loaded:
             return
-        self._runner = BlockingRunner(1, name=f"torch-{self.metadata.name}")
+        self._runner = BlockingRunner(self.instances, name=f"torch-{self.metadata.name}")
         if getattr(self.runtime, "decode_off_loop", False):
             self._decoder = BlockingRunner(getattr(self.runtime, "decode_threads", 2),
                                            name=f"decode-{self.metadata.name}")

@@ -61,6 +61,7 @@ class ProgramRuntime:
         self.manifest = manifest or load_manifest(self.directory)
         self.settings = settings or RuntimeSettings()
         self.device = resolve_device(self.settings.device)
+        self.instances = self.settings.instances
         self.variant = self.manifest.variant
         self.batchable = self.manifest.max_batch_size > 0
         self.input_specs = tuple(entry.spec() for entry in self.manifest.inputs)
@@ -79,7 +80,8 @@ class ProgramRuntime:
 
     def load(self) -> None:
         if self.device.type == "cpu":
-            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads)
+            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads,
+                              self.settings.instances)
         path = self.directory / self.manifest.program_file
         if self.manifest.format == "torchscript":
             program = torch.jit.load(str(path), map_location=self.device)

@@ -44,6 +44,7 @@ class ReferenceRuntime:
         self.settings = settings or RuntimeSettings()
         self.max_rows = max_rows
         self.device = resolve_device(self.settings.device)
+        self.instances = self.settings.instances
         self.dtype, self.variant = resolve_dtype(self.settings.dtype, self.device)
         self.metadata = ModelMetadata(
             name=spec.name,
@@ -66,7 +67,8 @@ class ReferenceRuntime:
 
     def load(self) -> None:
         if self.device.type == "cpu":
-            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads)
+            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads,
+                              self.settings.instances)
         self._tokenizer = TextTokenizer.from_file(tokenizer_file(), self.settings.max_sequence_length)
         from transformers.utils import logging as hf_logging
 

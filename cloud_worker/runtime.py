@@ -7,8 +7,10 @@ requests may be merged (``batchable``), and splits work between the event loop a
   ``metadata``; it is cheap, per request, and raises ``InvalidArgument`` for content the metadata
   cannot express (invalid UTF-8, say), so one bad request is refused before it can join a batch.
   It returns the item to queue and its row count.
-- ``load()``, ``run(items)`` and ``close()`` block and run on the model's own thread. ``run``
+- ``load()``, ``run(items)`` and ``close()`` block and run on the model's own threads. ``run``
   returns each item's output tensors, one list per item, in order.
+- Optionally ``instances`` (default 1): how many ``run`` calls may go at once, each on its own
+  thread (``run`` must then be safe to call concurrently).
 """
 
 from __future__ import annotations

@@ -293,3 +293,94 @@ async def test_two_metric_sets_in_one_process_do_not_collide():
     a, b = WorkerMetrics(), WorkerMetrics()
     a.for_model("m").batch_size.observe(3)
     assert b.registry.get_sample_value("edgecloud_cloud_batch_size_count", {"model": "m"}) in (None, 0)
+
+
+class Instances:
+    """An ``execute`` whose every call waits for its own ``release(item)``: batches on several
+    model instances, held and let go one by one."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+        self._gates: dict[str, asyncio.Future] = {}
+
+    def running(self) -> int:
+        return sum(1 for gate in self._gates.values() if not gate.done())
+
+    def release(self, item: str, error: BaseException | None = None) -> None:
+        gate = self._gates[item]
+        gate.set_exception(error) if error is not None else gate.set_result(None)
+
+    async def __call__(self, items: list[str]) -> list[str]:
+        self.calls.append(list(items))
+        gate = self._gates[items[0]] = asyncio.get_running_loop().create_future()
+        await gate
+        return [item.upper() for item in items]
+
+
+async def test_two_instances_run_two_batches_at_once_and_a_third_waits_for_either(make_batcher):
+    model = Instances()
+    batcher = await make_batcher(model, instances=2)
+    a = asyncio.create_task(batcher.submit("a"))
+    await until(lambda: model.running() == 1)
+    b = asyncio.create_task(batcher.submit("b"))
+    await until(lambda: model.running() == 2)  # the second instance takes "b" while "a" runs
+    c = asyncio.create_task(batcher.submit("c"))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert model.calls == [["a"], ["b"]] and batcher.pending == 3  # both instances busy: "c" waits
+    model.release("b")  # the later batch finishes first
+    assert await b == "B"
+    await until(lambda: model.running() == 2)
+    assert model.calls[-1] == ["c"] and not a.done()
+    model.release("c")
+    model.release("a")
+    assert [await a, await c] == ["A", "C"]
+    assert batcher.pending == 0
+
+
+async def test_one_instance_runs_one_batch_at_a_time(make_batcher):
+    model = Instances()
+    batcher = await make_batcher(model)
+    a = asyncio.create_task(batcher.submit("a"))
+    await until(lambda: model.running() == 1)
+    b = asyncio.create_task(batcher.submit("b"))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert model.calls == [["a"]]
+    model.release("a")
+    await until(lambda: model.running() == 1)
+    model.release("b")
+    assert [await a, await b] == ["A", "B"]
+
+
+async def test_a_failing_batch_on_one_instance_leaves_the_other_s_batch_alone(make_batcher):
+    model = Instances()
+    batcher = await make_batcher(model, instances=2)
+    a = asyncio.create_task(batcher.submit("a"))
+    await until(lambda: model.running() == 1)
+    b = asyncio.create_task(batcher.submit("b"))
+    await until(lambda: model.running() == 2)
+    model.release("a", InvalidArgument("bad text", field="inputs[text]"))
+    with pytest.raises(InvalidArgument):
+        await a
+    assert not b.done()
+    model.release("b")
+    assert await b == "B" and batcher.pending == 0
+
+
+async def test_stop_answers_every_instance_s_running_batch_unavailable(clock):
+    model = Instances()
+    batcher = DynamicBatcher(model, clock=clock, max_queue_delay_s=0, instances=2)
+    await batcher.start()
+    running = []
+    for count, text in enumerate("ab", 1):  # one at a time: each becomes its own batch
+        running.append(asyncio.create_task(batcher.submit(text)))
+        await until(lambda: model.running() == count)
+    queued = asyncio.create_task(batcher.submit("c"))
+    await until(lambda: batcher.queued == 1)
+    await batcher.stop()
+    for task in (*running, queued):
+        with pytest.raises(Unavailable):
+            await task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 import grpc
@@ -107,6 +108,46 @@ async def test_64_concurrent_clients_get_their_unbatched_answers(start_worker, r
     assert sample("edgecloud_cloud_batch_size_sum", {"model": MODEL}) == 64
     assert batches < 64 / 4, f"64 concurrent requests ran in {batches} batches: batching did not happen"
     assert sample("edgecloud_cloud_requests_total", {"model": MODEL, "outcome": "ok"}) == 64
+
+
+async def test_two_instances_run_batches_side_by_side_each_on_its_own_threads(start_worker, reference_runtime,
+                                                                              connect):
+    import threading
+
+    import torch
+
+    from cloud_worker.config import RuntimeSettings
+    from cloud_worker.reference import ReferenceRuntime
+
+    seen: set[tuple[int, int]] = set()  # (compute thread, its torch intra-op threads)
+    active = most = 0
+    lock = threading.Lock()
+
+    class Recording(ReferenceRuntime):
+        def run(self, items):
+            nonlocal active, most
+            with lock:
+                seen.add((threading.get_ident(), torch.get_num_threads()))
+                active += 1
+                most = max(most, active)
+            try:
+                return super().run(items)
+            finally:
+                with lock:
+                    active -= 1
+
+    runtime = Recording(settings=RuntimeSettings(device="cpu", instances=2), max_rows=8)
+    worker = await start_worker(runtimes=[runtime], batching={"max_batch_size": 8, "max_queue_delay_us": 0})
+    assert runtime.instances == 2
+    texts = [f"{TEXTS[i % len(TEXTS)]} (client {i})" for i in range(64)]
+    expected = await asyncio.to_thread(lambda: np.concatenate([reference_runtime.embed([t]) for t in texts]))
+    responses = await asyncio.gather(*(connect(worker).ModelInfer(text_request([text])) for text in texts))
+    for i, response in enumerate(responses):
+        np.testing.assert_allclose(embedding_of(response)[0], expected[i], atol=1e-5)
+    threads_per_instance = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert most == 2, "64 queued requests never had two batches running at once"
+    assert {count for _, count in seen} == {threads_per_instance}  # every instance set its own count
+    assert len({thread for thread, _ in seen}) == 2
 
 
 @pytest.mark.parametrize("bucketing", [True, False])
