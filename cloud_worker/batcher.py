@@ -205,7 +205,7 @@ class DynamicBatcher(Generic[T, R]):
         self._fail(batch, InternalError(f"model {self.name!r} failed to run the request"), Outcome.ERROR)
 
     async def _gather(self) -> int:
-        """Wait (bounded by the delay since the model became free) for a batch worth starting;
+        """Wait (bounded by the delay since an instance became free) for a batch worth starting;
         returns the most rows to take."""
         target = min(self.max_batch_size, max(self._previous_rows, 1))
         while self._queued:

@@ -59,10 +59,10 @@ class RuntimeSettings(Section):
     warmup: bool = True
     """Run a few batches at load so the first real request pays no kernel set-up cost."""
     openmp_wait_policy: Literal["brief", "passive", "active", "inherit"] = "brief"
-    """How idle OpenMP threads wait between torch operators: ``brief`` spins for a few tens of
-    microseconds, then sleeps: threads stay awake across the short gaps inside one forward (waking a
-    sleeping thread costs far more on a virtual CPU) and leave the cores to the gRPC loop, clients and
-    neighbours between batches; ``passive`` sleeps at once (least CPU, slowest small batches);
+    """How idle OpenMP threads wait between torch operators: ``brief`` spins for a few milliseconds
+    (libgomp's default count), then sleeps: threads stay awake through a forward once woken (waking a
+    sleeping thread costs far more on a virtual CPU) and sleep soon after the last batch;
+    ``passive`` sleeps at once (least CPU, slowest small batches);
     ``active`` spins (lowest per-operator latency on dedicated cores, but starves a shared machine);
     ``inherit`` keeps the environment's ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT``. Applied by
     ``run``/``serve`` before torch loads (``GOMP_SPINCOUNT`` is libgomp's, which torch's Linux

@@ -23,10 +23,14 @@ from edgecloud.lifecycle import configure_logging, run_until_signal
 log = logging.getLogger(__name__)
 
 
-BRIEF_SPIN_COUNT = 3000
-"""libgomp busy-wait iterations before a waiting thread sleeps, for ``openmp_wait_policy: brief``;
-libgomp reckons ~100 per microsecond, so some tens of microseconds: longer than the gaps between
-the scripted encoder's operators, far shorter than the time between batches."""
+BRIEF_SPIN_COUNT = 300_000
+"""libgomp busy-wait iterations before a waiting thread sleeps, for ``openmp_wait_policy: brief``
+(libgomp's own default when ``OMP_WAIT_POLICY`` is unset, pinned here so the environment cannot
+change it): a few milliseconds. A request that finds the worker idle wakes the threads once, and
+they stay awake through its forward. At 3,000 (tens of microseconds), a lone request every ~50 ms
+took 16.1 ms instead of 11.7 ms (p50, ``bench.cloud_omp``, 2-core VM), for 16% less CPU per
+back-to-back request: most likely a thread on a virtual CPU fell asleep again while its partner
+was still waking, many times in one forward."""
 
 _OPENMP_ENV = {
     "brief": {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": str(BRIEF_SPIN_COUNT)},
