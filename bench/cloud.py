@@ -7,14 +7,14 @@ Everything heavy runs in spawned child processes, so the load generator (this pr
 ``grpc.aio`` clients sending pre-serialised one-sentence requests of 13 tokens) neither starves nor
 is starved by them: two cloud workers (batching on and off, otherwise identical) and two
 pure-compute processes that call the same runtime directly at batch 1 and batch 32, no server, one
-with the workers' OpenMP policy (passive) and one with torch's default (spin), so the ceiling is
+with passive OpenMP and one with torch's default (spin), so the ceiling is
 the better of the two. ``--instances`` (``runtime.instances``: batches that run at once, each on
 ``threads / instances`` torch threads) adds a worker pair and a pair of compute processes per count;
 a compute process with several instances calls the runtime from that many threads at once, and the
-ceilings are the best of every thread layout measured. Configurations are interleaved round by round, in alternating order (the
-machine is shared and noisy), so every figure comes from the same minutes; concurrency 1 is also
-measured request by request in turn (a bare gRPC round trip, worker on, worker off), which shows
-what batching costs a lone request and the transport's floor. ``--encoders`` runs that whole set
+ceilings are the best of every thread layout measured. Configurations are interleaved round by
+round, in alternating order (the machine is shared and noisy), so every figure comes from the same
+minutes; concurrency 1 is also measured request by request in turn (a bare gRPC round trip, worker
+on, worker off), which shows what batching costs a lone request and the transport's floor. ``--encoders`` runs that whole set
 once per ``runtime.encoder`` in the same interleaved rounds (an A/B of the scripted encoder against
 the eager one); the targets are for the first. Prints a table and writes ``bench/results/cloud.json``.
 
@@ -100,10 +100,10 @@ def _compute_process(policy: str, threads: int, encoder: str, instances: int, co
         os.environ.pop("OMP_WAIT_POLICY", None)
     else:
         os.environ["OMP_WAIT_POLICY"] = policy.upper()
+    from concurrent.futures import ThreadPoolExecutor
+
     from cloud_worker.config import RuntimeSettings
     from cloud_worker.reference import ReferenceRuntime
-
-    from concurrent.futures import ThreadPoolExecutor
 
     settings = RuntimeSettings(device="cpu", intra_op_threads=max(1, threads // instances), instances=instances,
                                encoder=encoder)
