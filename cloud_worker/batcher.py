@@ -172,12 +172,11 @@ class DynamicBatcher(Generic[T, R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch: list[_Entry[T]] = []
             try:
                 limit = await self._gather() if self.enabled else 1
                 batch, rows = self._take(limit)
             except Exception:  # a bug here must not leave every later request hanging
-                self._broken(batch)
+                log.exception("batcher of model %r failed; continuing", self.name)
                 continue
             if not batch:
                 continue
@@ -191,18 +190,15 @@ class DynamicBatcher(Generic[T, R]):
     async def _run_batch(self, batch: list[_Entry[T]], rows: int) -> None:
         try:
             await self._dispatch(batch, rows)
-        except Exception:
-            self._broken(batch)
+        except Exception:  # a bug here must not leave the batch's requests hanging
+            log.exception("batcher of model %r failed; continuing", self.name)
+            self._fail(batch, InternalError(f"model {self.name!r} failed to run the request"), Outcome.ERROR)
         self._previous_rows = rows
         self._free_since = self._clock()
 
     def _batch_done(self, task: asyncio.Task) -> None:
         self._batches.discard(task)
         self._wakeup.set()  # an instance is free: the loop may start the next batch
-
-    def _broken(self, batch: list[_Entry[T]]) -> None:
-        log.exception("batcher of model %r failed; continuing", self.name)
-        self._fail(batch, InternalError(f"model {self.name!r} failed to run the request"), Outcome.ERROR)
 
     async def _gather(self) -> int:
         """Wait (bounded by the delay since an instance became free) for a batch worth starting;

@@ -52,16 +52,11 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def intra_op_threads(intra_op: int | None, instances: int = 1) -> int:
-    """Torch threads per model instance: ``intra_op``, or the CPUs this process may use shared out
-    among ``instances``."""
-    return intra_op or max(1, available_cpus() // instances)
-
-
 def configure_threads(intra_op: int | None, inter_op: int, instances: int = 1) -> int:
-    """Set torch's intra-op count (``intra_op_threads``) and its inter-op pool; returns the intra-op
-    count. The inter-op pool can be sized only before torch first uses it."""
-    threads = intra_op_threads(intra_op, instances)
+    """Set torch's intra-op count per model instance (``intra_op``, or the CPUs this process may use
+    shared out among ``instances``) and its inter-op pool; returns the intra-op count. The inter-op
+    pool can be sized only before torch first uses it."""
+    threads = intra_op or max(1, available_cpus() // instances)
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != inter_op:
         try:
@@ -71,4 +66,4 @@ def configure_threads(intra_op: int | None, inter_op: int, instances: int = 1) -
     return threads
 
 
-__all__ = ["available_cpus", "configure_threads", "intra_op_threads", "resolve_device", "resolve_dtype"]
+__all__ = ["available_cpus", "configure_threads", "resolve_device", "resolve_dtype"]

@@ -317,13 +317,20 @@ class Instances:
         return [item.upper() for item in items]
 
 
+async def start_alone(batcher: DynamicBatcher, model: Instances, texts: str) -> list[asyncio.Task]:
+    """Submit ``texts`` one at a time, each once the one before runs: each is a batch of its own."""
+    tasks = []
+    for text in texts:
+        running = model.running()
+        tasks.append(asyncio.create_task(batcher.submit(text)))
+        await until(lambda: model.running() == running + 1)
+    return tasks
+
+
 async def test_two_instances_run_two_batches_at_once_and_a_third_waits_for_either(make_batcher):
     model = Instances()
     batcher = await make_batcher(model, instances=2)
-    a = asyncio.create_task(batcher.submit("a"))
-    await until(lambda: model.running() == 1)
-    b = asyncio.create_task(batcher.submit("b"))
-    await until(lambda: model.running() == 2)  # the second instance takes "b" while "a" runs
+    a, b = await start_alone(batcher, model, "ab")  # the second instance takes "b" while "a" runs
     c = asyncio.create_task(batcher.submit("c"))
     await until(lambda: batcher.queued == 1)
     for _ in range(20):
@@ -358,10 +365,7 @@ async def test_one_instance_runs_one_batch_at_a_time(make_batcher):
 async def test_a_failing_batch_on_one_instance_leaves_the_other_s_batch_alone(make_batcher):
     model = Instances()
     batcher = await make_batcher(model, instances=2)
-    a = asyncio.create_task(batcher.submit("a"))
-    await until(lambda: model.running() == 1)
-    b = asyncio.create_task(batcher.submit("b"))
-    await until(lambda: model.running() == 2)
+    a, b = await start_alone(batcher, model, "ab")
     model.release("a", InvalidArgument("bad text", field="inputs[text]"))
     with pytest.raises(InvalidArgument):
         await a
@@ -374,10 +378,7 @@ async def test_stop_answers_every_instance_s_running_batch_unavailable(clock):
     model = Instances()
     batcher = DynamicBatcher(model, clock=clock, max_queue_delay_s=0, instances=2)
     await batcher.start()
-    running = []
-    for count, text in enumerate("ab", 1):  # one at a time: each becomes its own batch
-        running.append(asyncio.create_task(batcher.submit(text)))
-        await until(lambda: model.running() == count)
+    running = await start_alone(batcher, model, "ab")
     queued = asyncio.create_task(batcher.submit("c"))
     await until(lambda: batcher.queued == 1)
     await batcher.stop()
