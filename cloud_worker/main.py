@@ -5,7 +5,8 @@ Contract: ``run(config_path)`` loads the config (env prefix ``EDGECLOUD_CLOUD_``
 (NOT_SERVING, drain for ``server.grace_s``, close) and returns the exit status. ``serve`` is the
 same for a config already loaded; ``edgecloud.lifecycle.run_until_signal`` is the one owner of the
 signal handlers. ``ready(worker)`` is called once the worker answers (ports bound). Both apply the
-process-wide ``runtime.openmp_wait_policy`` before torch loads.
+process-wide ``runtime.openmp_wait_policy`` before torch loads, and glibc's mmap threshold for a
+torch process (``edgecloud.allocator.COMPUTE_THRESHOLD_BYTES``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from cloud_worker.config import CloudConfig, load_cloud_config
 from cloud_worker.worker import CloudWorker
+from edgecloud.allocator import COMPUTE_THRESHOLD_BYTES
 from edgecloud.lifecycle import configure_logging, run_until_signal
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ async def serve(config: CloudConfig, *, ready: Callable[[CloudWorker], None] | N
         config.server.grace_s,
         on_started=(lambda: ready(worker)) if ready is not None else None,
         stop_event=stop_event,
+        mmap_threshold_bytes=COMPUTE_THRESHOLD_BYTES,  # torch's tensors come from the heap, not fresh mappings
     )
 
 

@@ -9,7 +9,7 @@ Contract:
 - ``run_until_signal(components, grace_s)`` starts each component (``async start()`` /
   ``async stop(grace)``), waits for SIGINT or SIGTERM (or ``stop_event``), then stops them in
   reverse: the one owner of the signal handlers, and of process-wide settings
-  (``edgecloud.allocator``).
+  (``edgecloud.allocator``: ``mmap_threshold_bytes``, the 128 KiB of a message server by default).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from edgecloud.allocator import release_large_buffers
+from edgecloud.allocator import THRESHOLD_BYTES, release_large_buffers
 
 __all__ = ["Component", "Lifecycle", "configure_logging", "raise_collected", "run_until_signal"]
 
@@ -86,8 +86,9 @@ class Lifecycle:
 
 async def run_until_signal(components: Sequence[Component], grace_s: float, *,
                            on_started: Callable[[], None] | None = None,
-                           stop_event: asyncio.Event | None = None) -> None:
-    release_large_buffers()  # large messages' memory goes back to the OS once freed
+                           stop_event: asyncio.Event | None = None,
+                           mmap_threshold_bytes: int = THRESHOLD_BYTES) -> None:
+    release_large_buffers(mmap_threshold_bytes)  # large messages' memory goes back to the OS once freed
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -41,7 +41,12 @@ def identity_dir(tmp_path):
     return directory
 
 
-async def test_serve_runs_until_stopped(identity_dir, make_config):
+async def test_serve_runs_until_stopped(identity_dir, make_config, monkeypatch):
+    import edgecloud.lifecycle
+    from edgecloud.allocator import COMPUTE_THRESHOLD_BYTES
+
+    thresholds = []  # recorded, not applied: the setting would outlive this test in the test process
+    monkeypatch.setattr(edgecloud.lifecycle, "release_large_buffers", thresholds.append)
     config = make_config(models=[{"kind": "program", "path": str(identity_dir)}])
     started = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
@@ -55,6 +60,7 @@ async def test_serve_runs_until_stopped(identity_dir, make_config):
     stop.set()
     await asyncio.wait_for(serving, 30)
     assert not worker.dataplane.ready()
+    assert thresholds == [COMPUTE_THRESHOLD_BYTES]  # a torch process: tensors from the heap
 
 
 def test_a_bad_config_exits_2_naming_the_field(tmp_path):

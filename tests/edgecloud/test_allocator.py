@@ -1,10 +1,18 @@
-"""The heap trimmer: one trim, soon, after a burst of large messages; none for small ones."""
+"""The heap trimmer: one trim, soon, after a burst of large messages; none for small ones. The mmap
+threshold: which blocks get a mapping of their own."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
-from edgecloud.allocator import HeapTrimmer
+import pytest
+
+from edgecloud.allocator import COMPUTE_THRESHOLD_BYTES, THRESHOLD_BYTES, HeapTrimmer
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_large_messages_lead_to_one_trim_soon_after_and_small_ones_to_none():
@@ -29,3 +37,38 @@ async def test_large_messages_lead_to_one_trim_soon_after_and_small_ones_to_none
             break
         await asyncio.sleep(0.01)
     assert calls == [0, 0]
+
+
+_PROBE = """
+import ctypes, sys
+from edgecloud.allocator import release_large_buffers
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+assert release_large_buffers(int(sys.argv[1]))
+mapped = []
+for size in (1 << 20, 64 << 20):  # a tensor-sized block, a block over every threshold
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(size)
+    mapped.append(libc.mallinfo2().hblks - before)
+    libc.free(block)
+print(*mapped)
+"""
+
+
+@pytest.mark.parametrize("threshold, expected", [(THRESHOLD_BYTES, "1 1"), (COMPUTE_THRESHOLD_BYTES, "0 1")],
+                         ids=["message-server", "compute"])
+def test_the_threshold_decides_which_blocks_get_their_own_mapping(threshold, expected):
+    """In a process of its own (the setting is process-wide): with a message server's 128 KiB a 1 MiB
+    block is mapped on its own; with a torch process's 32 MiB it comes from the heap; a 64 MiB
+    block is mapped either way, so it goes back to the OS as soon as it is freed."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(threshold)], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == expected.split()
