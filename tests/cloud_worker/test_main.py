@@ -47,6 +47,7 @@ async def test_serve_runs_until_stopped(identity_dir, make_config, monkeypatch):
 
     thresholds = []  # recorded, not applied: the setting would outlive this test in the test process
     monkeypatch.setattr(edgecloud.lifecycle, "release_large_buffers", thresholds.append)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     config = make_config(models=[{"kind": "program", "path": str(identity_dir)}])
     started = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
@@ -61,6 +62,7 @@ async def test_serve_runs_until_stopped(identity_dir, make_config, monkeypatch):
     await asyncio.wait_for(serving, 30)
     assert not worker.dataplane.ready()
     assert thresholds == [COMPUTE_THRESHOLD_BYTES]  # a torch process: tensors from the heap
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
 
 
 def test_a_bad_config_exits_2_naming_the_field(tmp_path):
@@ -163,3 +165,39 @@ def test_a_metrics_port_in_use_is_one_clear_line_before_any_model_loads(tmp_path
     assert lines[-1].startswith("edgecloud serve: cannot start: ") and f"127.0.0.1:{port}" in lines[-1]
     assert "address already in use" in lines[-1] and "Traceback" not in proc.stderr
     assert "loaded" not in proc.stderr and time.monotonic() - started < 60  # no model was loaded first
+
+
+_TOKENIZE = """
+import os, sys
+from cloud_worker.main import keep_tokenizers_serial
+from edgecloud.reference_model import tokenizer_file
+from edgecloud.tokenization import TextTokenizer
+
+if sys.argv[1] == "serial":
+    keep_tokenizers_serial()
+tokenizer = TextTokenizer.from_file(tokenizer_file(), 256)
+before = len(os.listdir("/proc/self/task"))
+tokenizer.encode([f"sentence number {i} of a batch" for i in range(64)])
+print(os.environ.get("TOKENIZERS_PARALLELISM", "-"), len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.parametrize("mode, preset, value, starts_threads", [
+    ("serial", None, "false", False),
+    ("serial", "true", "true", None),  # the operator's value is kept (threads: the tokenizer's business)
+    ("default", None, "-", (os.cpu_count() or 1) > 1),
+])
+def test_the_tokenizer_encodes_a_batch_without_threads_of_its_own(mode, preset, value, starts_threads):
+    """In a process of its own: after ``keep_tokenizers_serial`` a 64-text batch starts no thread;
+    an operator's own ``TOKENIZERS_PARALLELISM`` is kept; without either, the tokenizer starts its
+    pool (one thread per core), which is what the setting avoids."""
+    env = {key: val for key, val in os.environ.items() if key != "TOKENIZERS_PARALLELISM"}
+    if preset is not None:
+        env["TOKENIZERS_PARALLELISM"] = preset
+    proc = subprocess.run([sys.executable, "-c", _TOKENIZE, mode], capture_output=True, text=True, timeout=60,
+                          cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr
+    seen, started = proc.stdout.split()
+    assert seen == value
+    if starts_threads is not None:
+        assert (int(started) > 0) == starts_threads, started
