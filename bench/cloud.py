@@ -8,7 +8,8 @@ Everything heavy runs in spawned child processes, so the load generator (this pr
 is starved by them: two cloud workers (batching on and off, otherwise identical) and two
 pure-compute processes that call the same runtime directly at batch 1 and batch 32, no server, one
 with passive OpenMP and one with torch's default (spin), so the ceiling is
-the better of the two. ``--instances`` (``runtime.instances``: batches that run at once, each on
+the better of the two (each compute process tokenizes serially, as the worker does, and keeps
+glibc's dynamic mmap threshold, which settles where the worker's fixed 32 MiB is). ``--instances`` (``runtime.instances``: batches that run at once, each on
 ``threads / instances`` torch threads) adds a worker pair and a pair of compute processes per count;
 a compute process with several instances calls the runtime from that many threads at once, and the
 ceilings are the best of every thread layout measured. Configurations are interleaved round by
@@ -101,6 +102,10 @@ def _compute_process(policy: str, threads: int, encoder: str, instances: int, co
     else:
         os.environ["OMP_WAIT_POLICY"] = policy.upper()
     from concurrent.futures import ThreadPoolExecutor
+
+    from cloud_worker.main import keep_tokenizers_serial
+
+    keep_tokenizers_serial()  # as the worker does: the ceiling is not handicapped by the tokenizer's pool
 
     from cloud_worker.config import RuntimeSettings
     from cloud_worker.reference import ReferenceRuntime
