@@ -7,7 +7,8 @@ can join a batch), queues it with its deadline, and answers with the runtime's o
 version and ``parameters={"variant": ...}``. Compute runs on the model's own threads (as many as the
 runtime's ``instances``), never on the event loop. ``load`` loads and warms the runtime before the
 model reports ready; ``unload`` stops the batcher (queued requests get UNAVAILABLE), waits for the
-running batches, and frees the runtime.
+running batches, and frees the runtime. Every model call tells the process's ``heap_trimmer``
+(``after_compute``): a worker idle for a second hands its batches' heap back to the OS.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cloud_worker.batcher import DynamicBatcher
 from cloud_worker.config import BatchingSettings
 from cloud_worker.metrics import ModelMetrics
 from cloud_worker.runtime import Runtime
+from edgecloud.allocator import heap_trimmer
 from edgecloud.errors import FailedPrecondition
 from edgecloud.model import BlockingRunner, Model
 from edgecloud.types import InferRequest, InferResponse, Tensor
@@ -103,7 +105,10 @@ class BatchedModel(Model):
         runner = self._runner
         if runner is None:
             raise FailedPrecondition(f"model {self.metadata.name!r} is not loaded")
-        return await runner.run(self.runtime.run, items)
+        try:
+            return await runner.run(self.runtime.run, items)
+        finally:
+            heap_trimmer.after_compute()  # an idle worker hands back what its batches grew the heap by
 
 
 __all__ = ["BatchedModel", "batch_limit"]

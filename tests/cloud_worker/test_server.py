@@ -55,6 +55,20 @@ async def test_health_metadata_and_one_inference(reference_worker, connect):
         assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_an_idle_worker_trims_its_heap_after_its_last_batch(reference_worker, connect, monkeypatch):
+    """The worker's batches arm the process's heap trimmer: a trim follows once it has been idle."""
+    from edgecloud.allocator import heap_trimmer
+
+    monkeypatch.setattr(heap_trimmer, "idle_s", 0.2)
+    before = heap_trimmer.trims
+    await connect(reference_worker).ModelInfer(text_request(["hello"]))
+    for _ in range(200):
+        if heap_trimmer.trims > before:
+            break
+        await asyncio.sleep(0.01)
+    assert heap_trimmer.trims == before + 1
+
+
 async def test_reflection_lists_the_services(reference_worker, connect):
     stub = reflection_pb2_grpc.ServerReflectionStub(connect(reference_worker).channel)
     call = stub.ServerReflectionInfo()

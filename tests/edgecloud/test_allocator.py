@@ -72,3 +72,52 @@ def test_the_threshold_decides_which_blocks_get_their_own_mapping(threshold, exp
                           timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == expected.split()
+
+
+async def test_a_trim_follows_the_last_model_call_once_the_process_is_idle():
+    """Model calls keep pushing the trim off; one trim runs ``idle_s`` after the last of them; a
+    later call after that trim arms the next one."""
+    trimmer = HeapTrimmer(idle_s=0.3)
+    calls = []
+    real = trimmer._trim
+    trimmer._trim = lambda pad: calls.append(pad) or real(pad)
+    for _ in range(12):  # busy for ~0.6 s: twice the quiet period, no trim meanwhile
+        trimmer.after_compute()
+        await asyncio.sleep(0.05)
+    assert calls == [] and trimmer.trims == 0
+    for _ in range(100):
+        if trimmer.trims:
+            break
+        await asyncio.sleep(0.01)
+    assert calls == [0] and trimmer.trims == 1
+    await asyncio.sleep(0.5)  # idle stays idle: no second trim without a model call
+    assert trimmer.trims == 1
+    trimmer.after_compute()
+    for _ in range(100):
+        if trimmer.trims == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert calls == [0, 0]
+
+
+@pytest.mark.parametrize("arm", ["idle timer", "pending trim"])
+def test_what_a_closed_loop_left_armed_does_not_block_the_next_loop(arm):
+    """The process's trimmer outlives event loops (tests, restarts): an idle timer or a message's
+    trim still due on a loop that closed must not keep a new loop's calls from arming their own."""
+    trimmer = HeapTrimmer(min_bytes=1000, delay_s=0.05, idle_s=0.05)
+    trimmer._trim = lambda pad: 0
+    touch = trimmer.after_compute if arm == "idle timer" else (lambda: trimmer.after(5000))
+
+    async def arm_and_leave():
+        touch()
+
+    async def arm_and_wait():
+        touch()
+        for _ in range(100):
+            if trimmer.trims:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(arm_and_leave())  # the loop closes before the trim was due
+    asyncio.run(arm_and_wait())
+    assert trimmer.trims == 1
