@@ -9,7 +9,8 @@ is starved by them: two cloud workers (batching on and off, otherwise identical)
 pure-compute processes that call the same runtime directly at batch 1 and batch 32, no server, one
 with passive OpenMP and one with torch's default (spin), so the ceiling is
 the better of the two (each compute process tokenizes serially, as the worker does, and keeps
-glibc's dynamic mmap threshold, which settles where the worker's fixed 32 MiB is). ``--instances`` (``runtime.instances``: batches that run at once, each on
+glibc's dynamic mmap threshold, which settles where the worker's fixed 32 MiB is).
+``--instances`` (``runtime.instances``: batches that run at once, each on
 ``threads / instances`` torch threads) adds a worker pair and a pair of compute processes per count;
 a compute process with several instances calls the runtime from that many threads at once, and the
 ceilings are the best of every thread layout measured. Configurations are interleaved round by

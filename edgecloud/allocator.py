@@ -9,15 +9,16 @@ whose model runs on torch's CPU allocator (the cloud worker).
 
 ``HeapTrimmer.after(size)``: a front calls it once it has handled a message of ``size`` bytes;
 from ``min_bytes`` up, glibc's ``malloc_trim(0)`` runs ``delay_s`` later on a worker thread (at most
-one pending at a time), handing back the free pages inside every malloc arena. ``HeapTrimmer.after_compute()``: a
-torch model calls it after each model call; once the process has made no model call for ``idle_s``
-(1 s), one trim runs (the same one-pending rule). Under the compute threshold the heap keeps what a
-burst of large batches grew it by (measured: a worker at c=64 with batches of 1-32 long texts
-plateaus at ~690 MiB RSS instead of ~500); an idle worker hands that back (one trim: 702 -> 496
-MiB), and the next burst pays its page faults once, not per tensor. A large gRPC
+one pending at a time), handing back the free pages inside every malloc arena. A large gRPC
 message arrives in many small slices allocated from the C-core threads' arenas, below the mmap
-threshold; freed, they leave holes that stay resident until a trim. Nothing happens where the C
-library is not glibc.
+threshold; freed, they leave holes that stay resident until a trim.
+
+``HeapTrimmer.after_compute()``: a torch model calls it after each model call; once the process has
+made no model call for ``idle_s`` (1 s), one trim runs (the same one-pending rule). Under the
+compute threshold the heap keeps what a burst of large batches grew it by (measured: a worker at
+c=64 with batches of 1-32 long texts plateaus at ~690 MiB RSS instead of ~500); an idle worker
+hands that back (one trim: 702 -> 496 MiB), and the next burst pays its page faults once, not per
+tensor. Nothing happens where the C library is not glibc.
 
 Why: by default glibc raises the threshold after the first large block is freed (up to 32 MiB);
 from then on a 12 MiB gRPC message or a 60 MB decode is carved from the heap and its pages stay
@@ -86,10 +87,7 @@ class HeapTrimmer:
     def after(self, size: int) -> None:
         if size < self.min_bytes or self._trim is None:
             return
-        loop = asyncio.get_running_loop()
-        if self._pending_on is not loop:
-            self._pending_on = loop
-            loop.call_later(self.delay_s, self._start)
+        self._trim_after(asyncio.get_running_loop(), self.delay_s)
 
     def after_compute(self) -> None:
         if self._trim is None:
@@ -107,9 +105,13 @@ class HeapTrimmer:
             loop.call_later(self.idle_s - quiet, self._when_idle)
             return
         self._idle_timer_on = None
+        self._trim_after(loop, 0.0)
+
+    def _trim_after(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+        """One trim ``delay_s`` from now, unless one is already pending on ``loop``."""
         if self._pending_on is not loop:
             self._pending_on = loop
-            self._start()
+            loop.call_later(delay_s, self._start)
 
     def _start(self) -> None:
         # ctypes lets go of the GIL for the call: the loop goes on while the heap is walked.
