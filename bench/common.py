@@ -2,7 +2,8 @@
 
 Contract: ``summarize(samples_s)`` gives median/p99/mean in milliseconds; ``print_table`` prints
 rows of dicts as an aligned table; ``write_result(name, payload)`` writes
-``bench/results/{name}.json`` with the machine's facts and returns the path.
+``bench/results/{name}.json`` with the machine's facts and returns the path; ``paired_ratios``
+compares two servers rep by rep and ``alternating`` orders a rep's windows (for noisy machines).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,4 +108,22 @@ def ratio(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
-__all__ = ["summarize", "time_calls", "print_table", "write_result", "machine_facts", "ratio", "stop_all"]
+def paired_ratios(mine: Sequence[float], base: Sequence[float]) -> dict[str, float]:
+    """``mine[i] / base[i]`` for each rep ``i`` (both measured in the same rep, back to back):
+    their median, min and max. On a shared machine whose speed drifts between reps (seen here:
+    one rep 30% slower than the next for every server), the ratio within a rep is what the drift
+    leaves alone; the spread says how far one rep's ratio can be trusted."""
+    if len(mine) != len(base) or not mine:
+        raise ValueError(f"paired_ratios needs reps of equal, non-zero count, got {len(mine)} and {len(base)}")
+    values = [ratio(a, b) for a, b in zip(mine, base)]
+    return {"median": float(statistics.median(values)), "min": min(values), "max": max(values)}
+
+
+def alternating(items: Sequence[Any], rep: int) -> list[Any]:
+    """``items`` in order on even reps and reversed on odd ones, so no item always runs first
+    (right after the warm-up) or always follows the same neighbour."""
+    return list(items) if rep % 2 == 0 else list(reversed(items))
+
+
+__all__ = ["summarize", "time_calls", "print_table", "write_result", "machine_facts", "ratio", "paired_ratios",
+           "alternating", "stop_all"]

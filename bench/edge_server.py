@@ -2,16 +2,18 @@
 
     python -m bench.edge_server [--duration 10] [--warmup 2] [--reps 2] [--quick]
 
-Three servers run at once, each measured in turn (A/B/C, repeated ``--reps`` times; medians
-across reps): the edge agent with its **default** config (threads and concurrency derived from the
+Three servers run at once, each measured in turn (A/B/C then C/B/A, repeated ``--reps`` times):
+the edge agent with its **default** config (threads and concurrency derived from the
 cores, no spinning), the edge agent with the **previous defaults** (concurrency 1, onnxruntime's
 own intra-op threads, spinning on), and ``bench.edge_floor`` (a minimal grpc.aio + onnxruntime
 backend: same file, tokenizer and pooling, one worker thread per core). For each: closed-loop
 load at concurrency 1 and 64 (this package's gRPC client, one short distinct sentence per
 request) for ``--duration`` s after ``--warmup`` s, throughput, p50/p99, and the server's CPU per
 request read from /proc; then the server idling while probed 5 times a second (what the gateway
-does) for ``--idle`` s: cores busy. Prints a table with the ratios the speed issue names and writes
-bench/results/edge_server.json.
+does) for ``--idle`` s: cores busy. Figures are medians across reps; a ratio to the minimal backend
+is the median of the per-rep ratios (each rep's windows run back to back, so the machine's drift
+between reps cancels), with their min-max range beside it. Prints a table with the ratios the speed
+issue names and writes bench/results/edge_server.json.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_seconds, print_table, ratio, stop_all, summarize, write_result
+from bench.common import alternating, cpu_seconds, paired_ratios, print_table, stop_all, summarize, write_result
 from bench.load import closed_loop, text_request
 from edge_agent.threads import usable_cores
 from edgecloud_tools.stack import ServiceProcess, free_port, launch, wait_ready
@@ -97,12 +99,12 @@ async def run(args) -> dict:
         idle: dict[str, list[float]] = {}
         for rep in range(args.reps):
             for concurrency in (1, 64):
-                for name, service in services.items():
+                for name, service in alternating(list(services.items()), rep):
                     row = await _window(service, concurrency, args.duration, args.warmup)
                     windows.setdefault((name, concurrency), []).append(row)
                     print(f"rep {rep + 1} c={concurrency} {name}: {row['req_s']:.0f} req/s, "
                           f"p50 {row['p50_ms']:.2f} ms, {row['cpu_ms_per_req']:.2f} ms CPU/req", flush=True)
-            for name, service in services.items():
+            for name, service in alternating(list(services.items()), rep):
                 idle.setdefault(name, []).append(await idle_cores(service, args.idle))
     finally:
         stop_all(list(services.values()))
@@ -112,10 +114,12 @@ async def run(args) -> dict:
         base = windows[(floor, concurrency)]
         for name in services:
             mine = windows[(name, concurrency)]
+            req_s = paired_ratios([row["req_s"] for row in mine], [row["req_s"] for row in base])
+            p50 = paired_ratios([row["p50_ms"] for row in mine], [row["p50_ms"] for row in base])
             rows.append({"server": name, "c": concurrency, "req_s": _median(mine, "req_s"),
-                         "x_floor_req_s": ratio(_median(mine, "req_s"), _median(base, "req_s")),
+                         "x_floor_req_s": req_s["median"], "x_floor_req_s_range": f"{req_s['min']:.2f}-{req_s['max']:.2f}",
                          "p50_ms": _median(mine, "p50_ms"), "p99_ms": _median(mine, "p99_ms"),
-                         "x_floor_p50": ratio(_median(mine, "p50_ms"), _median(base, "p50_ms")),
+                         "x_floor_p50": p50["median"], "x_floor_p50_range": f"{p50['min']:.2f}-{p50['max']:.2f}",
                          "cpu_ms_per_req": _median(mine, "cpu_ms_per_req"),
                          "errors": sum(row["errors"] for row in mine)})
     idle_rows = [{"server": name, "cores_busy_while_probed": statistics.median(values)}
@@ -129,9 +133,9 @@ async def run(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=4, help="reps (paired ratios need several on a noisy machine)")
     parser.add_argument("--idle", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="2 s windows, 1 rep (a smoke run)")
     args = parser.parse_args()
