@@ -17,7 +17,9 @@ Every server runs in its own process, all in front of (or holding) the same INT8
     all alike. p50/p99; what ``floor`` and ``gateway`` add over ``direct``; the gateway's added
     p50/p99 as a multiple of the floor's; CPU per request of every process (from /proc).
 (b) Concurrency ``--concurrency``, closed loop: ``--reps`` rounds over all of them in alternating
-    order; requests/s (median of the rounds), vs ``direct``, and CPU per request.
+    order; requests/s (median of the rounds), vs ``direct`` (the median of each round's ratio,
+    with its range: a round's paths run back to back, so drift between rounds cancels), and CPU
+    per request.
 Targets (issue 14, item 2): gateway added p50 <= 1.0x the floor's, added p99 <= 1.5x; gateway
 c=64 >= 0.92x direct; embedded no slower than direct at c=1 (p50) and c=64. Prints tables and
 writes bench/results/gateway_hop.json.
@@ -36,7 +38,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import cpu_seconds, print_table, ratio, summarize, write_result
+from bench.common import alternating, cpu_seconds, paired_ratios, print_table, ratio, summarize, write_result
 from bench.gateway_ab import launch_gateway
 from bench.load import closed_loop, rotated, text_request
 from edgecloud_tools.stack import ServiceProcess, edge_config, free_port, gateway_config, launch, wait_ready
@@ -98,7 +100,7 @@ async def concurrency_n(addresses: dict[str, str], pids: dict[str, int], concurr
     order = list(addresses)
     own = {name: name for name in addresses} | {"direct": "edge"}
     for rep in range(reps):
-        for name in order if rep % 2 == 0 else list(reversed(order)):
+        for name in alternating(order, rep):
             pid = pids[own[name]]
             cpu0 = cpu_seconds(pid)
             outcomes = await closed_loop(addresses[name], duration_s=duration_s, concurrency=concurrency)
@@ -108,7 +110,9 @@ async def concurrency_n(addresses: dict[str, str], pids: dict[str, int], concurr
             if ok:
                 run["cpu_per_request_ms"] = (cpu_seconds(pid) - cpu0) / len(ok) * 1000
             runs[name].append(run)
+    direct = [r["requests_per_s"] for r in runs["direct"]]
     return {name: {"requests_per_s": float(np.median([r["requests_per_s"] for r in rs])),
+                   "vs_direct": paired_ratios([r["requests_per_s"] for r in rs], direct),
                    "p50_ms": float(np.median([r["p50_ms"] for r in rs])),
                    "p99_ms": float(np.median([r["p99_ms"] for r in rs])),
                    "cpu_per_request_ms": float(np.median([r.get("cpu_per_request_ms", 0.0) for r in rs])),
@@ -119,7 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="per path at concurrency 1")
     parser.add_argument("--throughput-s", type=float, default=8.0)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=4, help="concurrency-N rounds (ratios are paired per round)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--before", type=Path, help="another checkout (with its .venv) whose gateway runs beside")
     args = parser.parse_args()
@@ -166,21 +170,22 @@ def main() -> int:
                   "paired_added_p50_ms": c1[name].get("paired_added_p50_ms", 0.0),
                   "added_p99_ms": c1[name].get("added_p99_ms", 0.0), "cpu_per_request_ms": cpu[own[name]]}
                  for name in PATHS if name in c1], f"concurrency 1, {args.requests} requests per path, rotated")
-    direct_rps = cn["direct"]["requests_per_s"]
-    print_table([{"path": name, "requests_per_s": r["requests_per_s"], "vs_direct": ratio(r["requests_per_s"], direct_rps),
+    print_table([{"path": name, "requests_per_s": r["requests_per_s"], "vs_direct": r["vs_direct"]["median"],
+                  "vs_direct_range": f"{r['vs_direct']['min']:.2f}-{r['vs_direct']['max']:.2f}",
                   "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "cpu_per_request_ms": r["cpu_per_request_ms"]}
                  for name, r in cn.items()],
-                f"concurrency {args.concurrency}, median of {args.reps} alternating rounds of {args.throughput_s:g} s")
+                f"concurrency {args.concurrency}, medians of {args.reps} alternating rounds of {args.throughput_s:g} s "
+                f"(vs_direct: median of the per-round ratios)")
     gw, fl = c1["gateway"], c1["floor"]
     figures = {**({"before_added_p50_vs_floor": ratio(c1["before"]["added_p50_ms"], fl["added_p50_ms"]),
-                   "before_cn_vs_direct": ratio(cn["before"]["requests_per_s"], direct_rps)} if "before" in c1 else {}),
+                   "before_cn_vs_direct": cn["before"]["vs_direct"]["median"]} if "before" in c1 else {}),
         "gateway_added_p50_vs_floor": ratio(gw["added_p50_ms"], fl["added_p50_ms"]),
         "gateway_paired_added_p50_vs_floor": ratio(gw["paired_added_p50_ms"], fl["paired_added_p50_ms"]),
         "gateway_added_p99_vs_floor": ratio(gw["added_p99_ms"], fl["added_p99_ms"]),
-        "gateway_cn_vs_direct": ratio(cn["gateway"]["requests_per_s"], direct_rps),
-        "floor_cn_vs_direct": ratio(cn["floor"]["requests_per_s"], direct_rps),
+        "gateway_cn_vs_direct": cn["gateway"]["vs_direct"]["median"],
+        "floor_cn_vs_direct": cn["floor"]["vs_direct"]["median"],
         "embedded_c1_p50_vs_direct": ratio(c1["embedded"]["p50_ms"], c1["direct"]["p50_ms"]),
-        "embedded_cn_vs_direct": ratio(cn["embedded"]["requests_per_s"], direct_rps),
+        "embedded_cn_vs_direct": cn["embedded"]["vs_direct"]["median"],
     }
     targets = {
         "gateway added p50 <= 1.0x floor": figures["gateway_added_p50_vs_floor"] <= 1.0,
