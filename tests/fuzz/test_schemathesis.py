@@ -8,7 +8,8 @@ documents, and a request the schema forbids is refused (4xx). Whether a schema-v
 *accepted* is not checked: the description covers the protocol, and most schema-valid requests do
 not fit the one model served (``text`` BYTES [-1]), so 400 is their right answer.
 
-Bounded: ``MAX_EXAMPLES`` per operation and nine operations; about 20-40 s.
+Bounded: ``MAX_EXAMPLES`` per operation and thirteen operations (the generate extension's
+``generate`` and ``generate_stream`` among them, sent here to the embedding model); about 15-40 s.
 """
 
 from __future__ import annotations
