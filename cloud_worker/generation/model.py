@@ -3,7 +3,8 @@
 Contract: ``load()`` reads the checkpoint (weights, ``tokenizer.json``, end-of-sequence ids) off the
 event loop, allocates the KV cache for ``settings.max_batch_size`` slots of
 ``settings.context_length`` tokens, starts the batcher's thread and warms up with one short
-generation; only then is the model ready. ``generate(request)`` tokenizes the prompt exactly as
+generation; only then is the model ready. After every step the heap trimmer hears that the process
+computed (``HeapTrimmer.after_compute``), so an idle worker's heap goes back to the OS. ``generate(request)`` tokenizes the prompt exactly as
 given (no special tokens added: chat templates are the caller's), submits it, and yields a
 ``Chunk`` per non-empty text delta, then a final ``Chunk`` with the ``Usage`` (``stop`` or
 ``length``). Closing the iterator (or cancelling the task consuming it) drops the request at the
@@ -28,6 +29,7 @@ from cloud_worker.generation.llama import LlamaModel
 from cloud_worker.generation.scheduler import BatcherStatus, ContinuousBatcher
 from cloud_worker.generation.settings import GenerationSettings
 from cloud_worker.metrics import GenerationMetrics, Outcome, WorkerMetrics
+from edgecloud.allocator import heap_trimmer
 from edgecloud.errors import ErrorKind, FailedPrecondition, InferenceError
 from edgecloud.generation import Chunk, GenerateRequest, GenerativeModel, SamplingParams, chat_template_of
 
@@ -59,6 +61,20 @@ def eos_token_ids(checkpoint_dir: Path, tokenizer: Tokenizer) -> frozenset[int]:
         if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
             ids.add(tokenizer.token_to_id(token))
     return frozenset(ids)
+
+
+def _computed_on(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """The batcher's ``after_step``: tell the heap trimmer, on ``loop``, that a step ran (a worker
+    idle for a second after its last generation hands the heap its steps grew back to the OS, as
+    ``BatchedModel`` does after its batches)."""
+
+    def after_step() -> None:
+        try:
+            loop.call_soon_threadsafe(heap_trimmer.after_compute)
+        except RuntimeError:  # the loop has closed: nobody is left to trim for
+            pass
+
+    return after_step
 
 
 class TorchGenerativeModel(GenerativeModel):
@@ -101,6 +117,7 @@ class TorchGenerativeModel(GenerativeModel):
             overload_retry_after_s=self.settings.overload_retry_after_s,
             clock=self._clock,
             name=self.name,
+            after_step=_computed_on(asyncio.get_running_loop()),
         )
         batcher.start()
         try:

@@ -20,6 +20,9 @@ Contract of ``ContinuousBatcher`` (one per model):
   ``max_tokens`` (``length``) or when prompt plus completion fill the context (``length``).
   Completion tokens count the end-of-sequence token. A slot is released before the request's
   final chunk (or error) is delivered, so ``status`` seen by whoever got the end counts it free.
+- ``after_step`` (when given) is called on the step thread after every step, failed ones too (the
+  model uses it to tell the heap trimmer that the process computed); it must be cheap and
+  thread-safe, and what it raises is logged, not passed on.
 - ``Generation.cancel()`` (what closing the consumer does) drops the request at the next step.
 - A step that raises fails the requests in it with ``InternalError``; the loop goes on serving.
 - ``stop()`` ends the thread after its current step and fails every queued and running request
@@ -156,6 +159,7 @@ class ContinuousBatcher:
         overload_retry_after_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         name: str = "model",
+        after_step: Callable[[], None] | None = None,
     ):
         if max_queue_size < 1 or max_prefill_tokens < 1:
             raise ValueError("max_queue_size and max_prefill_tokens must be >= 1")
@@ -167,6 +171,7 @@ class ContinuousBatcher:
         self.overload_retry_after_s = overload_retry_after_s
         self.name = name
         self._decode_text = decode
+        self._after_step = after_step
         self._eos = frozenset(eos_ids)
         self._clock = clock
         self._lock = threading.Lock()
@@ -279,6 +284,11 @@ class ContinuousBatcher:
             for request in expired:
                 request.handle._deliver(DeadlineExceeded("the deadline passed during generation"))
             self._step(admitted)
+            if self._after_step is not None:
+                try:
+                    self._after_step()
+                except Exception:  # a hook's failure must not stop the generations
+                    log.exception("after_step of model %r failed", self.name)
             with self._lock:
                 if not self._waiting and not self._active:
                     self._idle.notify_all()

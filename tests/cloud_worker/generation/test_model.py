@@ -100,6 +100,23 @@ async def test_infer_answers_the_whole_text_through_the_protocol(make_model, tin
     assert response.parameters["variant"] == "fp32"
 
 
+async def test_a_model_idle_after_its_generations_trims_the_heap_once(make_model, monkeypatch):
+    """Every step tells the heap trimmer the process computed; one trim follows the quiet period."""
+    from edgecloud.allocator import heap_trimmer
+
+    model = await make_model()
+    monkeypatch.setattr(heap_trimmer, "idle_s", 0.2)
+    await asyncio.sleep(0.5)  # the warm-up's own idle trim, if it is due, happens before we count
+    before = heap_trimmer.trims
+    assert len(await chunks_of(model, request(max_tokens=6))) >= 2
+    for _ in range(300):
+        if heap_trimmer.trims > before:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # no second trim without another step
+    assert heap_trimmer.trims == before + 1
+
+
 async def test_closing_the_stream_frees_the_slot_and_the_model_serves_on(make_model):
     model = await make_model(max_batch_size=2)
     engine = pausable(model)

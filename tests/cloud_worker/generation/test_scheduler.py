@@ -256,3 +256,31 @@ async def test_stop_fails_queued_and_running_requests(make_batcher):
     with pytest.raises(Unavailable):
         batcher.submit(PROMPTS[0], greedy(1))
     assert not batcher._thread.is_alive()
+
+
+async def test_after_step_runs_after_every_step_and_its_failure_stops_nothing(make_batcher):
+    steps: list[int] = []
+    counted = threading.Condition()
+
+    def after_step():
+        with counted:
+            steps.append(1)
+            counted.notify_all()
+        if len(steps) == 2:
+            raise RuntimeError("a broken hook")
+
+    async def steps_reach(count: int) -> int:
+        def wait() -> int:
+            with counted:
+                counted.wait_for(lambda: len(steps) >= count, timeout=30)
+                return len(steps)
+        return await asyncio.to_thread(wait)
+
+    batcher = make_batcher(after_step=after_step)
+    text, usage = await collect(batcher.submit(PROMPTS[0], greedy(5)))
+    # The first step prefills (token 1) and decodes (token 2), each later step decodes one token:
+    # 4 steps for 5 tokens; the hook runs after the step that delivered the last one too.
+    assert usage.completion_tokens == 5 and await steps_reach(4) == 4
+    again, _ = await collect(batcher.submit(PROMPTS[0], greedy(5)))
+    assert again == text and await steps_reach(8) == 8
+    assert (await idle(batcher)).active == 0
