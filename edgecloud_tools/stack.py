@@ -1,7 +1,8 @@
 """Starting edgecloud servers as child processes: used by ``edgecloud up``, the benchmarks and
 the integration tests.
 
-Contract: ``launch(component, config, workdir)`` writes ``config`` as YAML, starts
+Contract: ``free_port()`` is a port for a server to bind later (below the ephemeral range, so
+outgoing connections cannot take it first). ``launch(component, config, workdir)`` writes ``config`` as YAML, starts
 ``python -m edgecloud_tools serve COMPONENT --config FILE`` with its output in a log file, and returns a
 ``ServiceProcess``. ``wait_ready(address)`` polls the Open Inference Protocol ``ServerReady`` until
 it answers true. ``ServiceProcess.stop()`` sends SIGTERM, waits, then SIGKILL — only to the pid it
@@ -11,6 +12,7 @@ started. ``pause``/``resume`` send SIGSTOP/SIGCONT (fault injection).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +29,51 @@ from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 
 
+PORTS_FROM = 10_000
+"""The lowest port ``free_port`` hands out (below it: well-known and registered services)."""
+_LINUX_EPHEMERAL = (32768, 60999)
+_given: set[int] = set()
+_choose = random.SystemRandom()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the OS gives outgoing connections (and ``bind`` to port 0)."""
+    try:
+        low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return _LINUX_EPHEMERAL
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to now, for a server that will bind it later (a child process).
+
+    Chosen at random below the OS's ephemeral range: a port from ``bind(0)`` is an ephemeral one,
+    and any outgoing connection made before the server binds it (a client, a Redis connection, a
+    probe) may take it as its source port, so the server fails to start. Never the same port twice
+    in one process. Where the range leaves under 1,000 ports below it, falls back to ``bind(0)``.
+    """
+    low, _ = ephemeral_port_range()
+    if low - PORTS_FROM >= 1000:
+        for _ in range(200):
+            port = _choose.randrange(PORTS_FROM, low)
+            if port not in _given and _bindable(host, port):
+                _given.add(port)
+                return port
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    _given.add(port)
+    return port
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
