@@ -77,6 +77,7 @@ def replicas(shared_parts, stack_dir):
     redis_port, cloud_metrics, proxy = shared_parts
     port = free_port()
     gateways = []
+    probed_before = inferences(cloud_metrics)
     try:
         for i in range(2):
             # probes are real inferences: one at start, then none while the test counts inferences
@@ -100,6 +101,12 @@ def replicas(shared_parts, stack_dir):
                 except OSError:
                     assert time.monotonic() < deadline and gateway.alive(), gateway.log_tail()
                     time.sleep(0.1)
+        # Each replica's first probe is an inference; a test that counts inferences must not see
+        # one still in flight (a busy machine once let the second replica's land in the count).
+        deadline = time.monotonic() + 60
+        while inferences(cloud_metrics) < probed_before + len(gateways):
+            assert time.monotonic() < deadline, "the replicas' start probes never reached the cloud worker"
+            time.sleep(0.05)
         yield gateways, cloud_metrics, proxy
     finally:
         for gateway in gateways:
