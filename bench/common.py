@@ -3,7 +3,8 @@
 Contract: ``summarize(samples_s)`` gives median/p99/mean in milliseconds; ``print_table`` prints
 rows of dicts as an aligned table; ``write_result(name, payload)`` writes
 ``bench/results/{name}.json`` with the machine's facts and returns the path; ``paired_ratios``
-compares two servers rep by rep and ``alternating`` orders a rep's windows (for noisy machines).
+compares two servers rep by rep (``spread`` prints its range) and ``alternating`` orders a rep's
+windows (for noisy machines).
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def paired_ratios(mine: Sequence[float], base: Sequence[float]) -> dict[str, flo
     return {"median": float(statistics.median(values)), "min": min(values), "max": max(values)}
 
 
+def spread(ratios: dict[str, float]) -> str:
+    """``paired_ratios``' range as printed beside its median: ``"min-max"``."""
+    return f"{ratios['min']:.2f}-{ratios['max']:.2f}"
+
+
 def alternating(items: Sequence[Any], rep: int) -> list[Any]:
     """``items`` in order on even reps and reversed on odd ones, so no item always runs first
     (right after the warm-up) or always follows the same neighbour."""
@@ -126,4 +132,4 @@ def alternating(items: Sequence[Any], rep: int) -> list[Any]:
 
 
 __all__ = ["summarize", "time_calls", "print_table", "write_result", "machine_facts", "ratio", "paired_ratios",
-           "alternating", "stop_all"]
+           "spread", "alternating", "stop_all"]

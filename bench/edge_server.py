@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import alternating, cpu_seconds, paired_ratios, print_table, stop_all, summarize, write_result
+from bench.common import (alternating, cpu_seconds, paired_ratios, print_table, spread, stop_all, summarize,
+                          write_result)
 from bench.load import closed_loop, text_request
 from edge_agent.threads import usable_cores
 from edgecloud_tools.stack import ServiceProcess, free_port, launch, wait_ready
@@ -117,9 +118,9 @@ async def run(args) -> dict:
             req_s = paired_ratios([row["req_s"] for row in mine], [row["req_s"] for row in base])
             p50 = paired_ratios([row["p50_ms"] for row in mine], [row["p50_ms"] for row in base])
             rows.append({"server": name, "c": concurrency, "req_s": _median(mine, "req_s"),
-                         "x_floor_req_s": req_s["median"], "x_floor_req_s_range": f"{req_s['min']:.2f}-{req_s['max']:.2f}",
+                         "x_floor_req_s": req_s["median"], "x_floor_req_s_range": spread(req_s),
                          "p50_ms": _median(mine, "p50_ms"), "p99_ms": _median(mine, "p99_ms"),
-                         "x_floor_p50": p50["median"], "x_floor_p50_range": f"{p50['min']:.2f}-{p50['max']:.2f}",
+                         "x_floor_p50": p50["median"], "x_floor_p50_range": spread(p50),
                          "cpu_ms_per_req": _median(mine, "cpu_ms_per_req"),
                          "errors": sum(row["errors"] for row in mine)})
     idle_rows = [{"server": name, "cores_busy_while_probed": statistics.median(values)}

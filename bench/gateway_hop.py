@@ -38,7 +38,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from bench.common import alternating, cpu_seconds, paired_ratios, print_table, ratio, summarize, write_result
+from bench.common import (alternating, cpu_seconds, paired_ratios, print_table, ratio, spread, summarize,
+                          write_result)
 from bench.gateway_ab import launch_gateway
 from bench.load import closed_loop, rotated, text_request
 from edgecloud_tools.stack import ServiceProcess, edge_config, free_port, gateway_config, launch, wait_ready
@@ -171,7 +172,7 @@ def main() -> int:
                   "added_p99_ms": c1[name].get("added_p99_ms", 0.0), "cpu_per_request_ms": cpu[own[name]]}
                  for name in PATHS if name in c1], f"concurrency 1, {args.requests} requests per path, rotated")
     print_table([{"path": name, "requests_per_s": r["requests_per_s"], "vs_direct": r["vs_direct"]["median"],
-                  "vs_direct_range": f"{r['vs_direct']['min']:.2f}-{r['vs_direct']['max']:.2f}",
+                  "vs_direct_range": spread(r["vs_direct"]),
                   "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "cpu_per_request_ms": r["cpu_per_request_ms"]}
                  for name, r in cn.items()],
                 f"concurrency {args.concurrency}, medians of {args.reps} alternating rounds of {args.throughput_s:g} s "

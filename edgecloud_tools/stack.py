@@ -2,9 +2,9 @@
 the integration tests.
 
 Contract: ``free_port()`` is a port for a server to bind later (below the ephemeral range, so
-outgoing connections cannot take it first). ``launch(component, config, workdir)`` writes ``config`` as YAML, starts
-``python -m edgecloud_tools serve COMPONENT --config FILE`` with its output in a log file, and returns a
-``ServiceProcess``. ``wait_ready(address)`` polls the Open Inference Protocol ``ServerReady`` until
+outgoing connections cannot take it first). ``launch(component, config, workdir)`` writes
+``config`` as YAML, starts ``python -m edgecloud_tools serve COMPONENT --config FILE`` with its
+output in a log file, and returns a ``ServiceProcess``. ``wait_ready(address)`` polls the Open Inference Protocol ``ServerReady`` until
 it answers true. ``ServiceProcess.stop()`` sends SIGTERM, waits, then SIGKILL — only to the pid it
 started. ``pause``/``resume`` send SIGSTOP/SIGCONT (fault injection).
 """

@@ -4,11 +4,11 @@ Contract: ``load()`` reads the checkpoint (weights, ``tokenizer.json``, end-of-s
 event loop, allocates the KV cache for ``settings.max_batch_size`` slots of
 ``settings.context_length`` tokens, starts the batcher's thread and warms up with one short
 generation; only then is the model ready. After every step the heap trimmer hears that the process
-computed (``HeapTrimmer.after_compute``), so an idle worker's heap goes back to the OS. ``generate(request)`` tokenizes the prompt exactly as
-given (no special tokens added: chat templates are the caller's), submits it, and yields a
-``Chunk`` per non-empty text delta, then a final ``Chunk`` with the ``Usage`` (``stop`` or
-``length``). Closing the iterator (or cancelling the task consuming it) drops the request at the
-batcher's next step and frees its slot. ``unload()`` stops the batcher (waiting and running
+computed (``HeapTrimmer.after_compute``), so an idle worker's heap goes back to the OS.
+``generate(request)`` tokenizes the prompt exactly as given (no special tokens added: chat
+templates are the caller's), submits it, and yields a ``Chunk`` per non-empty text delta, then a
+final ``Chunk`` with the ``Usage`` (``stop`` or ``length``). Closing the iterator (or cancelling the
+task consuming it) drops the request at the batcher's next step and frees its slot. ``unload()`` stops the batcher (waiting and running
 generations fail with ``Unavailable``) and frees the weights and cache. ``status`` reports slots in
 use and the queue length.
 """

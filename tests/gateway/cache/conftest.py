@@ -147,15 +147,14 @@ def redis_server(tmp_path) -> Callable[..., RedisProcess]:
 
 
 def cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free too (so at most 55535)."""
-    import random
-
+    """A port from ``free_port`` whose cluster bus port (+10000) is free too."""
     for _ in range(200):
-        port = random.randint(20000, 55000)
+        port = free_port()
+        if port + 10000 > 65535:  # free_port fell back to an ephemeral port: no room for the bus
+            continue
         try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
+            with socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
             return port
         except OSError:
             continue
