@@ -11,12 +11,15 @@ Contract:
   keep the bytes they decoded on the result (``wire``), and ``request_to_wire`` / ``response_to_wire``
   reuse them (see ``InferRequest.wire`` / ``InferResponse.wire``), so a message that passes through
   unchanged is never encoded again. Bytes that are not a valid message are ``InvalidArgument``.
+  ``response_from_wire`` decodes the outputs only when they are read (``WireResponse``): a relayed
+  response's tensors are never turned into arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +28,8 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from edgecloud.datatypes import DATATYPES, DatatypeInfo
-from edgecloud.errors import ErrorKind, InferenceError, InvalidArgument, ResourceExhausted, error_for_kind
+from edgecloud.errors import (ErrorKind, InferenceError, InternalError, InvalidArgument, ResourceExhausted,
+                              error_for_kind)
 from edgecloud.limits import RequestLimits
 from edgecloud.types import (
     InferRequest,
@@ -38,6 +42,8 @@ from edgecloud.types import (
     TensorSpec,
 )
 from protos import inference_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 _LEN = struct.Struct("<I")
 DEFAULT_LIMITS = RequestLimits()
@@ -316,6 +322,17 @@ def response_to_proto(response: InferResponse) -> pb.ModelInferResponse:
 
 def response_from_proto(msg: pb.ModelInferResponse, limits: RequestLimits = DEFAULT_LIMITS) -> InferResponse:
     """Decode a response from an upstream server (typed contents or raw)."""
+    return InferResponse(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        parameters=parameters_from_proto(msg.parameters, "parameters"),
+        outputs=outputs_from_proto(msg, limits),
+    )
+
+
+def outputs_from_proto(msg: pb.ModelInferResponse, limits: RequestLimits = DEFAULT_LIMITS) -> list[Tensor]:
+    """A response's output tensors, structurally checked (names, datatypes, shapes against the data)."""
     raw = msg.raw_output_contents
     if raw and len(raw) != len(msg.outputs):
         raise InvalidArgument("raw_output_contents does not match outputs", field="raw_output_contents")
@@ -334,13 +351,51 @@ def response_from_proto(msg: pb.ModelInferResponse, limits: RequestLimits = DEFA
             data = _array_from_contents(tensor.contents, info, dims, count, field, limits)
         outputs.append(Tensor(tensor.name, info.name, dims, data,
                               parameters_from_proto(tensor.parameters, f"{field}.parameters")))
-    return InferResponse(
-        model_name=msg.model_name,
-        model_version=msg.model_version,
-        id=msg.id,
-        parameters=parameters_from_proto(msg.parameters, "parameters"),
-        outputs=outputs,
-    )
+    return outputs
+
+
+_OUTPUTS_SLOT = InferResponse.__dict__["outputs"]
+
+
+class WireResponse(InferResponse):
+    """An ``InferResponse`` read from serialized bytes (its ``wire``) whose ``outputs`` are decoded
+    when first read: a front that relays the bytes (gRPC, and every cache hit served over it) never
+    pays for them. The bytes parsed as a ``ModelInferResponse``; outputs that then do not decode
+    (a count, a shape or a size that disagrees with the data) are the sender's fault, not the
+    client's: reading them raises ``InternalError``, every time, and the detail is logged. A copy
+    (``dataclasses.replace``) holds decoded outputs."""
+
+    __slots__ = ("_message", "_limits")
+
+    def __init__(self, *args, message: pb.ModelInferResponse | None = None,
+                 limits: RequestLimits = DEFAULT_LIMITS, **kwargs):
+        self._message = message
+        self._limits = limits
+        InferResponse.__init__(self, *args, **kwargs)
+
+    @property
+    def outputs(self) -> list[Tensor]:
+        outputs = _OUTPUTS_SLOT.__get__(self)
+        if outputs is None:
+            try:
+                outputs = outputs_from_proto(self._message, self._limits)
+            except InferenceError as exc:
+                log.warning("a response's outputs do not decode: %s", exc.message)
+                raise InternalError("a backend sent a malformed response") from exc
+            _OUTPUTS_SLOT.__set__(self, outputs)
+            self._message = None
+        return outputs
+
+    @outputs.setter
+    def outputs(self, value: list[Tensor]) -> None:
+        _OUTPUTS_SLOT.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to any ``InferResponse`` (lazy or not) with the same compared fields."""
+        if not isinstance(other, InferResponse):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name)
+                   for f in dataclasses.fields(InferResponse) if f.compare)
 
 
 def element_count(shape: Iterable[int]) -> int:
@@ -436,10 +491,12 @@ def request_to_wire(request: InferRequest) -> bytes:
 
 
 def response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> InferResponse:
-    """Decode a serialized ``ModelInferResponse``, keeping ``data`` as the response's ``wire``."""
-    response = response_from_proto(_parse(pb.ModelInferResponse, data, "response"), limits)
-    response.wire = data
-    return response
+    """A serialized ``ModelInferResponse`` (bytes that do not parse are ``InvalidArgument``) as a
+    ``WireResponse``: ``data`` kept as its ``wire``, its outputs decoded when first read."""
+    msg = _parse(pb.ModelInferResponse, data, "response")
+    return WireResponse(model_name=msg.model_name, model_version=msg.model_version, id=msg.id,
+                        parameters=parameters_from_proto(msg.parameters, "parameters"), outputs=None, wire=data,
+                        message=msg, limits=limits)
 
 
 def _varint(value: int) -> bytes:

@@ -2,12 +2,13 @@
 server (Triton, KServe, MLServer).
 
 Contract (see ``gateway.backend.Backend``): ``infer`` sends the request's serialized form (its
-``wire`` bytes unchanged when it came over gRPC) and returns the decoded response, keeping the
-upstream's bytes as its ``wire``. A failure is translated once (``edgecloud.rpc_errors``) into
-the typed error, its retry hint kept; for failures of the backend itself (unreachable, timed out,
-internal) grpc's details, which name addresses, go to the log and the error says only what
-failed. A response the codec rejects is the backend's fault (INTERNAL). Cancelling a call cancels
-it upstream (``edgecloud.grpc_calls.unary``). The channel is created at first use, on the running
+``wire`` bytes unchanged when it came over gRPC) and returns the response, keeping the upstream's
+bytes as its ``wire`` (its outputs are decoded only if something reads them: ``codec.WireResponse``).
+A failure is translated once (``edgecloud.rpc_errors``) into the typed error, its retry hint kept;
+for failures of the backend itself (unreachable, timed out, internal) grpc's details, which name
+addresses, go to the log and the error says only what failed. A response the codec rejects (or
+whose outputs then do not decode) is the backend's fault (INTERNAL). Cancelling a call cancels it
+upstream (``edgecloud.grpc_calls.unary``). The channel is created at first use, on the running
 event loop.
 """
 
@@ -148,7 +149,9 @@ class GrpcBackend(Backend):
         inner = codec.stream_response_part(raw)
         try:
             if inner is not None:
-                return codec.response_from_wire(inner, self._limits)
+                response = codec.response_from_wire(inner, self._limits)
+                response.outputs  # noqa: B018  decoded now: every chunk is read, and a bad one fails here
+                return response
             message = pb.ModelStreamInferResponse.FromString(raw)
             if not message.error_message:
                 return codec.response_from_proto(message.infer_response, self._limits)

@@ -17,8 +17,9 @@ Layout (little-endian, ``HEADER.size`` = 44 bytes)::
 
 Contract: ``decode(value, digest)`` returns an ``Entry`` or raises ``CorruptEntry`` (wrong magic
 or version, unknown provenance, a length or checksum that does not match, an entry written under
-another key, or a body that is not a ``ModelInferResponse``); it never raises anything else. No
-pickle: nothing in a value is ever executed.
+another key, or a body that is not a ``ModelInferResponse``); it never raises anything else. The
+body's outputs are decoded only if something reads them (a hit relayed over gRPC never does; see
+``edgecloud.codec.WireResponse``). No pickle: nothing in a value is ever executed.
 """
 
 from __future__ import annotations

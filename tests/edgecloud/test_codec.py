@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edgecloud import codec
-from edgecloud.errors import InvalidArgument, ResourceExhausted
+from edgecloud.errors import InternalError, InvalidArgument, ResourceExhausted
 from edgecloud.limits import RequestLimits
 from edgecloud.types import InferRequest, InferResponse, Tensor
 from protos import inference_pb2 as pb
@@ -134,6 +135,41 @@ def test_response_round_trip_raw():
     decoded = codec.response_from_proto(codec.response_to_proto(response))
     np.testing.assert_array_equal(decoded.output("e").data, emb)
     assert decoded.parameters == {"variant": "int8"} and decoded.model_version == "1"
+
+
+def test_a_response_from_the_wire_decodes_its_outputs_when_read_and_relays_its_bytes_as_they_are():
+    emb = np.arange(6, dtype=np.float32).reshape(2, 3)
+    eager = InferResponse("m", [Tensor("e", "FP32", emb.shape, emb)], model_version="1", id="r1",
+                          parameters={"variant": "int8"})
+    wire = codec.response_to_wire(eager)
+    lazy = codec.response_from_wire(wire)
+    assert lazy.model_name == "m" and lazy.id == "r1" and lazy.parameters == {"variant": "int8"}
+    assert isinstance(lazy, codec.WireResponse) and lazy.wire == wire
+    lazy.id, lazy.parameters["served_by"] = "r2", "edge"
+    relayed = pb.ModelInferResponse.FromString(codec.response_to_wire(lazy))
+    assert relayed.id == "r2" and relayed.parameters["served_by"].string_param == "edge"
+    assert relayed.raw_output_contents[0] == emb.tobytes()
+    np.testing.assert_array_equal(lazy.output("e").data, emb)
+    assert lazy.outputs is lazy.outputs  # decoded once
+    copy = dataclasses.replace(lazy, id="r1", parameters={"variant": "int8"}, wire=None)
+    assert copy.outputs[0].shape == (2, 3) and codec.response_to_wire(copy) == codec.response_to_wire(eager)
+    replaced = codec.response_from_wire(wire)
+    replaced.outputs = []
+    assert replaced.outputs == []
+
+
+def test_outputs_that_do_not_decode_are_the_senders_fault_every_time_they_are_read(caplog):
+    msg = codec.response_to_proto(InferResponse("m", [Tensor("e", "FP32", (1, 3), np.ones((1, 3), np.float32))]))
+    msg.raw_output_contents[0] = b"short"
+    wire = msg.SerializeToString()
+    response = codec.response_from_wire(wire)  # the bytes parse: nothing is decoded yet
+    assert codec.response_to_wire(response).startswith(wire)
+    for _ in range(2):
+        with pytest.raises(InternalError, match="a backend sent a malformed response"):
+            response.outputs  # noqa: B018
+    assert "outputs[e]: raw data is 5 bytes" in caplog.text
+    with pytest.raises(InvalidArgument, match="response"):
+        codec.response_from_wire(b"\xff\xff")
 
 
 _DTYPES = st.sampled_from(["BOOL", "UINT8", "INT16", "INT32", "INT64", "UINT64", "FP16", "FP32", "FP64"])
