@@ -473,7 +473,8 @@ class GatewayDataplane:
         response = served.response
         response.parameters[SERVED_BY] = served.served_by
         response.parameters[ROUTE_REASON] = served.reason
-        self.metrics.count_answer(served.served_by, served.reason, time.perf_counter() - started)
+        self.dispatcher.after_answer(self.metrics.count_answer, served.served_by, served.reason,
+                                     time.perf_counter() - started)
         return response
 
     def _compute(self, request: InferRequest, deadline: float, require_cloud: bool):

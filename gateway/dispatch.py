@@ -19,14 +19,16 @@ Contract for ``Dispatcher.dispatch(request, deadline, require_cloud=False) -> Se
   per-side attempt timeouts). Nothing starts once it has passed (``DeadlineExceeded``).
 - Edge RTTs are recorded for routing (a hedge loser's time too, as a lower bound), as are cloud
   RTTs — except a sample taken across a stall of this process's own event loop (``lag``), which
-  measured the gateway, not the backend. Time comes from ``clock`` and waiting from ``sleep``:
-  tests run every path on a fake clock.
+  measured the gateway, not the backend. An answer's bookkeeping (its RTT, the backend's health)
+  is taken when it arrives and recorded on the loop's next turn (``after_answer``), off the
+  request's own latency. Time comes from ``clock`` and waiting from ``sleep``: tests run every path
+  on a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from edgecloud.clock import Clock, Sleep
@@ -260,8 +262,7 @@ class Dispatcher:
             raise
         finally:
             edge.outstanding -= 1
-        self.note_answered(edge)
-        self._record_edge(edge, start)
+        self.after_answer(self._edge_answered, edge, start, self.clock.now())
         return response
 
     async def _cloud_attempts(self, request: InferRequest, deadline: float) -> InferResponse:
@@ -292,10 +293,7 @@ class Dispatcher:
                 continue
             finally:
                 worker.outstanding -= 1
-            self.note_answered(worker)
-            if self.measured_the_backend(start):
-                self.monitor.record(worker.name, self.clock.now() - start)
-            self.pool.on_success(worker)
+            self.after_answer(self._cloud_answered, worker, start, self.clock.now())
             return response
         if last is not None:
             raise last
@@ -324,14 +322,32 @@ class Dispatcher:
             return False
         return True
 
-    def _record_edge(self, edge: Backend, start: float) -> None:
+    @staticmethod
+    def after_answer(bookkeeping: Callable[..., None], *args) -> None:
+        """Run ``bookkeeping(*args)`` on the loop's next turn, once the answer it is about has gone on
+        its way (the caller returns it now): the latency of a request never includes recording it.
+        Callbacks run in the order they were scheduled, so samples keep their order, and before
+        anything that awaits the answer resumes."""
+        asyncio.get_running_loop().call_soon(bookkeeping, *args)
+
+    def _edge_answered(self, edge: Backend, start: float, end: float) -> None:
+        self.note_answered(edge, end)
+        self._record_edge(edge, start, end)
+
+    def _cloud_answered(self, worker: Backend, start: float, end: float) -> None:
+        self.note_answered(worker, end)
         if self.measured_the_backend(start):
-            rtt_s = self.clock.now() - start
+            self.monitor.record(worker.name, end - start)
+        self.pool.on_success(worker)
+
+    def _record_edge(self, edge: Backend, start: float, end: float | None = None) -> None:
+        if self.measured_the_backend(start):
+            rtt_s = (self.clock.now() if end is None else end) - start
             self.monitor.record(edge.name, rtt_s)
             self.policy.observe_edge(rtt_s)
 
-    def note_answered(self, backend: Backend) -> None:
-        backend.answered_at = self.clock.now()
+    def note_answered(self, backend: Backend, at: float | None = None) -> None:
+        backend.answered_at = self.clock.now() if at is None else at
         if backend.mark_success():
             self.monitor.stats(backend.name).restart_warmup()
 

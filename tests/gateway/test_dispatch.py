@@ -56,6 +56,24 @@ async def test_the_edge_answers(clock):
     assert e.answered_at == clock.now() and w.answered_at == float("-inf")  # the prober skips what traffic measures
 
 
+@pytest.mark.parametrize("side", ["edge", "cloud"])
+async def test_an_answer_is_recorded_on_the_next_loop_turn_off_its_own_latency(clock, side):
+    e, w = edge(clock, latency_s=0.010), worker(clock, latency_s=0.030)
+    d = make_dispatcher(clock, e, [w], hedging=False)
+    backend, rtt = (e, 0.010) if side == "edge" else (w, 0.030)
+
+    async def answered():
+        served = await d.dispatch(request(), clock.now() + 10.0, require_cloud=side == "cloud")
+        at_answer = (d.monitor.stats(backend.name).count, backend.answered_at, clock.now())
+        await asyncio.sleep(0)
+        return served, at_answer
+
+    served, (count, answered_at, now) = await clock.run(answered())
+    assert served.served_by == side and count == 0 and answered_at == float("-inf")
+    stats = d.monitor.stats(backend.name)
+    assert stats.count == 1 and stats.ewma_s == pytest.approx(rtt) and backend.answered_at == now
+
+
 async def test_without_hedging_a_slow_edge_is_waited_for(clock):
     e, w = edge(clock, latency_s=1.0), worker(clock)
     d = make_dispatcher(clock, e, [w], hedging=False)

@@ -130,14 +130,15 @@ async def test_a_million_element_json_body_is_parsed_off_the_loop(gateway, in_pl
     assert (await asyncio.to_thread(_post, gateway.http_port, warm.encode()))[0] == 200
     field = "inputs[text].datatype" if datatype == "FP32" else "inputs[text].shape"
     # The least of three interleaved runs each: one run on this shared box can be stretched by
-    # whatever else runs (a CI run once measured 0.05 s vs 0.12 s where the usual is 0.03 vs 0.13).
+    # whatever else runs (CI runs measured 0.05 s vs 0.12 s, twice, where the usual is 0.03 vs 0.13).
+    # Half is the bar: parsing on the loop again would cost the helper's loop as much as the other's.
     cpu = {"in place": float("inf"), "helper": float("inf")}
     for _ in range(3):
         for name, server in (("in place", in_place_gateway), ("helper", gateway)):
             spent, (status, answer) = await _loop_cpu(lambda: _post(server.http_port, body))
             assert status == 400 and answer["error"].startswith(field), (name, answer)
             cpu[name] = min(cpu[name], spent)
-    assert cpu["helper"] < 0.4 * cpu["in place"], cpu
+    assert cpu["helper"] < 0.5 * cpu["in place"], cpu
     # A small body is still served, and in place.
     small = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["after"]}]})
     assert (await asyncio.to_thread(_post, gateway.http_port, small.encode()))[0] == 200
