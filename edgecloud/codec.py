@@ -357,33 +357,49 @@ def outputs_from_proto(msg: pb.ModelInferResponse, limits: RequestLimits = DEFAU
 _OUTPUTS_SLOT = InferResponse.__dict__["outputs"]
 
 
+class _LazyOutputs:
+    """A message's outputs, decoded at the first ``get`` and kept (shared by the copies of a
+    ``WireResponse``: decoded once for all of them)."""
+
+    __slots__ = ("_message", "_limits", "_outputs")
+
+    def __init__(self, message: pb.ModelInferResponse, limits: RequestLimits):
+        self._message = message
+        self._limits = limits
+        self._outputs: list[Tensor] | None = None
+
+    def get(self) -> list[Tensor]:
+        if self._outputs is None:
+            try:
+                self._outputs = outputs_from_proto(self._message, self._limits)
+            except InferenceError as exc:
+                log.warning("a response's outputs do not decode: %s", exc.message)
+                raise InternalError("a backend sent a malformed response") from exc
+            self._message = None
+        return self._outputs
+
+
 class WireResponse(InferResponse):
     """An ``InferResponse`` read from serialized bytes (its ``wire``) whose ``outputs`` are decoded
     when first read: a front that relays the bytes (gRPC, and every cache hit served over it) never
     pays for them. The bytes parsed as a ``ModelInferResponse``; outputs that then do not decode
     (a count, a shape or a size that disagrees with the data) are the sender's fault, not the
     client's: reading them raises ``InternalError``, every time, and the detail is logged. A copy
-    (``dataclasses.replace``) holds decoded outputs."""
+    made with ``dataclasses.replace`` holds decoded outputs; one made with ``for_another_request``
+    stays lazy."""
 
-    __slots__ = ("_message", "_limits")
+    __slots__ = ("_lazy",)
 
-    def __init__(self, *args, message: pb.ModelInferResponse | None = None,
-                 limits: RequestLimits = DEFAULT_LIMITS, **kwargs):
-        self._message = message
-        self._limits = limits
+    def __init__(self, *args, lazy: _LazyOutputs | None = None, **kwargs):
+        self._lazy = lazy
         InferResponse.__init__(self, *args, **kwargs)
 
     @property
     def outputs(self) -> list[Tensor]:
         outputs = _OUTPUTS_SLOT.__get__(self)
         if outputs is None:
-            try:
-                outputs = outputs_from_proto(self._message, self._limits)
-            except InferenceError as exc:
-                log.warning("a response's outputs do not decode: %s", exc.message)
-                raise InternalError("a backend sent a malformed response") from exc
+            outputs = self._lazy.get()
             _OUTPUTS_SLOT.__set__(self, outputs)
-            self._message = None
         return outputs
 
     @outputs.setter
@@ -396,6 +412,21 @@ class WireResponse(InferResponse):
             return NotImplemented
         return all(getattr(self, f.name) == getattr(other, f.name)
                    for f in dataclasses.fields(InferResponse) if f.compare)
+
+
+def for_another_request(response: InferResponse) -> InferResponse:
+    """A copy of ``response`` to answer another request with: ``parameters`` of its own (``id`` and
+    parameters are set per request), the outputs list and ``wire`` shared; a ``WireResponse``'s
+    outputs stay undecoded until one of the copies reads them (then decoded once for all)."""
+    if isinstance(response, WireResponse) and _OUTPUTS_SLOT.__get__(response) is None:
+        copy = WireResponse.__new__(WireResponse)  # the fields set directly: this runs on every cache hit
+        copy._lazy = response._lazy
+        _OUTPUTS_SLOT.__set__(copy, None)
+        copy.model_name, copy.model_version, copy.id = response.model_name, response.model_version, response.id
+        copy.parameters, copy.wire = dict(response.parameters), response.wire
+        return copy
+    return InferResponse(response.model_name, response.outputs, response.model_version, response.id,
+                         dict(response.parameters), response.wire)
 
 
 def element_count(shape: Iterable[int]) -> int:
@@ -496,7 +527,7 @@ def response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> I
     msg = _parse(pb.ModelInferResponse, data, "response")
     return WireResponse(model_name=msg.model_name, model_version=msg.model_version, id=msg.id,
                         parameters=parameters_from_proto(msg.parameters, "parameters"), outputs=None, wire=data,
-                        message=msg, limits=limits)
+                        lazy=_LazyOutputs(msg, limits))
 
 
 def _varint(value: int) -> bytes:

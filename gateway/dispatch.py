@@ -28,6 +28,7 @@ Contract for ``Dispatcher.dispatch(request, deadline, require_cloud=False) -> Se
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ from gateway.retry_budget import RetryBudget
 from gateway.routing import Decision, Reason, Route, RoutingPolicy
 
 __all__ = ["ESCALATION_PARAMETER", "DispatchSettings", "Dispatcher"]
+
+log = logging.getLogger(__name__)
 
 ESCALATION_PARAMETER = "escalation"
 """Response parameter on an unsure edge answer returned as it is: ``kept: <why the cloud did not answer>``."""
@@ -87,6 +90,8 @@ class Dispatcher:
         self._sleep = sleep
         self.metrics = metrics or GatewayMetrics()
         self.lag = lag
+        self._bookkeeping: list[tuple[Callable[..., None], tuple]] = []
+        """What answers left to record on the loop's next turn (``after_answer``)."""
 
     # the request's path ----------------------------------------------------------------------
 
@@ -322,13 +327,23 @@ class Dispatcher:
             return False
         return True
 
-    @staticmethod
-    def after_answer(bookkeeping: Callable[..., None], *args) -> None:
+    def after_answer(self, bookkeeping: Callable[..., None], *args) -> None:
         """Run ``bookkeeping(*args)`` on the loop's next turn, once the answer it is about has gone on
         its way (the caller returns it now): the latency of a request never includes recording it.
-        Callbacks run in the order they were scheduled, so samples keep their order, and before
-        anything that awaits the answer resumes."""
-        asyncio.get_running_loop().call_soon(bookkeeping, *args)
+        What the answers of one turn leave is run in one callback, in the order it was left, so
+        samples keep their order, and before anything that awaits those answers resumes."""
+        pending = self._bookkeeping
+        pending.append((bookkeeping, args))
+        if len(pending) == 1:
+            asyncio.get_running_loop().call_soon(self._keep_books)
+
+    def _keep_books(self) -> None:
+        pending, self._bookkeeping = self._bookkeeping, []
+        for bookkeeping, args in pending:
+            try:
+                bookkeeping(*args)
+            except Exception:  # one failed record must not drop the others'
+                log.exception("recording an answer failed")
 
     def _edge_answered(self, edge: Backend, start: float, end: float) -> None:
         self.note_answered(edge, end)

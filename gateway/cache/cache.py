@@ -51,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
-from edgecloud.codec import response_from_wire, response_to_wire
+from edgecloud.codec import for_another_request, response_from_wire, response_to_wire
 
 from edgecloud.clock import Clock, MonotonicClock
 from edgecloud.errors import DeadlineExceeded, Unavailable
@@ -627,8 +627,5 @@ class GatewayCache:
 
 def _fresh(entry: Entry) -> Entry:
     """``entry`` with a response of its own (``id`` and parameters are set per request) sharing
-    the decoded outputs and wire bytes."""
-    response = entry.response
-    return dataclasses.replace(entry, response=InferResponse(
-        response.model_name, response.outputs, response.model_version, response.id, dict(response.parameters),
-        response.wire))
+    the outputs (decoded or not) and wire bytes."""
+    return dataclasses.replace(entry, response=for_another_request(entry.response))

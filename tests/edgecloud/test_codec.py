@@ -158,6 +158,18 @@ def test_a_response_from_the_wire_decodes_its_outputs_when_read_and_relays_its_b
     assert replaced.outputs == []
 
 
+def test_copies_for_other_requests_stay_lazy_and_decode_once_for_all():
+    emb = np.ones((1, 2), np.float32)
+    lazy = codec.response_from_wire(codec.response_to_wire(InferResponse("m", [Tensor("e", "FP32", (1, 2), emb)])))
+    first, second = codec.for_another_request(lazy), codec.for_another_request(lazy)
+    first.parameters["served_by"] = "cache"
+    assert isinstance(first, codec.WireResponse) and "served_by" not in lazy.parameters | second.parameters
+    assert all(getattr(second, f.name) == getattr(lazy, f.name) for f in dataclasses.fields(InferResponse))
+    assert first.wire is lazy.wire and first.outputs is second.outputs is lazy.outputs  # one decode, shared
+    eager = codec.for_another_request(InferResponse("m", [Tensor("e", "FP32", (1, 2), emb)], parameters={"a": 1}))
+    assert type(eager) is InferResponse and eager.parameters == {"a": 1}
+
+
 def test_outputs_that_do_not_decode_are_the_senders_fault_every_time_they_are_read(caplog):
     msg = codec.response_to_proto(InferResponse("m", [Tensor("e", "FP32", (1, 3), np.ones((1, 3), np.float32))]))
     msg.raw_output_contents[0] = b"short"

@@ -74,6 +74,23 @@ async def test_an_answer_is_recorded_on_the_next_loop_turn_off_its_own_latency(c
     assert stats.count == 1 and stats.ewma_s == pytest.approx(rtt) and backend.answered_at == now
 
 
+async def test_the_books_of_one_loop_turn_are_kept_in_order_and_one_failure_drops_nothing(clock, caplog):
+    d = make_dispatcher(clock, edge(clock), [])
+    kept: list[int] = []
+
+    def fail(_):
+        raise RuntimeError("boom")
+
+    for index, record in enumerate((kept.append, fail, kept.append, kept.append)):
+        d.after_answer(record, index)
+    assert kept == []
+    await asyncio.sleep(0)
+    assert kept == [0, 2, 3] and "recording an answer failed" in caplog.text
+    d.after_answer(kept.append, 4)  # a later turn gets a callback of its own
+    await asyncio.sleep(0)
+    assert kept == [0, 2, 3, 4]
+
+
 async def test_without_hedging_a_slow_edge_is_waited_for(clock):
     e, w = edge(clock, latency_s=1.0), worker(clock)
     d = make_dispatcher(clock, e, [w], hedging=False)
