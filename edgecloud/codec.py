@@ -394,6 +394,18 @@ class WireResponse(InferResponse):
         self._lazy = lazy
         InferResponse.__init__(self, *args, **kwargs)
 
+    @classmethod
+    def undecoded(cls, model_name: str, model_version: str, id: str, parameters: dict[str, ParameterValue],
+                  wire: bytes, lazy: _LazyOutputs) -> WireResponse:
+        """One whose outputs ``lazy`` decodes when first read, its fields set directly (this runs for
+        every response relayed and every cache hit; keyword ``__init__`` costs microseconds)."""
+        response = cls.__new__(cls)
+        response._lazy = lazy
+        _OUTPUTS_SLOT.__set__(response, None)
+        response.model_name, response.model_version, response.id = model_name, model_version, id
+        response.parameters, response.wire = parameters, wire
+        return response
+
     @property
     def outputs(self) -> list[Tensor]:
         outputs = _OUTPUTS_SLOT.__get__(self)
@@ -419,12 +431,8 @@ def for_another_request(response: InferResponse) -> InferResponse:
     parameters are set per request), the outputs list and ``wire`` shared; a ``WireResponse``'s
     outputs stay undecoded until one of the copies reads them (then decoded once for all)."""
     if isinstance(response, WireResponse) and _OUTPUTS_SLOT.__get__(response) is None:
-        copy = WireResponse.__new__(WireResponse)  # the fields set directly: this runs on every cache hit
-        copy._lazy = response._lazy
-        _OUTPUTS_SLOT.__set__(copy, None)
-        copy.model_name, copy.model_version, copy.id = response.model_name, response.model_version, response.id
-        copy.parameters, copy.wire = dict(response.parameters), response.wire
-        return copy
+        return WireResponse.undecoded(response.model_name, response.model_version, response.id,
+                                      dict(response.parameters), response.wire, response._lazy)
     return InferResponse(response.model_name, response.outputs, response.model_version, response.id,
                          dict(response.parameters), response.wire)
 
@@ -525,9 +533,8 @@ def response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> I
     """A serialized ``ModelInferResponse`` (bytes that do not parse are ``InvalidArgument``) as a
     ``WireResponse``: ``data`` kept as its ``wire``, its outputs decoded when first read."""
     msg = _parse(pb.ModelInferResponse, data, "response")
-    return WireResponse(model_name=msg.model_name, model_version=msg.model_version, id=msg.id,
-                        parameters=parameters_from_proto(msg.parameters, "parameters"), outputs=None, wire=data,
-                        lazy=_LazyOutputs(msg, limits))
+    return WireResponse.undecoded(msg.model_name, msg.model_version, msg.id,
+                                  parameters_from_proto(msg.parameters, "parameters"), data, _LazyOutputs(msg, limits))
 
 
 def _varint(value: int) -> bytes:
