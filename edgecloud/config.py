@@ -99,7 +99,8 @@ class ServerSettings(Section):
     http_port: int | None = Field(None, ge=0, le=65535)
     """HTTP (REST) port; unset for no HTTP front."""
     grace_s: float = Field(5.0, ge=0, le=600)
-    """Seconds in-flight requests get to finish on shutdown."""
+    """Seconds in-flight requests get to finish on shutdown (health turns NOT_SERVING at once and new
+    gRPC inference calls are refused UNAVAILABLE, which clients retry elsewhere)."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=2**31 - 1)
     """Largest gRPC message (and HTTP body) accepted or sent; bigger ones get RESOURCE_EXHAUSTED / 413."""
     max_concurrent_requests: int = Field(512, ge=1, le=1_000_000)

@@ -4,7 +4,9 @@ with health, reflection, message-size limits and graceful stop.
 Contract: every handler decodes with ``edgecloud.codec``, calls the dataplane, encodes; typed
 errors become the status from ``edgecloud.status`` and unexpected exceptions become INTERNAL with
 a generic message (details go to the log, not the client). ``GrpcServer.stop(grace)`` marks health
-NOT_SERVING, stops accepting, lets in-flight calls finish for ``grace`` seconds, then closes.
+NOT_SERVING, refuses new inference calls (UNAVAILABLE, which clients retry elsewhere), lets those in
+flight finish and their answers reach the clients (``InFlightCalls``) within ``grace`` seconds, then
+closes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -23,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from edgecloud import codec
 from edgecloud.allocator import heap_trimmer
 from edgecloud.dataplane import InferenceDataplane
-from edgecloud.errors import InferenceError, InvalidArgument
+from edgecloud.errors import InferenceError, InvalidArgument, Unavailable
 from edgecloud.rpc_errors import RETRY_AFTER_KEY
 from edgecloud.status import grpc_code
 from protos import inference_pb2 as pb
@@ -124,15 +127,75 @@ Authenticate = Callable[[Mapping[str, str]], str]
 """Credentials (request headers / gRPC metadata) -> tenant; raises ``Unauthenticated``."""
 
 
+QUIET_BEFORE_CLOSE_S = 0.1
+"""How long a stopping server keeps its connections open after its last inference call answered.
+grpc closes a connection as soon as its last call is done once shutdown began; a client still
+acknowledging the answer's frames then gets a reset, and Linux drops what it had received and not
+yet read: the answer is lost (seen under load with answers of a few hundred KiB: ~1 in 75 stops)."""
+
+
+class InFlightCalls:
+    """The inference calls a server is answering, counted so a graceful stop can wait for them
+    itself: grpc's own ``stop(grace)`` sends GOAWAY and closes each connection the moment its last
+    call completes, which can lose that call's answer (``QUIET_BEFORE_CLOSE_S``).
+
+    Contract: ``enter`` before a call's work (``Unavailable`` once closing), ``leave`` once it is
+    answered, exactly once per ``enter``. ``drain`` refuses new calls from then on and returns when
+    none is in flight and none answered in the last ``quiet_s``, or when ``timeout_s`` runs out."""
+
+    __slots__ = ("count", "last_answered", "closing", "_idle")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_answered = -math.inf
+        self.closing = False
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        if self.closing:
+            raise Unavailable("the server is shutting down")
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+        self.last_answered = time.monotonic()
+        if not self.count and self._idle is not None:
+            self._idle.set()
+
+    def reopen(self) -> None:
+        self.closing = False
+
+    async def drain(self, timeout_s: float, quiet_s: float = QUIET_BEFORE_CLOSE_S) -> float:
+        """Wait as the contract says; returns what is left of ``timeout_s``."""
+        self.closing = True
+        deadline = time.monotonic() + timeout_s
+        if self.count:
+            self._idle = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._idle.wait()
+            except TimeoutError:
+                return 0.0
+            finally:
+                self._idle = None
+        quiet = min(self.last_answered + quiet_s, deadline) - time.monotonic()
+        if quiet > 0:
+            await asyncio.sleep(quiet)
+        return max(0.0, deadline - time.monotonic())
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol over gRPC for any ``InferenceDataplane``; holds no logic of its own.
 
     With ``authenticate``, every method but the two server health checks needs credentials, and
-    the tenant they name travels with each request."""
+    the tenant they name travels with each request. ``calls`` counts the inference calls
+    (``ModelInfer``, ``ModelStreamInfer``) for a graceful stop."""
 
-    def __init__(self, dataplane: InferenceDataplane, authenticate: Authenticate | None = None):
+    def __init__(self, dataplane: InferenceDataplane, authenticate: Authenticate | None = None,
+                 calls: InFlightCalls | None = None):
         self.dataplane = dataplane
         self._authenticate = authenticate
+        self.calls = calls if calls is not None else InFlightCalls()
 
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
         if self._authenticate is None:
@@ -167,21 +230,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @translate_errors
     async def ModelInfer(self, request: bytes, context):
-        heap_trimmer.after(len(request))
-        tenant = self._tenant(context)
-        decoded = codec.request_from_wire(request, self.dataplane.limits, self._precheck_for(request))
-        decoded.deadline = request_deadline(context)
-        decoded.tenant = tenant
-        return codec.response_to_wire(await self.dataplane.infer(decoded))
+        calls = self.calls
+        calls.enter()
+        try:
+            heap_trimmer.after(len(request))
+            tenant = self._tenant(context)
+            decoded = codec.request_from_wire(request, self.dataplane.limits, self._precheck_for(request))
+            decoded.deadline = request_deadline(context)
+            decoded.tenant = tenant
+            return codec.response_to_wire(await self.dataplane.infer(decoded))
+        finally:
+            calls.leave()
 
     async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context):
         """Serve each request on the stream as it arrives, concurrently; answer in
         ``ModelStreamInferResponse``s (a failed request gets an ``error_message`` and the stream
         goes on). When the client half-closes, the stream ends once every request has answered;
         when it cancels, every generation it started stops."""
+        calls = self.calls
+        try:
+            calls.enter()
+        except InferenceError as exc:
+            await abort_with(context, exc)
         try:
             tenant = self._tenant(context)
         except InferenceError as exc:
+            calls.leave()
             await abort_with(context, exc)
         deadline = request_deadline(context)
         outbox: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_OUTBOX)
@@ -224,9 +298,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield message
             await reader
         finally:
-            for task in (reader, *running):
-                task.cancel()
-            await asyncio.gather(reader, *running, return_exceptions=True)
+            try:
+                for task in (reader, *running):
+                    task.cancel()
+                await asyncio.gather(reader, *running, return_exceptions=True)
+            finally:
+                calls.leave()
 
 
 def server_options(max_message_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
@@ -245,7 +322,8 @@ class GrpcServer:
     """A grpc.aio server for one servicer set, with health and reflection.
 
     ``register`` is called with the ``grpc.aio.Server`` to add the servicers; ``service_names``
-    are the services health and reflection announce.
+    are the services health and reflection announce; ``calls``, where the servicers count theirs,
+    lets ``stop`` drain them before grpc closes the connections (``InFlightCalls``).
     """
 
     def __init__(
@@ -257,8 +335,10 @@ class GrpcServer:
         max_message_bytes: int = 64 * 1024 * 1024,
         credentials: grpc.ServerCredentials | None = None,
         reuse_port: bool = False,
+        calls: InFlightCalls | None = None,
     ):
         self._register = register
+        self._calls = calls
         self._reuse_port = reuse_port
         self._service_names = service_names
         self._address = f"{host}:{port}"
@@ -283,6 +363,8 @@ class GrpcServer:
             raise OSError(f"could not bind {self._address}")
         await server.start()
         self._server = server
+        if self._calls is not None:
+            self._calls.reopen()
         await self.set_serving(True)
         return self.port
 
@@ -291,10 +373,14 @@ class GrpcServer:
         for name in ("", *self._service_names):
             await self._health.set(name, status)
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Health NOT_SERVING; then, with a grace, the counted calls drained (new ones refused)
+        within it; then grpc's stop with what is left of it (other calls finish or are cancelled)."""
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
+        if self._calls is not None and grace:
+            grace = await self._calls.drain(grace)
         await self._server.stop(grace)
         self._server = None
 
@@ -310,5 +396,6 @@ def inference_server(dataplane: InferenceDataplane, *, authenticate: Authenticat
     return GrpcServer(
         lambda server: add_inference_servicer(servicer, server),
         [INFERENCE_SERVICE],
+        calls=servicer.calls,
         **kwargs,
     )

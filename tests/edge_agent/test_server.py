@@ -157,21 +157,42 @@ async def test_expired_deadline_never_reaches_the_model(edge):
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-async def test_graceful_stop_drains_in_flight_requests(model_dir):
+async def test_graceful_stop_drains_in_flight_requests(model_dir, monkeypatch):
     # A grace no busy machine runs out of: the drain, not its speed, is under test.
     config = EdgeConfig(server=ServerSettings(port=0, grace_s=60), models=[ModelSettings(path=model_dir)])
     server = EdgeServer(config)
     port = await server.start()
+    model = server.agent.models[0]
+    release = asyncio.Event()
+    compute = model.infer
+
+    async def held(request):
+        await release.wait()
+        return await compute(request)
+
+    monkeypatch.setattr(model, "infer", held)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
         texts = [f"in flight request {i} with several words" .encode() for i in range(128)]
         in_flight = asyncio.ensure_future(stub.ModelInfer(text_request(texts)))
         admission = server.agent.dataplane.admission
         await wait_until(lambda: admission.in_flight)  # the server holds it (a busy machine may take a while)
         assert admission.in_flight == 1
-        await server.stop(60)
+        stopping = asyncio.ensure_future(server.stop(60))
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while (await health.Check(health_pb2.HealthCheckRequest(service=""))).status != not_serving:
+            await asyncio.sleep(0.01)
+        # Draining: a new call is refused at once (clients retry it elsewhere), the connection stays up.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ModelInfer(text_request([b"while stopping"]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in refused.value.details()
+        assert not stopping.done()
+        release.set()
         response = await in_flight
         assert embedding_of(response).shape == (128, 384)
+        await stopping
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.ModelInfer(text_request([b"after stop"]), timeout=2)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
