@@ -9,7 +9,9 @@ Contract:
 - ``run_until_signal(components, grace_s)`` starts each component (``async start()`` /
   ``async stop(grace)``), waits for SIGINT or SIGTERM (or ``stop_event``), then stops them in
   reverse: the one owner of the signal handlers, and of process-wide settings
-  (``edgecloud.allocator``: ``mmap_threshold_bytes``, the 128 KiB of a message server by default).
+  (``edgecloud.allocator``: ``mmap_threshold_bytes``, the 128 KiB of a message server by default;
+  ``edgecloud.collector``: what start-up made frozen out of the garbage collector's scans while
+  the components serve).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from edgecloud.allocator import THRESHOLD_BYTES, release_large_buffers
+from edgecloud.collector import freeze_startup_objects, thaw
 
 __all__ = ["Component", "Lifecycle", "configure_logging", "raise_collected", "run_until_signal"]
 
@@ -97,6 +100,7 @@ async def run_until_signal(components: Sequence[Component], grace_s: float, *,
     try:
         for component in components:
             await lifecycle.start(type(component).__name__, component.start, component.stop)
+        freeze_startup_objects()  # collections scan what serving allocates, not the whole process
         if on_started is not None:
             on_started()
         await stop.wait()
@@ -104,6 +108,7 @@ async def run_until_signal(components: Sequence[Component], grace_s: float, *,
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        thaw()
         await lifecycle.stop(grace_s)
 
 
