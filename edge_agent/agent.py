@@ -176,7 +176,8 @@ class EdgeAgent:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a request (validated as the servers validate it) off the event loop."""
-        await self.aload()
+        if not self._loaded:
+            await self.aload()
         return await self.dataplane.infer(request)
 
     # generation ------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ class EmbeddedEdge(Backend):
         await self.agent.aload()
 
     async def _run(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
-        await self.agent.aload()
         try:
             async with asyncio.timeout(timeout_s):
                 return await self.agent.infer(request)
