@@ -12,7 +12,8 @@ Contract:
   reuse them (see ``InferRequest.wire`` / ``InferResponse.wire``), so a message that passes through
   unchanged is never encoded again. Bytes that are not a valid message are ``InvalidArgument``.
   ``response_from_wire`` decodes the outputs only when they are read (``WireResponse``): a relayed
-  response's tensors are never turned into arrays.
+  response's tensors are never turned into arrays; ``decoded_response_from_wire`` decodes them at
+  once (a stream's chunks, all of which are read).
 """
 
 from __future__ import annotations
@@ -535,6 +536,16 @@ def response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> I
     msg = _parse(pb.ModelInferResponse, data, "response")
     return WireResponse.undecoded(msg.model_name, msg.model_version, msg.id,
                                   parameters_from_proto(msg.parameters, "parameters"), data, _LazyOutputs(msg, limits))
+
+
+def decoded_response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> InferResponse:
+    """A serialized ``ModelInferResponse`` decoded whole, its outputs too (a stream's chunks: every
+    one is read), ``data`` kept as its ``wire``. Bytes that do not parse, or outputs that do not
+    decode, raise ``InvalidArgument`` (the caller knows who sent them and says so)."""
+    msg = _parse(pb.ModelInferResponse, data, "response")
+    return InferResponse(model_name=msg.model_name, outputs=outputs_from_proto(msg, limits),
+                         model_version=msg.model_version, id=msg.id,
+                         parameters=parameters_from_proto(msg.parameters, "parameters"), wire=data)
 
 
 def _varint(value: int) -> bytes:

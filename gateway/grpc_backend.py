@@ -149,9 +149,7 @@ class GrpcBackend(Backend):
         inner = codec.stream_response_part(raw)
         try:
             if inner is not None:
-                response = codec.response_from_wire(inner, self._limits)
-                response.outputs  # noqa: B018  decoded now: every chunk is read, and a bad one fails here
-                return response
+                return codec.decoded_response_from_wire(inner, self._limits)  # a bad chunk fails here
             message = pb.ModelStreamInferResponse.FromString(raw)
             if not message.error_message:
                 return codec.response_from_proto(message.infer_response, self._limits)

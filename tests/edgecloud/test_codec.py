@@ -184,6 +184,21 @@ def test_outputs_that_do_not_decode_are_the_senders_fault_every_time_they_are_re
         codec.response_from_wire(b"\xff\xff")
 
 
+def test_a_response_decoded_whole_keeps_its_bytes_and_refuses_outputs_that_do_not_decode():
+    msg = codec.response_to_proto(InferResponse("m", [Tensor("e", "FP32", (1, 3), np.ones((1, 3), np.float32))],
+                                                id="r", parameters={"a": 1}))
+    wire = msg.SerializeToString()
+    response = codec.decoded_response_from_wire(wire)
+    assert type(response) is InferResponse and response.wire == wire
+    assert (response.model_name, response.id, response.parameters) == ("m", "r", {"a": 1})
+    np.testing.assert_array_equal(response.output("e").data, np.ones((1, 3), np.float32))
+    msg.raw_output_contents[0] = b"short"
+    with pytest.raises(InvalidArgument, match="raw data is 5 bytes"):
+        codec.decoded_response_from_wire(msg.SerializeToString())
+    with pytest.raises(InvalidArgument, match="response"):
+        codec.decoded_response_from_wire(b"\xff\xff")
+
+
 _DTYPES = st.sampled_from(["BOOL", "UINT8", "INT16", "INT32", "INT64", "UINT64", "FP16", "FP32", "FP64"])
 
 
