@@ -9,7 +9,10 @@ is starved by them: two cloud workers (batching on and off, otherwise identical)
 pure-compute processes that call the same runtime directly at batch 1 and batch 32, no server, one
 with passive OpenMP and one with torch's default (spin), so the ceiling is
 the better of the two (each compute process tokenizes serially, as the worker does, and keeps
-glibc's dynamic mmap threshold, which settles where the worker's fixed 32 MiB is).
+glibc's dynamic mmap threshold, which settles where the worker's fixed 32 MiB is), and a floor
+(``bench.cloud_floor``): a minimal grpc.aio server batching the same runtime greedily, with the least
+Python around it, so the worker's gap to the ceiling splits into what any server on this machine pays
+(the floor's own gap) and what is the worker's.
 ``--instances`` (``runtime.instances``: batches that run at once, each on
 ``threads / instances`` torch threads) adds a worker pair and a pair of compute processes per count;
 a compute process with several instances calls the runtime from that many threads at once, and the
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from bench.cloud_floor import serve_floor
 from bench.common import print_table, ratio, summarize, write_result
 from edgecloud.codec import serialize_bytes
 
@@ -265,6 +269,11 @@ async def main_async(args) -> dict:
                 ports[key] = ctx.Queue()
                 config = worker_config(batching, args.threads, omp, encoder, int(instances[1:]))
                 children.append(ctx.Process(target=_serve_process, daemon=True, args=(config, ports[key])))
+        floor = f"floor {primary}"
+        encoder, omp, instances = primary.split("/")
+        ports[floor] = ctx.Queue()
+        children.append(ctx.Process(target=serve_floor, daemon=True,
+                                    args=(args.threads, int(instances[1:]), omp, encoder, ports[floor])))
         for compute in computes:
             encoder, instances = compute.split("/")
             for policy in ("passive", "default"):
@@ -301,6 +310,7 @@ async def main_async(args) -> dict:
                 for policy in ("passive", "default")]
         plan += [f"batching {mode} c{conc} {variant}" for conc in args.concurrency for variant in variants
                  for mode in ("on", "off")]
+        plan += [f"batching floor c{conc} {primary}" for conc in args.concurrency]
         plan.append("paired c1 in-turn all")
         for name in plan:  # warm-up, unrecorded
             await segment(name, min(1.0, args.seconds), None if name.startswith("paired") else Series())
@@ -334,10 +344,14 @@ async def main_async(args) -> dict:
             for mode in ("on", "off"):
                 rows.append(series[f"batching {mode} c{conc} {variant}"].row(
                     f"batching {mode}", encoder=variant, batch="dyn" if mode == "on" else 1, concurrency=conc))
+    for conc in args.concurrency:
+        rows.append(series[f"batching floor c{conc} {primary}"].row(
+            "floor (minimal server)", encoder=primary, batch="dyn", concurrency=conc))
     for variant in variants:
         for mode in ("on", "off"):
             rows.append(paired[f"{mode} {variant}"].row(f"batching {mode}, in turn", encoder=variant,
                                                         batch="dyn" if mode == "on" else 1, concurrency="1 in turn"))
+    rows.append(paired[f"floor {primary}"].row("floor, in turn", encoder=primary, batch="dyn", concurrency="1 in turn"))
 
     def best(batch: int, key: str, encoder: str):
         """The best in-process figure for ``encoder`` over OpenMP policies and thread layouts."""
@@ -365,6 +379,14 @@ async def main_async(args) -> dict:
             targets[f"off c1 p50 - best compute b1 p50, ms{tag}"] = (
                 p50(series[f"batching off c1 {variant}"]) - best(1, "p50", encoder))
         targets[f"in turn: on p50 - off p50, ms{tag}"] = p50(paired[f"on {variant}"]) - p50(paired[f"off {variant}"])
+    floor_top = series[f"batching floor c{top} {primary}"]
+    targets[f"floor c{top} / best compute b32 throughput (what a minimal server attains here)"] = ratio(
+        floor_top.throughput, best(32, "throughput", primary.split("/")[0]))
+    targets[f"on c{top} / floor c{top} throughput"] = ratio(
+        series[f"batching on c{top} {primary}"].throughput, floor_top.throughput)
+    if 1 in args.concurrency:
+        targets["floor c1 p50 - best compute b1 p50, ms"] = (p50(series[f"batching floor c1 {primary}"])
+                                                             - best(1, "p50", primary.split("/")[0]))
     targets["in turn: bare gRPC round trip (ServerLive) p50, ms"] = p50(paired["rtt"])
     for variant in variants[1:]:
         targets[f"on c{top}: {primary} / {variant} throughput"] = ratio(
