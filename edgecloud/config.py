@@ -99,8 +99,9 @@ class ServerSettings(Section):
     http_port: int | None = Field(None, ge=0, le=65535)
     """HTTP (REST) port; unset for no HTTP front."""
     grace_s: float = Field(5.0, ge=0, le=600)
-    """Seconds in-flight requests get to finish on shutdown (health turns NOT_SERVING at once and new
-    gRPC inference calls are refused UNAVAILABLE, which clients retry elsewhere)."""
+    """Seconds in-flight requests get to finish on shutdown. Health turns NOT_SERVING at once; gRPC
+    keeps serving until no call is in flight and none answered for 0.1 s (or until at most 1 s of
+    the grace is left), then stops accepting."""
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=2**31 - 1)
     """Largest gRPC message (and HTTP body) accepted or sent; bigger ones get RESOURCE_EXHAUSTED / 413."""
     max_concurrent_requests: int = Field(512, ge=1, le=1_000_000)

@@ -4,9 +4,9 @@ with health, reflection, message-size limits and graceful stop.
 Contract: every handler decodes with ``edgecloud.codec``, calls the dataplane, encodes; typed
 errors become the status from ``edgecloud.status`` and unexpected exceptions become INTERNAL with
 a generic message (details go to the log, not the client). ``GrpcServer.stop(grace)`` marks health
-NOT_SERVING, refuses new inference calls (UNAVAILABLE, which clients retry elsewhere), lets those in
-flight finish and their answers reach the clients (``InFlightCalls``) within ``grace`` seconds, then
-closes.
+NOT_SERVING, lets the inference calls in flight finish and their answers reach the clients
+(``InFlightCalls``; calls arriving meanwhile are served too), then stops accepting and closes, all
+within ``grace`` seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from edgecloud import codec
 from edgecloud.allocator import heap_trimmer
 from edgecloud.dataplane import InferenceDataplane
-from edgecloud.errors import InferenceError, InvalidArgument, Unavailable
+from edgecloud.errors import InferenceError, InvalidArgument
 from edgecloud.rpc_errors import RETRY_AFTER_KEY
 from edgecloud.status import grpc_code
 from protos import inference_pb2 as pb
@@ -131,30 +131,34 @@ QUIET_BEFORE_CLOSE_S = 0.1
 """How long a stopping server keeps its connections open after its last inference call answered.
 grpc closes a connection as soon as its last call is done once shutdown began; a client still
 acknowledging the answer's frames then gets a reset, and Linux drops what it had received and not
-yet read: the answer is lost (a 196 KiB answer once in CI; 4 of 300 stops with 2 MB answers on a
-loaded machine, 0 of 300 with this wait)."""
+yet read: the answer is lost (a 196 KiB answer once in CI; 2-4 of 300 stops with 2 MB answers on a
+loaded machine, 0 of 300 with this drain)."""
+
+STOP_RESERVE_S = 1.0
+"""What a drain leaves of the grace (at most half of it) for grpc's own stop: the calls still in
+flight then finish within it (or are cancelled), as under grpc's stop alone."""
 
 
 class InFlightCalls:
     """The inference calls a server is answering, counted so a graceful stop can wait for them
-    itself: grpc's own ``stop(grace)`` sends GOAWAY and closes each connection the moment its last
-    call completes, which can lose that call's answer (``QUIET_BEFORE_CLOSE_S``).
+    before grpc's own ``stop(grace)``, which sends GOAWAY and closes each connection the moment its
+    last call completes and can lose that call's answer (``QUIET_BEFORE_CLOSE_S``).
 
-    Contract: ``enter`` before a call's work (``Unavailable`` once closing), ``leave`` once it is
-    answered, exactly once per ``enter``. ``drain`` refuses new calls from then on and returns when
-    none is in flight and none answered in the last ``quiet_s``, or when ``timeout_s`` runs out."""
+    Contract: ``enter`` before a call's work, ``leave`` once it is answered, exactly once per
+    ``enter``. ``drain(timeout_s)`` returns when no call is in flight and none answered in the last
+    ``quiet_s``, or once only the reserve is left of ``timeout_s`` (``STOP_RESERVE_S``, at most
+    half); it returns what is left. Calls keep being served meanwhile: one sent before the stop but
+    not yet started (grpc's queue, a busy loop) is answered, as is one sent while health already
+    says NOT_SERVING and the client's balancer has not moved yet (Kubernetes takes a moment)."""
 
-    __slots__ = ("count", "last_answered", "closing", "_idle")
+    __slots__ = ("count", "last_answered", "_idle")
 
     def __init__(self) -> None:
         self.count = 0
         self.last_answered = -math.inf
-        self.closing = False
         self._idle: asyncio.Event | None = None
 
     def enter(self) -> None:
-        if self.closing:
-            raise Unavailable("the server is shutting down")
         self.count += 1
 
     def leave(self) -> None:
@@ -163,25 +167,26 @@ class InFlightCalls:
         if not self.count and self._idle is not None:
             self._idle.set()
 
-    def reopen(self) -> None:
-        self.closing = False
-
-    async def drain(self, timeout_s: float, quiet_s: float = QUIET_BEFORE_CLOSE_S) -> float:
+    async def drain(self, timeout_s: float, quiet_s: float = QUIET_BEFORE_CLOSE_S,
+                    reserve_s: float = STOP_RESERVE_S) -> float:
         """Wait as the contract says; returns what is left of ``timeout_s``."""
-        self.closing = True
         deadline = time.monotonic() + timeout_s
-        if self.count:
-            self._idle = asyncio.Event()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._idle.wait()
-            except TimeoutError:
-                return 0.0
-            finally:
-                self._idle = None
-        quiet = min(self.last_answered + quiet_s, deadline) - time.monotonic()
-        if quiet > 0:
-            await asyncio.sleep(quiet)
+        until = deadline - min(reserve_s, timeout_s / 2)
+        while (now := time.monotonic()) < until:
+            if self.count:
+                self._idle = asyncio.Event()
+                try:
+                    async with asyncio.timeout(until - now):
+                        await self._idle.wait()
+                except TimeoutError:
+                    break
+                finally:
+                    self._idle = None
+                continue
+            quiet = self.last_answered + quiet_s - now
+            if quiet <= 0:
+                break
+            await asyncio.sleep(min(quiet, until - now))
         return max(0.0, deadline - time.monotonic())
 
 
@@ -249,10 +254,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         goes on). When the client half-closes, the stream ends once every request has answered;
         when it cancels, every generation it started stops."""
         calls = self.calls
-        try:
-            calls.enter()
-        except InferenceError as exc:
-            await abort_with(context, exc)
+        calls.enter()
         try:
             tenant = self._tenant(context)
         except InferenceError as exc:
@@ -364,8 +366,6 @@ class GrpcServer:
             raise OSError(f"could not bind {self._address}")
         await server.start()
         self._server = server
-        if self._calls is not None:
-            self._calls.reopen()
         await self.set_serving(True)
         return self.port
 
@@ -375,8 +375,9 @@ class GrpcServer:
             await self._health.set(name, status)
 
     async def stop(self, grace: float | None = 5.0) -> None:
-        """Health NOT_SERVING; then, with a grace, the counted calls drained (new ones refused)
-        within it; then grpc's stop with what is left of it (other calls finish or are cancelled)."""
+        """Health NOT_SERVING; then, with a grace, the counted calls drained within it
+        (``InFlightCalls.drain``); then grpc's stop with what is left of it (calls still in flight
+        finish or are cancelled)."""
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
