@@ -191,7 +191,7 @@ async def test_metrics_endpoint_serves_the_worker_s_registry(reference_worker, c
     assert f'edgecloud_cloud_requests_total{{model="{MODEL}",outcome="ok"}} 1.0' in body
 
 
-async def test_graceful_stop_drains_in_flight_then_refuses(start_worker, connect):
+async def test_graceful_stop_serves_what_is_in_flight_and_arrives_meanwhile_then_refuses(start_worker, connect):
     from tests.support.cloud_fakes import FakeEmbeddingRuntime
 
     runtime = FakeEmbeddingRuntime(gated=True)
@@ -201,17 +201,22 @@ async def test_graceful_stop_drains_in_flight_then_refuses(start_worker, connect
     assert await asyncio.to_thread(runtime.running.wait, 10)
     stopping = asyncio.create_task(worker.stop(10.0))
     try:
-        with pytest.raises(grpc.aio.AioRpcError) as info:  # no longer accepting ...
-            await stub.ModelInfer(text_request(["too late"]), timeout=5)
-        # grpc refuses a call racing its shutdown as UNAVAILABLE or CANCELLED, by timing; both refuse.
-        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        await asyncio.sleep(0.2)
         assert not worker.dataplane.ready() and not in_flight.done() and not stopping.done()
+        # Draining: a call arriving now (its client's balancer has not moved yet) is still served.
+        late = asyncio.ensure_future(stub.ModelInfer(text_request(["arriving"]), timeout=10))
+        await asyncio.sleep(0.2)
+        assert not late.done() and not stopping.done()
     finally:
-        runtime.release()  # ... while the one in flight still finishes
+        runtime.release()  # ... and both finish
     assert embedding_of(await in_flight).shape == (1, 384)
+    assert embedding_of(await late).shape == (1, 384)
     await stopping
     assert not runtime.loaded
-    assert runtime.batches == [["finishing"]]
+    assert sorted(text for batch in runtime.batches for text in batch) == ["arriving", "finishing"]
+    with pytest.raises(grpc.aio.AioRpcError) as info:  # stopped: no longer accepting
+        await stub.ModelInfer(text_request(["too late"]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_workers_share_nothing(start_worker, connect):
