@@ -197,11 +197,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     the tenant they name travels with each request. ``calls`` counts the inference calls
     (``ModelInfer``, ``ModelStreamInfer``) for a graceful stop."""
 
-    def __init__(self, dataplane: InferenceDataplane, authenticate: Authenticate | None = None,
-                 calls: InFlightCalls | None = None):
+    def __init__(self, dataplane: InferenceDataplane, authenticate: Authenticate | None = None):
         self.dataplane = dataplane
         self._authenticate = authenticate
-        self.calls = calls if calls is not None else InFlightCalls()
+        self.calls = InFlightCalls()
 
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
         if self._authenticate is None:
