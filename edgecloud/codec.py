@@ -542,10 +542,9 @@ def decoded_response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMI
     """A serialized ``ModelInferResponse`` decoded whole, its outputs too (a stream's chunks: every
     one is read), ``data`` kept as its ``wire``. Bytes that do not parse, or outputs that do not
     decode, raise ``InvalidArgument`` (the caller knows who sent them and says so)."""
-    msg = _parse(pb.ModelInferResponse, data, "response")
-    return InferResponse(model_name=msg.model_name, outputs=outputs_from_proto(msg, limits),
-                         model_version=msg.model_version, id=msg.id,
-                         parameters=parameters_from_proto(msg.parameters, "parameters"), wire=data)
+    response = response_from_proto(_parse(pb.ModelInferResponse, data, "response"), limits)
+    response.wire = data
+    return response
 
 
 def _varint(value: int) -> bytes:
