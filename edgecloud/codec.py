@@ -533,7 +533,12 @@ def request_to_wire(request: InferRequest) -> bytes:
 def response_from_wire(data: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> InferResponse:
     """A serialized ``ModelInferResponse`` (bytes that do not parse are ``InvalidArgument``) as a
     ``WireResponse``: ``data`` kept as its ``wire``, its outputs decoded when first read."""
-    msg = _parse(pb.ModelInferResponse, data, "response")
+    return response_from_message(_parse(pb.ModelInferResponse, data, "response"), data, limits)
+
+
+def response_from_message(msg: pb.ModelInferResponse, data: bytes,
+                          limits: RequestLimits = DEFAULT_LIMITS) -> InferResponse:
+    """``response_from_wire`` of a message already parsed: ``data`` must be its serialized form."""
     return WireResponse.undecoded(msg.model_name, msg.model_version, msg.id,
                                   parameters_from_proto(msg.parameters, "parameters"), data, _LazyOutputs(msg, limits))
 
@@ -557,6 +562,30 @@ def _varint(value: int) -> bytes:
         else:
             out.append(low)
             return bytes(out)
+
+
+_REQUEST_ID_TAG = bytes([pb.ModelInferRequest.DESCRIPTOR.fields_by_name["id"].number << 3 | 2])
+
+
+TIMEOUT_PARAMETER = "timeout"
+"""Request parameter (int64, microseconds): how long the answer is worth waiting for, from when the
+server receives it (tritonclient's ``timeout=``); a server drops the request once it has passed."""
+_PARAMETERS_TAG = bytes([pb.ModelInferRequest.DESCRIPTOR.fields_by_name["parameters"].number << 3 | 2])
+_TIMEOUT_KEY = b"\x0a" + _varint(len(TIMEOUT_PARAMETER)) + TIMEOUT_PARAMETER.encode()  # map entry key = 1
+_INT64_PARAM_TAG = bytes([pb.InferParameter.DESCRIPTOR.fields_by_name["int64_param"].number << 3])
+
+
+def request_wire_with_id(wire: bytes, request_id: str, timeout_s: float | None = None) -> bytes:
+    """Serialized request bytes with their ``id`` replaced by ``request_id`` and, with
+    ``timeout_s``, their ``timeout`` parameter set: fields appended (protobuf keeps the last value
+    of a scalar field and of a map key), nothing re-encoded."""
+    ident = request_id.encode("utf-8")
+    parts = [wire, _REQUEST_ID_TAG, _varint(len(ident)), ident]
+    if timeout_s is not None:
+        value = _INT64_PARAM_TAG + _varint(max(1, int(timeout_s * 1e6)))
+        entry = b"".join((_TIMEOUT_KEY, b"\x12", _varint(len(value)), value))  # map entry value = 2
+        parts += (_PARAMETERS_TAG, _varint(len(entry)), entry)
+    return b"".join(parts)
 
 
 # ``id`` written explicitly even when empty, so it replaces whatever id the reused bytes carry.
@@ -609,10 +638,16 @@ addition: the protocol's stream errors carry only a message, and a gateway must 
 another backend may serve the request)."""
 
 
-def stream_error_to_wire(message: str, request: InferRequest | None = None, kind: ErrorKind | None = None) -> bytes:
+STREAM_RETRY_AFTER_PARAMETER = "retry_after_s"
+"""Parameter of a stream error's response part: the failure's retry hint in seconds (what a
+unary call's ``retry-after`` trailer carries; an edgecloud addition too)."""
+
+
+def stream_error_to_wire(message: str, request: InferRequest | None = None, kind: ErrorKind | None = None,
+                         retry_after_s: float | None = None) -> bytes:
     """A serialized ``ModelStreamInferResponse`` reporting one request's failure; the response part
     names the request (model, version, id) when it was decoded far enough to know them, and the
-    error's kind when known."""
+    error's kind and retry hint when known."""
     out = pb.ModelStreamInferResponse(error_message=message)
     if request is not None:
         out.infer_response.model_name = request.model_name
@@ -620,7 +655,19 @@ def stream_error_to_wire(message: str, request: InferRequest | None = None, kind
         out.infer_response.id = request.id
     if kind is not None:
         out.infer_response.parameters[STREAM_ERROR_KIND_PARAMETER].string_param = kind.value
+    if retry_after_s:
+        out.infer_response.parameters[STREAM_RETRY_AFTER_PARAMETER].double_param = retry_after_s
     return out.SerializeToString()
+
+
+def request_naming(data: bytes) -> InferRequest | None:
+    """A request that failed to decode, named as far as its bytes allow (model, version, id, no
+    inputs), so a stream's error says which request failed; None when the bytes do not parse."""
+    try:
+        msg = pb.ModelInferRequest.FromString(data)
+    except Exception:  # noqa: BLE001 - any failure to parse: nothing to name
+        return None
+    return InferRequest(msg.model_name, [], model_version=msg.model_version, id=msg.id)
 
 
 def stream_error_from_proto(msg: pb.ModelStreamInferResponse) -> InferenceError:
@@ -630,4 +677,6 @@ def stream_error_from_proto(msg: pb.ModelStreamInferResponse) -> InferenceError:
         kind = ErrorKind(param.string_param) if param is not None else ErrorKind.INTERNAL
     except ValueError:
         kind = ErrorKind.INTERNAL
-    return error_for_kind(kind, msg.error_message or "the stream failed")
+    hint = msg.infer_response.parameters.get(STREAM_RETRY_AFTER_PARAMETER)
+    retry_after_s = hint.double_param if hint is not None and hint.double_param > 0 else None
+    return error_for_kind(kind, msg.error_message or "the stream failed", retry_after_s=retry_after_s)

@@ -123,6 +123,16 @@ def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + min(remaining, MAX_DEADLINE_S)
 
 
+def with_timeout_parameter(deadline: float | None, request) -> float | None:
+    """``deadline`` brought forward to the request's ``timeout`` parameter (microseconds from
+    now: tritonclient's ``timeout=``, and what a multiplexing gateway sets per request), if any."""
+    timeout_us = request.parameters.get(codec.TIMEOUT_PARAMETER)
+    if type(timeout_us) is not int or timeout_us <= 0:
+        return deadline
+    ends = time.monotonic() + min(timeout_us / 1e6, MAX_DEADLINE_S)
+    return ends if deadline is None or ends < deadline else deadline
+
+
 Authenticate = Callable[[Mapping[str, str]], str]
 """Credentials (request headers / gRPC metadata) -> tenant; raises ``Unauthenticated``."""
 
@@ -151,12 +161,23 @@ class InFlightCalls:
     not yet started (grpc's queue, a busy loop) is answered, as is one sent while health already
     says NOT_SERVING and the client's balancer has not moved yet (Kubernetes takes a moment)."""
 
-    __slots__ = ("count", "last_answered", "_idle")
+    __slots__ = ("count", "last_answered", "draining", "_idle", "_on_drain")
 
     def __init__(self) -> None:
         self.count = 0
         self.last_answered = -math.inf
+        self.draining = False
         self._idle: asyncio.Event | None = None
+        self._on_drain: set[Callable[[], None]] = set()
+
+    def on_drain(self, stop_reading: Callable[[], None]) -> Callable[[], None]:
+        """Call ``stop_reading`` when a drain begins (at once if one has): a multiplexed stream
+        stops taking requests so that it can end. Returns what forgets it."""
+        if self.draining:
+            stop_reading()
+            return _nothing
+        self._on_drain.add(stop_reading)
+        return functools.partial(self._on_drain.discard, stop_reading)
 
     def enter(self) -> None:
         self.count += 1
@@ -171,6 +192,10 @@ class InFlightCalls:
                     reserve_s: float = STOP_RESERVE_S) -> float:
         """Wait as the contract says; returns what is left of ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
+        self.draining = True
+        for stop_reading in list(self._on_drain):
+            stop_reading()
+        self._on_drain.clear()
         until = deadline - min(reserve_s, timeout_s / 2)
         while (now := time.monotonic()) < until:
             if self.count:
@@ -188,6 +213,21 @@ class InFlightCalls:
                 break
             await asyncio.sleep(min(quiet, until - now))
         return max(0.0, deadline - time.monotonic())
+
+
+def _nothing() -> None:
+    return None
+
+
+MULTIPLEXED_KEY = "edgecloud-multiplexed"
+"""Metadata of a ``ModelStreamInfer`` whose client multiplexes single-answer requests on it and
+resends, another way, any the stream ended (OK) without answering (``gateway.multiplexed``).
+The server confirms by sending the key back in its initial metadata."""
+MULTIPLEXED_CONFIRMATION = ((MULTIPLEXED_KEY, "1"),)
+
+
+def _multiplexed(context: grpc.aio.ServicerContext) -> bool:
+    return any(key == MULTIPLEXED_KEY for key, _ in context.invocation_metadata() or ())
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -241,7 +281,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             heap_trimmer.after(len(request))
             tenant = self._tenant(context)
             decoded = codec.request_from_wire(request, self.dataplane.limits, self._precheck_for(request))
-            decoded.deadline = request_deadline(context)
+            decoded.deadline = with_timeout_parameter(request_deadline(context), decoded)
             decoded.tenant = tenant
             return codec.response_to_wire(await self.dataplane.infer(decoded))
         finally:
@@ -251,7 +291,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Serve each request on the stream as it arrives, concurrently; answer in
         ``ModelStreamInferResponse``s (a failed request gets an ``error_message`` and the stream
         goes on). When the client half-closes, the stream ends once every request has answered;
-        when it cancels, every generation it started stops."""
+        when it cancels, every generation it started stops. A multiplexed stream
+        (``MULTIPLEXED_KEY``) stops reading when a drain begins and ends once the requests it
+        started have answered: its client resends the rest."""
         calls = self.calls
         calls.enter()
         try:
@@ -267,7 +309,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = None
             try:
                 decoded = codec.request_from_wire(raw, self.dataplane.limits, self._precheck_for(raw))
-                decoded.deadline, decoded.tenant = deadline, tenant
+                decoded.deadline, decoded.tenant = with_timeout_parameter(deadline, decoded), tenant
                 responses = self.dataplane.stream(decoded)
                 try:
                     async for response in responses:
@@ -275,27 +317,54 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 finally:
                     await responses.aclose()
             except InferenceError as exc:
-                await outbox.put(codec.stream_error_to_wire(exc.message, decoded, exc.kind))
+                named = decoded if decoded is not None else codec.request_naming(raw)
+                await outbox.put(codec.stream_error_to_wire(exc.message, named, exc.kind, exc.retry_after_s))
             except Exception:
                 log.exception("unexpected error in ModelStreamInfer")
-                await outbox.put(codec.stream_error_to_wire("internal error", decoded))
+                named = decoded if decoded is not None else codec.request_naming(raw)
+                await outbox.put(codec.stream_error_to_wire("internal error", named))
+
+        reading = False
+        reading_stopped = False
 
         async def read() -> None:
             """Start each request as it arrives; once the client half-closes (or its side of the
-            stream breaks) and every started request has answered, end the stream."""
+            stream breaks, or a drain stops a multiplexed stream's reading) and every started
+            request has answered, end the stream."""
+            nonlocal reading
+            reading = not reading_stopped
             try:
-                async for raw in requests:
-                    task = asyncio.create_task(serve(raw))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                if reading:
+                    async for raw in requests:
+                        task = asyncio.create_task(serve(raw))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+            except asyncio.CancelledError:
+                if not reading_stopped:
+                    raise
+                asyncio.current_task().uncancel()
             except Exception:  # noqa: BLE001 - a broken request stream still lets started requests answer
                 log.debug("ModelStreamInfer: the request stream ended with an error", exc_info=True)
+            reading = False
             while running:
                 await asyncio.wait(set(running))
             await outbox.put(None)
 
         reader = asyncio.create_task(read())
+
+        def stop_reading() -> None:
+            nonlocal reading_stopped
+            if not reading_stopped:
+                reading_stopped = True
+                if reading:  # a read in progress is interrupted; a reader yet to start reads nothing
+                    reader.cancel()
+
+        forget = _nothing
         try:
+            if _multiplexed(context):
+                forget = calls.on_drain(stop_reading)
+                if not reading_stopped:  # opened while draining: end at once, unconfirmed (sent later)
+                    await context.send_initial_metadata(MULTIPLEXED_CONFIRMATION)
             while (message := await outbox.get()) is not None:
                 yield message
             await reader
@@ -305,6 +374,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     task.cancel()
                 await asyncio.gather(reader, *running, return_exceptions=True)
             finally:
+                forget()
                 calls.leave()
 
 

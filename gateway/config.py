@@ -155,6 +155,11 @@ class EdgeBackendSettings(Section):
     """Give up on one edge attempt after this long (then the cloud serves); default: none beyond hedging."""
     tls: ClientTlsSettings | None = None
     """TLS (mutual with a client certificate) to the edge agent; unset for plaintext."""
+    multiplex: bool = True
+    """Send single-answer requests as messages on one ``ModelStreamInfer`` stream per connection
+    instead of one unary call each (a fraction of a call's cost on both sides). Used only with a
+    server that confirms it (edgecloud's edge agent and cloud worker do); any other (Triton,
+    MLServer) gets unary calls whatever this says."""
 
 
 class CloudWorkerSettings(Section):
@@ -221,6 +226,11 @@ class CloudPoolSettings(Section):
     """When a worker is taken out of rotation."""
     tls: ClientTlsSettings | None = None
     """TLS (mutual with a client certificate) to every cloud worker; unset for plaintext."""
+    multiplex: bool = True
+    """Send single-answer requests as messages on one ``ModelStreamInfer`` stream per connection
+    instead of one unary call each (a fraction of a call's cost on both sides). Used only with a
+    server that confirms it (edgecloud's edge agent and cloud worker do); any other (Triton,
+    MLServer) gets unary calls whatever this says."""
     drain_timeout_ms: float = Field(30_000, ge=0, le=3_600_000)
     """A worker removed from the pool (by discovery or a config reload) takes no new requests and
     is closed once its calls in flight finish, or after this long (calls still running then fail

@@ -131,13 +131,14 @@ class GatewayDataplane:
 
     # construction ----------------------------------------------------------------------------
 
-    def _grpc_backend(self, config: GatewayConfig, name: str, role: str, address: str, tls) -> GrpcBackend:
+    def _grpc_backend(self, config: GatewayConfig, name: str, role: str, address: str, tls,
+                      multiplex: bool) -> GrpcBackend:
         return GrpcBackend(name, role, address, limits=self.limits, max_message_bytes=config.server.max_message_bytes,
                            keepalive_time_ms=config.cloud.keepalive_time_ms,
                            keepalive_timeout_ms=config.cloud.keepalive_timeout_ms,
                            failures_to_down=config.routing.failures_to_down,
                            credentials=tls.grpc_credentials() if tls is not None else None,
-                           server_name=tls.server_name if tls is not None else None)
+                           server_name=tls.server_name if tls is not None else None, multiplex=multiplex)
 
     def _make_edge(self, config: GatewayConfig) -> Backend | None:
         if config.edge.embedded is not None:
@@ -146,10 +147,10 @@ class GatewayDataplane:
             return EmbeddedEdge(EDGE, list(config.edge.embedded.models))
         if config.edge.address is None:
             return None
-        return self._grpc_backend(config, EDGE, EDGE, config.edge.address, config.edge.tls)
+        return self._grpc_backend(config, EDGE, EDGE, config.edge.address, config.edge.tls, config.edge.multiplex)
 
     def _make_worker(self, config: GatewayConfig, name: str, address: str) -> GrpcBackend:
-        return self._grpc_backend(config, name, CLOUD, address, config.cloud.tls)
+        return self._grpc_backend(config, name, CLOUD, address, config.cloud.tls, config.cloud.multiplex)
 
     def _worker_specs(self, config: GatewayConfig) -> list[tuple[str, str]]:
         """(name, address) of every cloud worker: the configured ones, then those discovered at

@@ -28,6 +28,7 @@ from edgecloud.limits import RequestLimits
 from edgecloud.rpc_errors import error_from_rpc
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata
 from gateway.backend import Backend
+from gateway.multiplexed import MULTIPLEXED_METADATA, Multiplexer, NotStarted
 from protos import inference_pb2 as pb
 
 __all__ = ["GrpcBackend", "channel_options"]
@@ -60,7 +61,8 @@ class GrpcBackend(Backend):
     def __init__(self, name: str, role: str, address: str, *, limits: RequestLimits,
                  max_message_bytes: int = 64 * 1024 * 1024, keepalive_time_ms: int = 2000,
                  keepalive_timeout_ms: int = 1000, failures_to_down: int = 2,
-                 credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None):
+                 credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None,
+                 multiplex: bool = True):
         super().__init__(name, role, failures_to_down=failures_to_down)
         self.address = address
         self._limits = limits
@@ -72,6 +74,8 @@ class GrpcBackend(Backend):
         self._infer_call: Callable | None = None
         self._stream_call: Callable | None = None
         self._metadata_call: Callable | None = None
+        self._multiplex = multiplex
+        self._mux: Multiplexer | None = None
         self._closed = False
 
     def _connect(self) -> None:
@@ -88,6 +92,10 @@ class GrpcBackend(Backend):
         self._metadata_call = channel.unary_unary(
             f"{_SERVICE}/ModelMetadata", request_serializer=pb.ModelMetadataRequest.SerializeToString,
             response_deserializer=pb.ModelMetadataResponse.FromString)
+        if self._multiplex:
+            stream_call = self._stream_call
+            self._mux = Multiplexer(f"{self.name} ({self.address})", lambda: stream_call(metadata=MULTIPLEXED_METADATA),
+                                    self._translate)
 
     def _translate(self, exc: grpc.aio.AioRpcError) -> InferenceError:
         error = error_from_rpc(exc)
@@ -103,17 +111,32 @@ class GrpcBackend(Backend):
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc) from exc
 
-    async def _send(self, request: InferRequest, timeout_s: float | None) -> bytes:
+    async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
+        """The request's answer: over the multiplexed stream when there is one to use (a request
+        the backend ended the stream without starting goes unary), else as a unary call."""
         if self._infer_call is None:
             self._connect()
+        mux = self._mux
+        if mux is not None:
+            if mux.ready():
+                try:
+                    message = await mux.infer(codec.request_to_wire(request), request.id, timeout_s)
+                except NotStarted:
+                    pass
+                else:
+                    return self._response(message.SerializeToString(), message)
+            else:
+                mux.open_when_due()
         try:  # not ``_translated()``: a generator context manager costs microseconds per request
-            return await unary(self._infer_call(codec.request_to_wire(request), timeout=timeout_s))
+            body = await unary(self._infer_call(codec.request_to_wire(request), timeout=timeout_s))
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc) from exc
+        return self._response(body)
 
-    async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
-        body = await self._send(request, timeout_s)
+    def _response(self, body: bytes, message: pb.ModelInferResponse | None = None) -> InferResponse:
         try:
+            if message is not None:
+                return codec.response_from_message(message, body, self._limits)
             return codec.response_from_wire(body, self._limits)
         except InferenceError as exc:
             log.warning("%s (%s) sent a malformed response: %s", self.name, self.address, exc.message)
@@ -159,7 +182,7 @@ class GrpcBackend(Backend):
         raise codec.stream_error_from_proto(message)
 
     async def probe(self, request: InferRequest, timeout_s: float) -> None:
-        await self._send(request, timeout_s)
+        await self.infer(request, timeout_s)
 
     async def model_metadata(self, name: str, version: str, timeout_s: float) -> ModelMetadata:
         if self._metadata_call is None:
@@ -175,5 +198,8 @@ class GrpcBackend(Backend):
         self._closed = True
         channel, self._channel = self._channel, None
         self._infer_call = self._stream_call = self._metadata_call = None
+        mux, self._mux = self._mux, None
+        if mux is not None:
+            await mux.close()
         if channel is not None:
             await channel.close()

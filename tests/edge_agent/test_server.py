@@ -212,3 +212,16 @@ async def test_edge_serves_rest_when_http_port_is_set(model_dir):
                 assert (await response.json())["outputs"][0]["shape"] == [1, 384]
     finally:
         await server.stop(0.5)
+
+
+async def test_a_request_past_its_timeout_parameter_is_dropped_before_the_model(edge):
+    # tritonclient's ``timeout=`` (and a multiplexing gateway's per-request bound): microseconds.
+    _, _, stub = edge
+    expired = text_request([b"worth nothing by now"])
+    expired.parameters["timeout"].int64_param = 1
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ModelInfer(expired)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    in_time = text_request([b"worth a minute"])
+    in_time.parameters["timeout"].int64_param = 60_000_000
+    assert embedding_of(await stub.ModelInfer(in_time)).shape == (1, 384)

@@ -255,7 +255,7 @@ def test_a_stream_response_part_is_sliced_out_as_is():
     assert merged.parameters["triton_final_response"].bool_param is True
 
 
-def test_a_stream_error_says_its_kind():
+def test_a_stream_error_says_its_kind_and_retry_hint():
     from edgecloud.codec import stream_error_from_proto, stream_error_to_wire
     from edgecloud.errors import ErrorKind, InternalError, InvalidArgument
 
@@ -263,4 +263,20 @@ def test_a_stream_error_says_its_kind():
         stream_error_to_wire("bad", None, ErrorKind.INVALID_ARGUMENT)))
     assert isinstance(error, InvalidArgument) and error.message == "bad"
     unknown = stream_error_from_proto(pb.ModelStreamInferResponse(error_message="?"))  # a Triton stand-in
-    assert isinstance(unknown, InternalError)
+    assert isinstance(unknown, InternalError) and unknown.retry_after_s is None
+    shed = stream_error_from_proto(pb.ModelStreamInferResponse.FromString(
+        stream_error_to_wire("busy", None, ErrorKind.RESOURCE_EXHAUSTED, 1.5)))
+    assert shed.kind is ErrorKind.RESOURCE_EXHAUSTED and shed.retry_after_s == 1.5
+
+
+def test_request_bytes_get_another_id_and_a_timeout_appended_without_re_encoding():
+    original = pb.ModelInferRequest(model_name="m", id="client's id")
+    original.parameters["priority"].int64_param = 3
+    original.parameters["timeout"].int64_param = 9_000_000
+    wire = original.SerializeToString()
+    rewritten = codec.request_wire_with_id(wire, "m17", timeout_s=0.25)
+    assert rewritten.startswith(wire)
+    parsed = pb.ModelInferRequest.FromString(rewritten)
+    assert parsed.id == "m17" and parsed.model_name == "m"
+    assert parsed.parameters["timeout"].int64_param == 250_000 and parsed.parameters["priority"].int64_param == 3
+    assert pb.ModelInferRequest.FromString(codec.request_wire_with_id(wire, "")).parameters["timeout"].int64_param == 9_000_000

@@ -1,0 +1,147 @@
+"""The gateway's multiplexed stream to a real edge server on port 0 (real model): requests go over
+one confirmed ``ModelStreamInfer`` call, each answer reaches its own request, and a graceful stop
+of the edge loses nothing (the stream ends, what it did not start goes unary)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from edgecloud.config import ServerSettings
+from edgecloud.errors import InvalidArgument
+from edgecloud.limits import RequestLimits
+from edgecloud.types import InferRequest, Tensor
+from edge_agent.config import EdgeConfig, ModelSettings
+from edge_agent.server import EdgeServer
+from gateway.backend import EDGE
+from gateway.grpc_backend import GrpcBackend
+from protos import inference_pb2 as pb
+from tests.support.waiting import wait_until
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+def text_request(text: str, request_id: str = "") -> InferRequest:
+    data = np.array([text.encode()], dtype=object)
+    return InferRequest(model_name=MODEL, id=request_id, inputs=[Tensor("text", "BYTES", (1,), data)])
+
+
+class Watched:
+    """Which way each request reached the edge's dataplane (``infer``: a unary call; ``stream``:
+    a stream's message), and requests whose text says ``hold`` held until ``release``."""
+
+    def __init__(self, server: EdgeServer, monkeypatch):
+        dataplane = server.agent.dataplane
+        self.ways: list[tuple[str, str]] = []
+        self.release = asyncio.Event()
+        infer, stream = dataplane.infer, dataplane.stream
+
+        def text(request: InferRequest) -> str:
+            return request.inputs[0].data[0].decode()
+
+        async def held(request: InferRequest) -> None:
+            if "hold" in text(request):
+                await self.release.wait()
+
+        async def watched_infer(request):
+            self.ways.append(("infer", text(request)))
+            await held(request)
+            return await infer(request)
+
+        async def watched_stream(request):
+            self.ways.append(("stream", text(request)))
+            await held(request)
+            async for response in stream(request):
+                yield response
+
+        monkeypatch.setattr(dataplane, "infer", watched_infer)
+        monkeypatch.setattr(dataplane, "stream", watched_stream)
+
+    def way(self, text: str) -> str:
+        (way,) = [w for w, t in self.ways if t == text]
+        return way
+
+
+@pytest.fixture
+async def edge(model_dir):
+    # A grace no busy machine runs out of: the drain, not its speed, is under test.
+    server = EdgeServer(EdgeConfig(server=ServerSettings(port=0, grace_s=60),
+                                   models=[ModelSettings(path=model_dir, intra_op_threads=1)]))
+    port = await server.start()
+    backend = GrpcBackend(EDGE, EDGE, f"127.0.0.1:{port}", limits=RequestLimits())
+    yield server, backend
+    await backend.close()
+    await server.stop(0.5)
+
+
+async def confirmed(backend: GrpcBackend) -> None:
+    """The first request goes unary while the stream opens; wait for its confirmation."""
+    await backend.infer(text_request("opening"), 30)
+    await wait_until(lambda: backend._mux.ready())
+
+
+async def test_requests_ride_one_stream_and_each_answer_reaches_its_own_request(edge, monkeypatch):
+    server, backend = edge
+    watched = Watched(server, monkeypatch)
+    texts = [f"sentence number {i} about a different topic {'x' * i}" for i in range(24)]
+    first = (await backend.infer(text_request(texts[0]), 30)).output("embedding").data
+    assert watched.ways == [("infer", texts[0])]  # the stream opens meanwhile
+    await wait_until(lambda: backend._mux.ready())
+    answers = await asyncio.gather(*(backend.infer(text_request(t, request_id=f"id-{i % 2}"), 30)
+                                     for i, t in enumerate(texts)))
+    assert [way for way, _ in watched.ways[1:]] == ["stream"] * len(texts)
+    for i, answer in enumerate(answers):
+        assert answer.id == f"id-{i % 2}" and answer.model_name == MODEL
+        assert "triton_final_response" not in answer.parameters
+        assert answer.output("embedding").data.shape == (1, 384)
+    np.testing.assert_allclose(answers[0].output("embedding").data, first, atol=1e-5)
+    # Every answer is its own text's: pairwise, the 24 embeddings differ.
+    stacked = np.concatenate([a.output("embedding").data for a in answers])
+    assert len({row.tobytes() for row in stacked}) == len(texts)
+
+
+async def test_a_bad_request_on_the_stream_fails_alone_with_its_own_error(edge, monkeypatch):
+    _, backend = edge
+    await confirmed(backend)
+    wrong = InferRequest(model_name=MODEL, inputs=[Tensor("text", "FP32", (1,), np.ones(1, np.float32))])
+    unknown = InferRequest(model_name="no-such-model", inputs=text_request("x").inputs)
+    results = await asyncio.gather(backend.infer(wrong, 30), backend.infer(unknown, 30),
+                                   backend.infer(text_request("fine"), 30), return_exceptions=True)
+    assert type(results[0]).__name__ == "InvalidArgument" and "text" in results[0].message
+    assert type(results[1]).__name__ == "NotFound"
+    assert results[2].output("embedding").data.shape == (1, 384)
+    # Bytes the edge cannot decode (2 elements announced, 1 sent): the error still names its request.
+    undecodable = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[b"\x03\x00\x00\x00abc"])
+    undecodable.inputs.add(name="text", datatype="BYTES", shape=[2])
+    with pytest.raises(InvalidArgument, match="text"):
+        await backend._mux.infer(undecodable.SerializeToString(), "mine", 30)
+    assert backend._mux.ready()
+
+
+async def test_an_edge_stopping_answers_what_its_stream_started_and_what_it_did_not_goes_unary(edge, monkeypatch):
+    server, backend = edge
+    watched = Watched(server, monkeypatch)
+    await confirmed(backend)
+    calls = server._grpc._calls  # the server's InFlightCalls: when its drain has begun
+    started = asyncio.ensure_future(backend.infer(text_request("hold: started on the stream"), 60))
+    # A unary call held in flight keeps the drain going whatever the machine's speed.
+    unary_only = GrpcBackend("edge-unary", EDGE, backend.address, limits=RequestLimits(), multiplex=False)
+    keeps_draining = asyncio.ensure_future(unary_only.infer(text_request("hold: keeps the drain going"), 60))
+    await wait_until(lambda: len(watched.ways) >= 3)
+    stopping = asyncio.ensure_future(server.stop(60))
+    await wait_until(lambda: calls.draining)
+    # Sent after the drain began: the stream no longer reads it; the stream ends once what it
+    # started has answered, and this request is sent again, as a unary call, and served.
+    late = asyncio.ensure_future(backend.infer(text_request("sent while the edge drains"), 60))
+    await asyncio.sleep(0.05)
+    assert not late.done() and not stopping.done()
+    watched.release.set()
+    for task in (started, keeps_draining, late):
+        assert (await task).output("embedding").data.shape == (1, 384)
+    assert watched.way("sent while the edge drains") == "infer"
+    assert watched.way("hold: started on the stream") == "stream"
+    assert watched.way("hold: keeps the drain going") == "infer"
+    await stopping
+    await unary_only.close()
