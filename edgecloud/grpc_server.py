@@ -291,9 +291,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Serve each request on the stream as it arrives, concurrently; answer in
         ``ModelStreamInferResponse``s (a failed request gets an ``error_message`` and the stream
         goes on). When the client half-closes, the stream ends once every request has answered;
-        when it cancels, every generation it started stops. A multiplexed stream
-        (``MULTIPLEXED_KEY``) stops reading when a drain begins and ends once the requests it
-        started have answered: its client resends the rest."""
+        when it cancels, every generation it started stops. On a multiplexed stream
+        (``MULTIPLEXED_KEY``) every request is served as ``ModelInfer`` serves it, its one answer
+        not flagged final; the stream stops reading when a drain begins and ends once the
+        requests it started have answered: its client resends the rest."""
         calls = self.calls
         calls.enter()
         try:
@@ -302,6 +303,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             calls.leave()
             await abort_with(context, exc)
         deadline = request_deadline(context)
+        multiplexed = _multiplexed(context)
         outbox: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_OUTBOX)
         running: set[asyncio.Task] = set()
 
@@ -310,6 +312,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 decoded = codec.request_from_wire(raw, self.dataplane.limits, self._precheck_for(raw))
                 decoded.deadline, decoded.tenant = with_timeout_parameter(deadline, decoded), tenant
+                if multiplexed:  # single-answer requests: served as ModelInfer serves them, unflagged
+                    await outbox.put(codec.stream_response_to_wire(await self.dataplane.infer(decoded)))
+                    return
                 responses = self.dataplane.stream(decoded)
                 try:
                     async for response in responses:
@@ -361,7 +366,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         forget = _nothing
         try:
-            if _multiplexed(context):
+            if multiplexed:
                 forget = calls.on_drain(stop_reading)
                 if not reading_stopped:  # opened while draining: end at once, unconfirmed (sent later)
                     await context.send_initial_metadata(MULTIPLEXED_CONFIRMATION)

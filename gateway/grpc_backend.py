@@ -36,6 +36,10 @@ __all__ = ["GrpcBackend", "channel_options"]
 log = logging.getLogger(__name__)
 
 _SERVICE = "/" + pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+MULTIPLEX_MAX_BYTES = 1 << 20
+"""A request larger than this goes as a unary call even when a multiplexed stream is open: on the
+stream it would hold back every request behind it, and an oversize message fails a whole stream
+(every request on it), a unary call only itself."""
 FAULT_MESSAGES = {
     ErrorKind.UNAVAILABLE: "a backend is unavailable",
     ErrorKind.DEADLINE_EXCEEDED: "a backend did not answer in time",
@@ -119,16 +123,22 @@ class GrpcBackend(Backend):
         mux = self._mux
         if mux is not None:
             if mux.ready():
+                wire = codec.request_to_wire(request)
+                if len(wire) > MULTIPLEX_MAX_BYTES:  # a large one alone: no head-of-line blocking
+                    return await self._unary(wire, timeout_s)
                 try:
-                    message = await mux.infer(codec.request_to_wire(request), request.id, timeout_s)
+                    body, message = await mux.infer(wire, request.id, timeout_s)
                 except NotStarted:
                     pass
                 else:
-                    return self._response(message.SerializeToString(), message)
+                    return self._response(body, message)
             else:
                 mux.open_when_due()
+        return await self._unary(codec.request_to_wire(request), timeout_s)
+
+    async def _unary(self, wire: bytes, timeout_s: float | None) -> InferResponse:
         try:  # not ``_translated()``: a generator context manager costs microseconds per request
-            body = await unary(self._infer_call(codec.request_to_wire(request), timeout=timeout_s))
+            body = await unary(self._infer_call(wire, timeout=timeout_s))
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc) from exc
         return self._response(body)

@@ -10,8 +10,10 @@ Contract (``Multiplexer.infer``): sends one serialized ``ModelInferRequest`` wit
 replaced by a correlation id of this multiplexer's (protobuf's last-wins rule: the field is
 appended, the bytes are not re-encoded) and its ``timeout`` parameter set to ``timeout_s`` (so
 the backend drops it once that has passed, as it would a unary call past its deadline), waits for the ``ModelStreamInferResponse`` carrying that
-id, and returns its ``ModelInferResponse`` with the request's own id back and the stream's final
-flag (``triton_final_response``, which a unary answer does not carry) removed. A response that
+id, and returns its ``ModelInferResponse``, serialized and parsed: the parsed one carries the
+request's own id (the bytes keep the correlation id: ``codec.response_to_wire`` writes the id
+anew), and a ``triton_final_response`` flag, which a unary answer does not carry, is removed
+from both (an edgecloud server sends none on a multiplexed stream). A response that
 reports an error raises its typed error. ``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a
 unary call's deadline). Cancelling the wait forgets the request; the backend still finishes it
 (the protocol cannot cancel one request of a stream) and its answer is dropped.
@@ -116,7 +118,8 @@ class Multiplexer:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             return
 
-    async def infer(self, wire: bytes, request_id: str, timeout_s: float | None) -> pb.ModelInferResponse:
+    async def infer(self, wire: bytes, request_id: str,
+                    timeout_s: float | None) -> tuple[bytes, pb.ModelInferResponse]:
         """One request over the confirmed stream (call only when ``ready()``). The write is the
         stream's writer's, so cancelling this wait never cancels the stream (grpc cancels a call
         whose write is cancelled)."""
@@ -127,17 +130,19 @@ class Multiplexer:
         self._outbox.put_nowait(codec.request_wire_with_id(wire, key, timeout_s))
         expiry = loop.call_later(timeout_s, self._expire, key) if timeout_s is not None else None
         try:
-            message: pb.ModelInferResponse = await answer
+            answered: tuple[bytes, pb.ModelInferResponse] = await answer
         finally:
             self._pending.pop(key, None)
             if expiry is not None:
                 expiry.cancel()
-        message.id = request_id
-        if FINAL_PARAMETER in message.parameters:
+        inner, message = answered
+        message.id = request_id  # the bytes keep the correlation id: whoever encodes them sets it
+        if FINAL_PARAMETER in message.parameters:  # a server that flags single answers
             if message.parameters[FINAL_PARAMETER].bool_param is not True:
                 raise InternalError("a backend answered a single-answer request with a stream")
             del message.parameters[FINAL_PARAMETER]
-        return message
+            inner = message.SerializeToString()
+        return inner, message
 
     async def _confirm(self, call: Any) -> bool:
         try:
@@ -194,7 +199,7 @@ class Multiplexer:
             message = pb.ModelInferResponse.FromString(inner)
             answer = self._pending.pop(message.id, None)
             if answer is not None and not answer.done():
-                answer.set_result(message)
+                answer.set_result((inner, message))
             return
         stream_message = pb.ModelStreamInferResponse.FromString(raw)
         key = stream_message.infer_response.id
@@ -209,7 +214,7 @@ class Multiplexer:
         if stream_message.error_message:
             answer.set_exception(codec.stream_error_from_proto(stream_message))
         else:
-            answer.set_result(stream_message.infer_response)
+            answer.set_result((stream_message.infer_response.SerializeToString(), stream_message.infer_response))
 
     def _settle(self, outcome: Callable[[], BaseException]) -> None:
         """Fail every request still waiting, each with an error of its own."""

@@ -67,11 +67,15 @@ class ScriptedStream:
             await self._written.wait()
         return self.requests
 
-    def answer(self, key: str, value: float = 1.0) -> None:
+    def answer(self, key: str, value: float = 1.0, final: bool = True) -> bytes:
+        """Answer ``key`` (flagged final as Triton flags stream answers, or not, as an edgecloud
+        server answers on a multiplexed stream); returns the answer's bytes."""
         response = pb.ModelInferResponse(model_name="m", id=key)
-        response.parameters[FINAL_PARAMETER].bool_param = True
+        if final:
+            response.parameters[FINAL_PARAMETER].bool_param = True
         response.outputs.add(name="y", datatype="FP32", shape=[1]).contents.fp32_contents.append(value)
         self._inbox.put_nowait(pb.ModelStreamInferResponse(infer_response=response).SerializeToString())
+        return response.SerializeToString()
 
     def fail_request(self, key: str, kind: ErrorKind, message: str) -> None:
         out = pb.ModelStreamInferResponse(error_message=message)
@@ -126,10 +130,21 @@ async def test_answers_reach_their_requests_in_any_order_with_their_own_ids_and_
     assert len(set(keys)) == 2 and "client-a" not in keys  # the correlation ids are the multiplexer's
     stream.answer(keys[1], 2.0)
     stream.answer(keys[0], 1.0)
-    a, b = await first, await second
+    (a_bytes, a), (_, b) = await first, await second
     assert (a.id, b.id) == ("client-a", "client-a")
     assert (a.outputs[0].contents.fp32_contents[0], b.outputs[0].contents.fp32_contents[0]) == (1.0, 2.0)
     assert FINAL_PARAMETER not in a.parameters and FINAL_PARAMETER not in b.parameters
+    assert FINAL_PARAMETER not in pb.ModelInferResponse.FromString(a_bytes).parameters
+
+
+async def test_an_unflagged_answer_is_handed_on_as_its_bytes_without_re_encoding():
+    harness = Harness()
+    stream = await harness.opened()
+    pending = harness.send("client-b")
+    (sent,) = await stream.received(1)
+    sent_bytes = stream.answer(sent.id, final=False)
+    body, message = await pending
+    assert body is not None and body == sent_bytes and message.id == "client-b"
 
 
 async def test_a_request_not_answered_in_time_fails_deadline_exceeded_and_the_stream_goes_on():
@@ -143,7 +158,7 @@ async def test_a_request_not_answered_in_time_fails_deadline_exceeded_and_the_st
     following = harness.send("next")
     nxt = (await stream.received(2))[1]
     stream.answer(nxt.id, 3.0)
-    assert (await following).outputs[0].contents.fp32_contents[0] == 3.0
+    assert (await following)[1].outputs[0].contents.fp32_contents[0] == 3.0
     assert harness.mux.ready() and len(harness.streams) == 1
 
 
@@ -156,7 +171,7 @@ async def test_an_error_answer_fails_only_its_request_with_its_kind():
     stream.answer(sent[1].id)
     with pytest.raises(InvalidArgument, match="wrong shape"):
         await bad
-    assert (await good).id == "good"
+    assert (await good)[1].id == "good"
 
 
 async def test_a_stream_answer_that_is_not_final_is_refused():
@@ -178,7 +193,7 @@ async def test_requests_a_stream_ended_with_ok_left_unanswered_were_not_started_
     sent = await stream.received(2)
     stream.answer(sent[0].id)
     stream.end(grpc.StatusCode.OK)  # a server draining for a stop
-    assert (await answered).id == "a"
+    assert (await answered)[1].id == "a"
     with pytest.raises(NotStarted):
         await unanswered
     assert not harness.mux.ready()
@@ -205,7 +220,7 @@ async def test_a_failed_stream_fails_its_requests_with_the_translated_error_then
     pending = harness.send("after")
     (sent,) = await again.received(1)
     again.answer(sent.id)
-    assert (await pending).id == "after"
+    assert (await pending)[1].id == "after"
 
 
 async def test_cancelling_a_wait_forgets_the_request_and_leaves_the_stream_alone():
@@ -218,7 +233,7 @@ async def test_cancelling_a_wait_forgets_the_request_and_leaves_the_stream_alone
         await loser
     stream.answer(sent[0].id)  # the backend finishes it anyway: dropped
     stream.answer(sent[1].id)
-    assert (await other).id == "other"
+    assert (await other)[1].id == "other"
     assert harness.mux.ready() and not stream.cancelled
 
 

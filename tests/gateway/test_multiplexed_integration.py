@@ -5,6 +5,7 @@ of the edge loses nothing (the stream ends, what it did not start goes unary).""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
@@ -29,35 +30,25 @@ def text_request(text: str, request_id: str = "") -> InferRequest:
 
 
 class Watched:
-    """Which way each request reached the edge's dataplane (``infer``: a unary call; ``stream``:
-    a stream's message), and requests whose text says ``hold`` held until ``release``."""
+    """Which way each request reached the edge's dataplane (``stream``: a multiplexed stream's
+    message, which arrives under the multiplexer's correlation id ``m<N>``; ``infer``: a unary
+    call, under the client's own id), and requests whose text says ``hold`` held until
+    ``release``."""
 
     def __init__(self, server: EdgeServer, monkeypatch):
         dataplane = server.agent.dataplane
         self.ways: list[tuple[str, str]] = []
         self.release = asyncio.Event()
-        infer, stream = dataplane.infer, dataplane.stream
-
-        def text(request: InferRequest) -> str:
-            return request.inputs[0].data[0].decode()
-
-        async def held(request: InferRequest) -> None:
-            if "hold" in text(request):
-                await self.release.wait()
+        infer = dataplane.infer
 
         async def watched_infer(request):
-            self.ways.append(("infer", text(request)))
-            await held(request)
+            text = request.inputs[0].data[0].decode()
+            self.ways.append(("stream" if re.fullmatch(r"m\d+", request.id) else "infer", text))
+            if "hold" in text:
+                await self.release.wait()
             return await infer(request)
 
-        async def watched_stream(request):
-            self.ways.append(("stream", text(request)))
-            await held(request)
-            async for response in stream(request):
-                yield response
-
         monkeypatch.setattr(dataplane, "infer", watched_infer)
-        monkeypatch.setattr(dataplane, "stream", watched_stream)
 
     def way(self, text: str) -> str:
         (way,) = [w for w, t in self.ways if t == text]
@@ -96,10 +87,15 @@ async def test_requests_ride_one_stream_and_each_answer_reaches_its_own_request(
         assert answer.id == f"id-{i % 2}" and answer.model_name == MODEL
         assert "triton_final_response" not in answer.parameters
         assert answer.output("embedding").data.shape == (1, 384)
+    # Each answer is its own text's: the same as that text's answer over a unary call.
+    unary_only = GrpcBackend("edge-unary", EDGE, backend.address, limits=RequestLimits(), multiplex=False)
+    try:
+        for text, answer in zip(texts, answers):
+            expected = (await unary_only.infer(text_request(text), 30)).output("embedding").data
+            np.testing.assert_allclose(answer.output("embedding").data, expected, atol=1e-5)
+    finally:
+        await unary_only.close()
     np.testing.assert_allclose(answers[0].output("embedding").data, first, atol=1e-5)
-    # Every answer is its own text's: pairwise, the 24 embeddings differ.
-    stacked = np.concatenate([a.output("embedding").data for a in answers])
-    assert len({row.tobytes() for row in stacked}) == len(texts)
 
 
 async def test_a_bad_request_on_the_stream_fails_alone_with_its_own_error(edge, monkeypatch):
@@ -145,3 +141,14 @@ async def test_an_edge_stopping_answers_what_its_stream_started_and_what_it_did_
     assert watched.way("hold: keeps the drain going") == "infer"
     await stopping
     await unary_only.close()
+
+
+async def test_a_large_request_goes_alone_as_a_unary_call_while_the_stream_is_open(edge, monkeypatch):
+    server, backend = edge
+    await confirmed(backend)
+    watched = Watched(server, monkeypatch)
+    monkeypatch.setattr("gateway.grpc_backend.MULTIPLEX_MAX_BYTES", 200)
+    large, small = "a long sentence " * 20, "short"
+    answers = await asyncio.gather(backend.infer(text_request(large), 30), backend.infer(text_request(small), 30))
+    assert all(a.output("embedding").data.shape == (1, 384) for a in answers)
+    assert (watched.way(large), watched.way(small)) == ("infer", "stream")
