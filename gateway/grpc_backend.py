@@ -4,6 +4,9 @@ server (Triton, KServe, MLServer).
 Contract (see ``gateway.backend.Backend``): ``infer`` sends the request's serialized form (its
 ``wire`` bytes unchanged when it came over gRPC) and returns the response, keeping the upstream's
 bytes as its ``wire`` (its outputs are decoded only if something reads them: ``codec.WireResponse``).
+With ``multiplex``, requests ride one ``ModelStreamInfer`` stream once the backend confirms it
+(``gateway.multiplexed``), unary calls before that, for a server that does not, for what a
+stopping server's stream left unstarted, and for requests over ``MULTIPLEX_MAX_BYTES``.
 A failure is translated once (``edgecloud.rpc_errors``) into the typed error, its retry hint kept;
 for failures of the backend itself (unreachable, timed out, internal) grpc's details, which name
 addresses, go to the log and the error says only what failed. A response the codec rejects (or
