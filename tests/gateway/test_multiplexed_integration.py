@@ -32,13 +32,14 @@ def text_request(text: str, request_id: str = "") -> InferRequest:
 class Watched:
     """Which way each request reached the edge's dataplane (``stream``: a multiplexed stream's
     message, which arrives under the multiplexer's correlation id ``m<N>``; ``infer``: a unary
-    call, under the client's own id), and requests whose text says ``hold`` held until
-    ``release``."""
+    call, under the client's own id); requests whose text says ``hold`` are held until
+    ``release``, ``keep`` until ``release_kept``."""
 
     def __init__(self, server: EdgeServer, monkeypatch):
         dataplane = server.agent.dataplane
         self.ways: list[tuple[str, str]] = []
         self.release = asyncio.Event()
+        self.release_kept = asyncio.Event()
         infer = dataplane.infer
 
         async def watched_infer(request):
@@ -46,6 +47,8 @@ class Watched:
             self.ways.append(("stream" if re.fullmatch(r"m\d+", request.id) else "infer", text))
             if "hold" in text:
                 await self.release.wait()
+            if "keep" in text:
+                await self.release_kept.wait()
             return await infer(request)
 
         monkeypatch.setattr(dataplane, "infer", watched_infer)
@@ -124,7 +127,7 @@ async def test_an_edge_stopping_answers_what_its_stream_started_and_what_it_did_
     started = asyncio.ensure_future(backend.infer(text_request("hold: started on the stream"), 60))
     # A unary call held in flight keeps the drain going whatever the machine's speed.
     unary_only = GrpcBackend("edge-unary", EDGE, backend.address, limits=RequestLimits(), multiplex=False)
-    keeps_draining = asyncio.ensure_future(unary_only.infer(text_request("hold: keeps the drain going"), 60))
+    keeps_draining = asyncio.ensure_future(unary_only.infer(text_request("keep: the drain going"), 60))
     await wait_until(lambda: len(watched.ways) >= 3)
     stopping = asyncio.ensure_future(server.stop(60))
     await wait_until(lambda: calls.draining)
@@ -134,11 +137,14 @@ async def test_an_edge_stopping_answers_what_its_stream_started_and_what_it_did_
     await asyncio.sleep(0.05)
     assert not late.done() and not stopping.done()
     watched.release.set()
-    for task in (started, keeps_draining, late):
+    for task in (started, late):
         assert (await task).output("embedding").data.shape == (1, 384)
+    assert not keeps_draining.done() and not stopping.done()
+    watched.release_kept.set()
+    assert (await keeps_draining).output("embedding").data.shape == (1, 384)
     assert watched.way("sent while the edge drains") == "infer"
     assert watched.way("hold: started on the stream") == "stream"
-    assert watched.way("hold: keeps the drain going") == "infer"
+    assert watched.way("keep: the drain going") == "infer"
     await stopping
     await unary_only.close()
 
