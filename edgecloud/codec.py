@@ -588,6 +588,34 @@ def request_wire_with_id(wire: bytes, request_id: str, timeout_s: float | None =
     return b"".join(parts)
 
 
+CANCEL_PARAMETER = "edgecloud_cancel"
+"""Request parameter of a multiplexed stream's cancel message (an edgecloud addition): a request
+naming only an ``id`` and this parameter (true) asks the server to drop that request's work."""
+_CANCEL_ENTRY = b"".join((b"\x0a", _varint(len(CANCEL_PARAMETER)), CANCEL_PARAMETER.encode(), b"\x12\x02\x08\x01"))
+_CANCEL_TAIL = _PARAMETERS_TAG + _varint(len(_CANCEL_ENTRY)) + _CANCEL_ENTRY
+
+
+def cancel_wire(request_id: str) -> bytes:
+    """The cancel message for the request sent on a multiplexed stream as ``request_id``."""
+    ident = request_id.encode("utf-8")
+    return b"".join((_REQUEST_ID_TAG, _varint(len(ident)), ident, _CANCEL_TAIL))
+
+
+def cancelled_id(data: bytes) -> str | None:
+    """The id a cancel message names; None for any other message (only bytes that begin with the
+    ``id`` field, as a cancel message does and a request with a model name does not, are parsed)."""
+    if data[:1] != _REQUEST_ID_TAG:
+        return None
+    try:
+        msg = pb.ModelInferRequest.FromString(data)
+    except Exception:  # noqa: BLE001 - not a cancel message: served (and refused) as a request
+        return None
+    param = msg.parameters.get(CANCEL_PARAMETER)
+    if param is None or param.bool_param is not True or msg.model_name or msg.inputs:
+        return None
+    return msg.id
+
+
 # ``id`` written explicitly even when empty, so it replaces whatever id the reused bytes carry.
 _RESPONSE_ID_TAG = _varint(pb.ModelInferResponse.DESCRIPTOR.fields_by_name["id"].number << 3 | 2)
 

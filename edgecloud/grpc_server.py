@@ -293,7 +293,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         goes on). When the client half-closes, the stream ends once every request has answered;
         when it cancels, every generation it started stops. On a multiplexed stream
         (``MULTIPLEXED_KEY``) every request is served as ``ModelInfer`` serves it, its one answer
-        not flagged final; the stream stops reading when a drain begins and ends once the
+        not flagged final, and a cancel message (``codec.cancel_wire``) drops the work of the
+        request it names, which then answers nothing; the stream stops reading when a drain begins and ends once the
         requests it started have answered: its client resends the rest."""
         calls = self.calls
         calls.enter()
@@ -306,6 +307,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         multiplexed = _multiplexed(context)
         outbox: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_OUTBOX)
         running: set[asyncio.Task] = set()
+        by_id: dict[str, asyncio.Task] = {}
+        """A multiplexed stream's requests being served, by id (for their cancel messages)."""
 
         async def serve(raw: bytes) -> None:
             decoded = None
@@ -313,7 +316,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 decoded = codec.request_from_wire(raw, self.dataplane.limits, self._precheck_for(raw))
                 decoded.deadline, decoded.tenant = with_timeout_parameter(deadline, decoded), tenant
                 if multiplexed:  # single-answer requests: served as ModelInfer serves them, unflagged
-                    await outbox.put(codec.stream_response_to_wire(await self.dataplane.infer(decoded)))
+                    ident = decoded.id
+                    by_id[ident] = asyncio.current_task()
+                    try:
+                        response = await self.dataplane.infer(decoded)
+                    finally:
+                        by_id.pop(ident, None)
+                    await outbox.put(codec.stream_response_to_wire(response))
                     return
                 responses = self.dataplane.stream(decoded)
                 try:
@@ -341,6 +350,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 if reading:
                     async for raw in requests:
+                        if multiplexed and (cancelled := codec.cancelled_id(raw)) is not None:
+                            if (task := by_id.get(cancelled)) is not None:
+                                task.cancel()
+                            continue
                         task = asyncio.create_task(serve(raw))
                         running.add(task)
                         task.add_done_callback(running.discard)

@@ -15,8 +15,10 @@ request's own id (the bytes keep the correlation id: ``codec.response_to_wire`` 
 anew), and a ``triton_final_response`` flag, which a unary answer does not carry, is removed
 from both (an edgecloud server sends none on a multiplexed stream). A response that
 reports an error raises its typed error. ``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a
-unary call's deadline). Cancelling the wait forgets the request; the backend still finishes it
-(the protocol cannot cancel one request of a stream) and its answer is dropped.
+unary call's deadline). Cancelling the wait (a hedge's loser, a client gone) forgets the request
+and sends a cancel message for it (``codec.cancel_wire``): an edgecloud server cancels the
+request's work if it has started it (a request not started yet, or a server that does not know
+the message, finishes it; its answer is dropped).
 
 Opening: the stream is used only once the backend confirmed it speaks this contract, by
 answering the stream's ``MULTIPLEXED_METADATA`` with the same key in its initial metadata (an
@@ -127,10 +129,15 @@ class Multiplexer:
         loop = asyncio.get_running_loop()
         answer = loop.create_future()
         self._pending[key] = answer
-        self._outbox.put_nowait(codec.request_wire_with_id(wire, key, timeout_s))
+        outbox = self._outbox
+        outbox.put_nowait(codec.request_wire_with_id(wire, key, timeout_s))
         expiry = loop.call_later(timeout_s, self._expire, key) if timeout_s is not None else None
         try:
             answered: tuple[bytes, pb.ModelInferResponse] = await answer
+        except asyncio.CancelledError:
+            if outbox is self._outbox and self._call is not None:  # the same stream, still open
+                outbox.put_nowait(codec.cancel_wire(key))
+            raise
         finally:
             self._pending.pop(key, None)
             if expiry is not None:

@@ -280,3 +280,12 @@ def test_request_bytes_get_another_id_and_a_timeout_appended_without_re_encoding
     assert parsed.id == "m17" and parsed.model_name == "m"
     assert parsed.parameters["timeout"].int64_param == 250_000 and parsed.parameters["priority"].int64_param == 3
     assert pb.ModelInferRequest.FromString(codec.request_wire_with_id(wire, "")).parameters["timeout"].int64_param == 9_000_000
+
+
+def test_a_cancel_message_names_its_request_and_nothing_else_reads_as_one():
+    assert codec.cancelled_id(codec.cancel_wire("m42")) == "m42"
+    assert codec.cancelled_id(codec.request_wire_with_id(b"", "m42")) is None  # an id alone is no cancel
+    request = pb.ModelInferRequest(model_name="m", id="m42")
+    request.parameters[codec.CANCEL_PARAMETER].bool_param = True
+    assert codec.cancelled_id(request.SerializeToString()) is None  # names a model: a request
+    assert codec.cancelled_id(b"\x1a\xff") is None  # does not parse

@@ -13,7 +13,7 @@ from edgecloud.errors import DeadlineExceeded, ErrorKind, InternalError, Invalid
 from edgecloud.generation import FINAL_PARAMETER
 from edgecloud.grpc_server import MULTIPLEXED_KEY
 from edgecloud.rpc_errors import error_from_rpc
-from edgecloud.codec import STREAM_ERROR_KIND_PARAMETER
+from edgecloud.codec import CANCEL_PARAMETER, STREAM_ERROR_KIND_PARAMETER
 from gateway.multiplexed import FALLBACK_S, Multiplexer, NotStarted
 from protos import inference_pb2 as pb
 
@@ -223,7 +223,7 @@ async def test_a_failed_stream_fails_its_requests_with_the_translated_error_then
     assert (await pending)[1].id == "after"
 
 
-async def test_cancelling_a_wait_forgets_the_request_and_leaves_the_stream_alone():
+async def test_cancelling_a_wait_sends_a_cancel_for_it_and_leaves_the_stream_alone():
     harness = Harness()
     stream = await harness.opened()
     loser, other = harness.send("hedge loser"), harness.send("other")
@@ -231,7 +231,10 @@ async def test_cancelling_a_wait_forgets_the_request_and_leaves_the_stream_alone
     loser.cancel()
     with pytest.raises(asyncio.CancelledError):
         await loser
-    stream.answer(sent[0].id)  # the backend finishes it anyway: dropped
+    (cancel,) = (await stream.received(3))[2:]  # the backend is asked to drop its work
+    assert cancel.id == sent[0].id and cancel.parameters[CANCEL_PARAMETER].bool_param is True
+    assert not cancel.model_name and not cancel.inputs
+    stream.answer(sent[0].id)  # had it answered anyway: dropped
     stream.answer(sent[1].id)
     assert (await other)[1].id == "other"
     assert harness.mux.ready() and not stream.cancelled

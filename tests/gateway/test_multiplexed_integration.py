@@ -40,15 +40,20 @@ class Watched:
         self.ways: list[tuple[str, str]] = []
         self.release = asyncio.Event()
         self.release_kept = asyncio.Event()
+        self.cancelled: list[str] = []
         infer = dataplane.infer
 
         async def watched_infer(request):
             text = request.inputs[0].data[0].decode()
             self.ways.append(("stream" if re.fullmatch(r"m\d+", request.id) else "infer", text))
-            if "hold" in text:
-                await self.release.wait()
-            if "keep" in text:
-                await self.release_kept.wait()
+            try:
+                if "hold" in text:
+                    await self.release.wait()
+                if "keep" in text:
+                    await self.release_kept.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(text)
+                raise
             return await infer(request)
 
         monkeypatch.setattr(dataplane, "infer", watched_infer)
@@ -158,3 +163,15 @@ async def test_a_large_request_goes_alone_as_a_unary_call_while_the_stream_is_op
     answers = await asyncio.gather(backend.infer(text_request(large), 30), backend.infer(text_request(small), 30))
     assert all(a.output("embedding").data.shape == (1, 384) for a in answers)
     assert (watched.way(large), watched.way(small)) == ("infer", "stream")
+
+
+async def test_a_request_its_caller_gave_up_on_is_cancelled_on_the_edge_and_the_stream_serves_on(edge, monkeypatch):
+    server, backend = edge
+    watched = Watched(server, monkeypatch)
+    await confirmed(backend)
+    loser = asyncio.ensure_future(backend.infer(text_request("hold: a hedge's loser"), 60))
+    await wait_until(lambda: ("stream", "hold: a hedge's loser") in watched.ways)
+    loser.cancel()  # what the dispatcher does to a hedge's loser, or a client that left
+    await wait_until(lambda: watched.cancelled == ["hold: a hedge's loser"])
+    answer = await backend.infer(text_request("served after it"), 30)
+    assert answer.output("embedding").data.shape == (1, 384) and watched.way("served after it") == "stream"
