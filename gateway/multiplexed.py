@@ -22,8 +22,9 @@ the message, finishes it; its answer is dropped).
 
 Opening: the stream is used only once the backend confirmed it speaks this contract, by
 answering the stream's ``MULTIPLEXED_METADATA`` with the same key in its initial metadata (an
-edgecloud server does at once). Until then, and for good when it does not within ``CONFIRM_S``
-(Triton, MLServer: their streams answer in other ways), requests go as unary calls:
+edgecloud server does at once). Until then, and for good when it answers without it (Triton,
+MLServer: their streams answer in other ways), requests go as unary calls; one that says nothing
+within ``CONFIRM_S`` is asked again later, less and less often:
 ``ready()`` says which, and ``open_when_due()`` starts the stream in the background.
 
 When the backend ends the stream with OK while requests wait (an edgecloud server draining for a
@@ -62,8 +63,9 @@ ended with OK left unanswered, so the server may end it to drain for a stop."""
 FALLBACK_S = 1.0
 """After a backend ended a stream, requests go unary this long before a stream is opened again."""
 CONFIRM_S = 5.0
-"""How long a new stream waits for the backend's confirmation before the backend is taken not to
-multiplex (for good: its requests go unary)."""
+"""How long a new stream waits for the backend's confirmation (see ``Multiplexer._confirm``)."""
+SILENT_BACKOFF_MAX_S = 300.0
+"""The longest wait before asking again a backend that said nothing on its last streams."""
 
 
 class NotStarted(Exception):
@@ -91,6 +93,9 @@ class Multiplexer:
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
         self._unary_until = -float("inf")
+        self._silent = 0
+        """Streams in a row the backend said nothing on (see ``_confirm``)."""
+        self._backoff_s = FALLBACK_S
         self.unsupported = False
         """The backend did not confirm the contract: its requests go unary for good."""
         self._closed = False
@@ -152,15 +157,23 @@ class Multiplexer:
         return inner, message
 
     async def _confirm(self, call: Any) -> bool:
+        """Whether the backend confirmed the stream. A backend that answers without the key (or
+        UNIMPLEMENTED) does not multiplex: never asked again. One that says nothing within
+        ``confirm_s`` (a server that sends headers only with a response, or a frozen one) is
+        asked again after a backoff doubling from ``FALLBACK_S`` to ``SILENT_BACKOFF_MAX_S``;
+        one unreachable or ending the stream at once (draining), after ``FALLBACK_S``."""
         try:
             async with asyncio.timeout(self._confirm_s):
                 metadata = await call.initial_metadata()
         except TimeoutError:
-            metadata = None
-        if metadata is not None and any(key == MULTIPLEXED_KEY for key, _ in metadata):
+            self._silent += 1
+            self._backoff_s = min(SILENT_BACKOFF_MAX_S, FALLBACK_S * 2 ** self._silent)
+            return False
+        if any(key == MULTIPLEXED_KEY for key, _ in metadata or ()):
+            self._silent, self._backoff_s = 0, FALLBACK_S
             return True
         if call.done() and await call.code() != grpc.StatusCode.UNIMPLEMENTED:
-            return False  # unreachable, or ended at once (an edgecloud server draining): again after FALLBACK_S
+            return False
         self.unsupported = True
         log.info("%s does not multiplex requests on a stream: they go as unary calls", self._name)
         return False
@@ -195,7 +208,7 @@ class Multiplexer:
                 self._call = None
                 self._confirmed = False
                 self._writer.cancel()
-                self._unary_until = self._clock() + FALLBACK_S
+                self._unary_until = self._clock() + self._backoff_s
             if not call.done():
                 cancel_in_core(call)
             self._settle(_unavailable if self._closed else outcome)

@@ -89,6 +89,14 @@ class ScriptedStream:
             self._inbox.put_nowait(grpc.aio.EOF)
 
 
+async def wait_for(condition, turns: int = 1000) -> None:
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition not reached")
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -240,19 +248,32 @@ async def test_cancelling_a_wait_sends_a_cancel_for_it_and_leaves_the_stream_alo
     assert harness.mux.ready() and not stream.cancelled
 
 
-@pytest.mark.parametrize("metadata", [(("server", "triton"),), None], ids=["other-headers", "silent"])
-async def test_a_backend_that_does_not_confirm_is_not_multiplexed(metadata):
-    harness = Harness(metadata, confirm_s=0.01)
+async def test_a_backend_that_answers_without_confirming_is_not_multiplexed_again():
+    harness = Harness((("server", "triton"),))
     harness.mux.open_when_due()
     stream = harness.streams[0]
-    for _ in range(100):
-        if harness.mux.unsupported:
-            break
-        await asyncio.sleep(0.005)
-    assert harness.mux.unsupported and not harness.mux.ready() and stream.cancelled and not stream.requests
+    await wait_for(lambda: harness.mux.unsupported)
+    assert not harness.mux.ready() and stream.cancelled and not stream.requests
     harness.clock.now += 3600
     harness.mux.open_when_due()
     assert len(harness.streams) == 1  # never asked again
+
+
+async def test_a_silent_backend_is_asked_again_less_and_less_often_and_multiplexed_once_it_confirms():
+    harness = Harness(None, confirm_s=0.01)  # says nothing (frozen, or headers only with answers)
+    opened_at = []
+    for backoff in (2.0, 4.0, 8.0):
+        harness.mux.open_when_due()
+        opened_at.append(len(harness.streams))
+        await wait_for(lambda: harness.streams[-1].cancelled)
+        assert not harness.mux.unsupported and not harness.mux.ready() and not harness.streams[-1].requests
+        harness.clock.now += backoff - 0.1
+        harness.mux.open_when_due()
+        assert len(harness.streams) == opened_at[-1]  # not before the backoff
+        harness.clock.now += 0.1
+    assert opened_at == [1, 2, 3]
+    harness.metadata = CONFIRMED  # it thaws
+    assert await harness.opened() is harness.streams[3]
 
 
 async def test_close_fails_the_waiting_requests_unavailable():
