@@ -16,7 +16,9 @@ from gateway.routing import RouteState
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc as pb_grpc
 from bench.load import text_request
-from tests.gateway.conftest import run_load
+from edgecloud_tools.stack import edge_config, free_port, launch, wait_ready
+from gateway.server import GatewayServer
+from tests.gateway.conftest import in_process_gateway_config, run_load
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -115,6 +117,45 @@ async def test_a_cloud_worker_killed_under_load_loses_no_request(start_cloud_wor
     assert not errors, errors[:3]
     assert len(outcomes) > 16  # every client got answers
     assert all(o.served_by == "cloud" for o in outcomes)
+
+
+async def test_an_edge_frozen_under_load_loses_nothing_and_is_multiplexed_again_once_thawed(
+        model_dir, stack_dir, shared_cloud):
+    edge = launch("edge", edge_config(model_dir, free_port(), threads=1), stack_dir, name="frozen-edge")
+    gateway = None
+    try:
+        wait_ready(edge, 60)
+        config = in_process_gateway_config(edge.address, [shared_cloud.address])
+        # An edge attempt bound that moves a request stuck on the frozen stream to the cloud.
+        config = config.model_copy(update={"edge": config.edge.model_copy(update={"attempt_timeout_ms": 1000})})
+        gateway = GatewayServer(config)
+        await gateway.start()
+        backend = gateway.dataplane.edge
+        address = f"127.0.0.1:{gateway.grpc_port}"
+        await _infer(address, text_request(["warm the stream"]))
+        await wait_until(lambda: backend._mux is not None and backend._mux.ready(), timeout=20)
+
+        async def scenario(t0):
+            await asyncio.sleep(1.0)
+            edge.pause()  # SIGSTOP: the stream's requests get no answer, the connection goes quiet
+            await asyncio.sleep(4.0)
+            edge.resume()
+
+        outcomes = await run_load(address, duration_s=7.0, concurrency=8, timeout_s=15.0, on_tick=scenario)
+        errors = [o for o in outcomes if o.error]
+        assert not errors, errors[:3]
+        assert any(o.served_by == "cloud" for o in outcomes) and any(o.served_by == "edge" for o in outcomes)
+        await wait_until(lambda: backend._mux.ready(), timeout=30)  # multiplexed again
+        for _ in range(100):  # and serving again, once its probes say it is back
+            answer = await _infer(address, text_request(["after the thaw"]))
+            if answer.parameters["served_by"].string_param == "edge":
+                break
+            await asyncio.sleep(0.2)
+        assert answer.parameters["served_by"].string_param == "edge"
+    finally:
+        if gateway is not None:
+            await gateway.stop(0.5)
+        edge.stop()
 
 
 async def test_embedded_edge_in_the_gateway_process(model_dir, shared_cloud):
