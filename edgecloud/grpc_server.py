@@ -330,13 +330,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         await outbox.put(codec.stream_response_to_wire(response))
                 finally:
                     await responses.aclose()
-            except InferenceError as exc:
+            except Exception as exc:  # noqa: BLE001 - every failure is answered on the stream, the stream goes on
                 named = decoded if decoded is not None else codec.request_naming(raw)
-                await outbox.put(codec.stream_error_to_wire(exc.message, named, exc.kind, exc.retry_after_s))
-            except Exception:
-                log.exception("unexpected error in ModelStreamInfer")
-                named = decoded if decoded is not None else codec.request_naming(raw)
-                await outbox.put(codec.stream_error_to_wire("internal error", named))
+                if isinstance(exc, InferenceError):
+                    await outbox.put(codec.stream_error_to_wire(exc.message, named, exc.kind, exc.retry_after_s))
+                else:
+                    log.exception("unexpected error in ModelStreamInfer")
+                    await outbox.put(codec.stream_error_to_wire("internal error", named))
 
         reading = False
         reading_stopped = False

@@ -123,21 +123,19 @@ class GrpcBackend(Backend):
         the backend ended the stream without starting goes unary), else as a unary call."""
         if self._infer_call is None:
             self._connect()
+        wire = codec.request_to_wire(request)
         mux = self._mux
         if mux is not None:
-            if mux.ready():
-                wire = codec.request_to_wire(request)
-                if len(wire) > MULTIPLEX_MAX_BYTES:  # a large one alone: no head-of-line blocking
-                    return await self._unary(wire, timeout_s)
+            if not mux.ready():
+                mux.open_when_due()
+            elif len(wire) <= MULTIPLEX_MAX_BYTES:  # a larger one goes alone: no head-of-line blocking
                 try:
                     body, message = await mux.infer(wire, request.id, timeout_s)
                 except NotStarted:
                     pass
                 else:
                     return self._response(body, message)
-            else:
-                mux.open_when_due()
-        return await self._unary(codec.request_to_wire(request), timeout_s)
+        return await self._unary(wire, timeout_s)
 
     async def _unary(self, wire: bytes, timeout_s: float | None) -> InferResponse:
         try:  # not ``_translated()``: a generator context manager costs microseconds per request

@@ -9,12 +9,12 @@ server's CPU, the same message on a multiplexed stream 0.41 ms and 0.23 ms (c=1)
 Contract (``Multiplexer.infer``): sends one serialized ``ModelInferRequest`` with its ``id``
 replaced by a correlation id of this multiplexer's (protobuf's last-wins rule: the field is
 appended, the bytes are not re-encoded) and its ``timeout`` parameter set to ``timeout_s`` (so
-the backend drops it once that has passed, as it would a unary call past its deadline), waits for the ``ModelStreamInferResponse`` carrying that
-id, and returns its ``ModelInferResponse``, serialized and parsed: the parsed one carries the
-request's own id (the bytes keep the correlation id: ``codec.response_to_wire`` writes the id
-anew), and a ``triton_final_response`` flag, which a unary answer does not carry, is removed
-from both (an edgecloud server sends none on a multiplexed stream). A response that
-reports an error raises its typed error. ``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a
+the backend drops it once that has passed, as it would a unary call past its deadline), waits
+for the ``ModelStreamInferResponse`` carrying that id, and returns its ``ModelInferResponse``,
+serialized and parsed: the parsed one carries the request's own id (the bytes keep the
+correlation id: ``codec.response_to_wire`` writes the id anew), and a ``triton_final_response``
+flag, which a unary answer does not carry, is removed from both (an edgecloud server sends none
+on a multiplexed stream). A response that reports an error raises its typed error. ``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a
 unary call's deadline). Cancelling the wait (a hedge's loser, a client gone) forgets the request
 and sends a cancel message for it (``codec.cancel_wire``): an edgecloud server cancels the
 request's work if it has started it (a request not started yet, or a server that does not know
