@@ -474,13 +474,19 @@ async def _warm_up(client, threshold_ms: float | None, timeout_s: float = 30.0, 
         await asyncio.sleep(0.1)
 
 
+def _bucket_s(options: DemoOptions) -> float:
+    """The timeline's bucket: at least 0.5 s, a sixtieth of the run, and long enough to expect
+    three requests (at 3 streams/s a 0.5 s bucket holds one or two, and one stream decides it)."""
+    return max(0.5, options.duration_s / 60, 3.0 / options.rate)
+
+
 async def _drive(options: DemoOptions, stack: _Stack, out: TextIO) -> DemoResult:
     from edgecloud.errors import InferenceError
     from gateway.client import AsyncClient
 
     third = options.duration_s / 3
     bounds = ((0.0, third), (third, 2 * third), (2 * third, options.duration_s))
-    result = DemoResult(options.duration_s, bounds, bucket_s=max(0.5, options.duration_s / 60))
+    result = DemoResult(options.duration_s, bounds, bucket_s=_bucket_s(options))
     live = out.isatty() if options.live is None else options.live
     view = LiveView(out, live)
     try:
