@@ -99,6 +99,8 @@ class Multiplexer:
         self.unsupported = False
         """The backend did not confirm the contract: its requests go unary for good."""
         self._closed = False
+        self._broken: Any = None
+        """The call whose writer failed (its requests fail UNAVAILABLE, not CANCELLED)."""
 
     def ready(self) -> bool:
         """Whether a request goes over the stream now (one is open and confirmed)."""
@@ -115,15 +117,20 @@ class Multiplexer:
             self._writer = loop.create_task(self._write(call, self._outbox))
             self._reader = loop.create_task(self._read(call))
 
-    @staticmethod
-    async def _write(call: Any, outbox: asyncio.Queue[bytes]) -> None:
+    async def _write(self, call: Any, outbox: asyncio.Queue[bytes]) -> None:
         """Write what ``infer`` queues, in order; a stream that ends or fails ends this (its
-        reader settles the requests)."""
+        reader settles the requests). A write that fails any other way cancels the call, so the
+        reader settles the requests at once (UNAVAILABLE: retried elsewhere) instead of leaving
+        them to their timeouts behind a writer that is gone."""
         try:
             while True:
                 await call.write(await outbox.get())
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             return
+        except Exception as exc:  # noqa: BLE001 - whatever broke the write, the stream is unusable
+            log.warning("%s: writing to the multiplexed stream failed: %r", self._name, exc)
+            self._broken = call
+            cancel_in_core(call)
 
     async def infer(self, wire: bytes, request_id: str,
                     timeout_s: float | None) -> tuple[bytes, pb.ModelInferResponse]:
@@ -211,7 +218,7 @@ class Multiplexer:
                 self._unary_until = self._clock() + self._backoff_s
             if not call.done():
                 cancel_in_core(call)
-            self._settle(_unavailable if self._closed else outcome)
+            self._settle(_unavailable if self._closed or self._broken is call else outcome)
 
     def _deliver(self, raw: bytes) -> None:
         inner = codec.stream_response_part(raw)

@@ -31,6 +31,7 @@ class ScriptedStream:
         self.requests: list[pb.ModelInferRequest] = []
         self._written = asyncio.Event()
         self.cancelled = False
+        self.write_error: Exception | None = None
 
     async def initial_metadata(self):
         if self._metadata is None:
@@ -40,6 +41,8 @@ class ScriptedStream:
     async def write(self, data: bytes) -> None:
         if self._code is not None:
             raise asyncio.InvalidStateError("done")
+        if self.write_error is not None:
+            raise self.write_error
         self.requests.append(pb.ModelInferRequest.FromString(data))
         self._written.set()
 
@@ -229,6 +232,23 @@ async def test_a_failed_stream_fails_its_requests_with_the_translated_error_then
     (sent,) = await again.received(1)
     again.answer(sent.id)
     assert (await pending)[1].id == "after"
+
+
+async def test_a_write_that_fails_unexpectedly_ends_the_stream_and_its_requests_fail_over_at_once():
+    harness = Harness()
+    stream = await harness.opened()
+    stream.write_error = ValueError("a broken serializer")
+    pending = harness.send("lost", timeout_s=60.0)
+    with pytest.raises(Unavailable):  # at once, not after its 60 s: the dispatcher fails it over
+        await asyncio.wait_for(pending, 1.0)
+    assert stream.cancelled and not harness.mux.ready()
+    harness.clock.now += FALLBACK_S
+    again = await harness.opened()
+    assert again is not stream
+    following = harness.send("next")
+    (sent,) = await again.received(1)
+    again.answer(sent.id)
+    assert (await following)[1].id == "next"
 
 
 async def test_cancelling_a_wait_sends_a_cancel_for_it_and_leaves_the_stream_alone():
