@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from edgecloud import codec
 from edgecloud.allocator import heap_trimmer
 from edgecloud.dataplane import InferenceDataplane
+from edgecloud.deadlines import MAX_DEADLINE_S, with_timeout_parameter
 from edgecloud.errors import InferenceError, InvalidArgument
 from edgecloud.rpc_errors import RETRY_AFTER_KEY
 from edgecloud.status import grpc_code
@@ -34,7 +35,6 @@ from protos import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_DEADLINE_S = 86_400.0
 DEFAULT_TENANT = "default"
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -121,16 +121,6 @@ def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     # A day is forever here; larger deadlines (``grpc-timeout: 99999999H``) overflow downstream.
     return None if remaining is None else time.monotonic() + min(remaining, MAX_DEADLINE_S)
-
-
-def with_timeout_parameter(deadline: float | None, request) -> float | None:
-    """``deadline`` brought forward to the request's ``timeout`` parameter (microseconds from
-    now: tritonclient's ``timeout=``, and what a multiplexing gateway sets per request), if any."""
-    timeout_us = request.parameters.get(codec.TIMEOUT_PARAMETER)
-    if type(timeout_us) is not int or timeout_us <= 0:
-        return deadline
-    ends = time.monotonic() + min(timeout_us / 1e6, MAX_DEADLINE_S)
-    return ends if deadline is None or ends < deadline else deadline
 
 
 Authenticate = Callable[[Mapping[str, str]], str]

@@ -21,7 +21,8 @@ Contract:
   (shapes against the model before any tensor data becomes an array); JSON of ``json_decode_threshold_bytes`` or more is parsed in a
   helper process (``edgecloud.body_decoder``), never on the event loop.
 - ``X-Request-Timeout-Ms`` sets ``InferRequest.deadline`` (monotonic) and bounds the call: past it
-  the client gets 504.
+  the client gets 504. A request's ``timeout`` parameter (microseconds: tritonclient's
+  ``timeout=``) does the same, as on gRPC; the earlier of the two wins.
 - Every error body is ``{"error": message}``: typed ``InferenceError``s get
   ``edgecloud.status.http_status(kind)`` and their message (which names the field); routing errors
   keep aiohttp's status (404, 405); anything unexpected is 500 ``internal error`` with the
@@ -56,6 +57,7 @@ from edgecloud.errors import (
 from edgecloud.http_connections import GuardedAppRunner, MalformedBody, close_after_response
 from edgecloud.allocator import heap_trimmer
 from edgecloud.body_decoder import DEFAULT_THRESHOLD_BYTES, BodyDecoder
+from edgecloud.deadlines import TIMEOUT_PARAMETER, with_timeout_parameter
 from edgecloud.dataplane import InferenceDataplane
 from edgecloud.status import http_status
 from edgecloud.types import InferRequest, InferResponse
@@ -303,20 +305,23 @@ class RestFront:
         precheck = self.dataplane.precheck if len(body) >= PRECHECK_FROM_BYTES else None
         decoded = await self._decoder.decode(body, header_length, self.dataplane.limits, model_name=match["name"],
                                              model_version=match.get("version", ""), precheck=precheck)
-        decoded.deadline = deadline
+        decoded.deadline = with_timeout_parameter(deadline, decoded)
         decoded.tenant = request.get(TENANT_KEY, "default")
-        if deadline is None:
+        if decoded.deadline is None:
             response = await self.dataplane.infer(decoded)
         else:
-            scope = asyncio.timeout(deadline - time.monotonic())
+            scope = asyncio.timeout(decoded.deadline - time.monotonic())
             try:
                 async with scope:
                     response = await self.dataplane.infer(decoded)
             except TimeoutError:
                 if not scope.expired():
                     raise
-                raise DeadlineExceeded(f"no answer within {headers[TIMEOUT_HEADER]} ms",
-                                       field=TIMEOUT_HEADER) from None
+                if decoded.deadline == deadline:
+                    raise DeadlineExceeded(f"no answer within {headers[TIMEOUT_HEADER]} ms",
+                                           field=TIMEOUT_HEADER) from None
+                raise DeadlineExceeded(f"no answer within {decoded.parameters[TIMEOUT_PARAMETER]} us",
+                                       field=f"parameters[{TIMEOUT_PARAMETER}]") from None
         body, length = json_codec.response_to_json(response, json_codec.requested_binary(decoded))
         out = dict(self._response_headers(response)) if self._response_headers is not None else {}
         if length is None:
@@ -339,7 +344,7 @@ class RestFront:
         for key in [key for key in decoded.parameters if key in inputs and key not in given]:
             decoded.inputs.append(generate_json.input_from_value(key, decoded.parameters.pop(key),
                                                                  self.dataplane.limits))
-        decoded.deadline = deadline_from_header(headers.get(TIMEOUT_HEADER))
+        decoded.deadline = with_timeout_parameter(deadline_from_header(headers.get(TIMEOUT_HEADER)), decoded)
         decoded.tenant = request.get(TENANT_KEY, "default")
         return decoded
 

@@ -368,6 +368,28 @@ async def test_deadline_header_bounds_the_call(http, agent, serve):
     assert 0.14 < time.monotonic() - started < 10  # the 150 ms bound, not the gate (never opened)
 
 
+async def test_the_timeout_parameter_bounds_the_call_as_on_grpc(http, agent, serve):
+    """tritonclient's ``timeout=`` (microseconds) travels as the request's ``timeout`` parameter."""
+    gated = GatedDataplane(agent.dataplane)
+    url = await serve(gated)
+    started = time.monotonic()
+    status, _, body = await post(http, url, text_body(["x"], parameters={"timeout": 150_000}), JSON_TYPE)
+    assert status == 504 and json.loads(body)["error"] == "parameters[timeout]: no answer within 150000 us"
+    assert 0.14 < time.monotonic() - started < 10
+
+
+async def test_the_earlier_of_the_timeout_header_and_parameter_wins(http, agent, serve):
+    gated = GatedDataplane(agent.dataplane)
+    url = await serve(gated)
+    status, _, body = await post(http, url, text_body(["x"], parameters={"timeout": 60_000_000}),
+                                 {**JSON_TYPE, TIMEOUT_HEADER: "150"})
+    assert status == 504 and json.loads(body)["error"] == f"{TIMEOUT_HEADER}: no answer within 150 ms"
+    gated.gate.set()
+    status, _, body = await post(http, url, text_body(["x"], parameters={"timeout": "soon"}),
+                                 {**JSON_TYPE, TIMEOUT_HEADER: "5000"})
+    assert status == 200  # a timeout that is not a number of microseconds is not one
+
+
 async def test_graceful_stop_drains_the_request_in_flight(http, agent):
     gated = GatedDataplane(agent.dataplane)
     front = RestFront(gated)
