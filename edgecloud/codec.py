@@ -588,6 +588,11 @@ def request_wire_with_id(wire: bytes, request_id: str, timeout_s: float | None =
     return b"".join(parts)
 
 
+MULTIPLEXED_KEY = "edgecloud-multiplexed"
+"""Metadata of a ``ModelStreamInfer`` whose client multiplexes single-answer requests on it and
+resends, another way, any the stream ended (OK) without answering (``gateway.multiplexed``).
+The server confirms by sending the key back in its initial metadata."""
+
 CANCEL_PARAMETER = "edgecloud_cancel"
 """Request parameter of a multiplexed stream's cancel message (an edgecloud addition): a request
 naming only an ``id`` and this parameter (true) asks the server to drop that request's work."""

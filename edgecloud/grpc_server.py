@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from edgecloud import codec
 from edgecloud.allocator import heap_trimmer
 from edgecloud.dataplane import InferenceDataplane
+from edgecloud.codec import MULTIPLEXED_KEY
 from edgecloud.deadlines import MAX_DEADLINE_S, with_timeout_parameter
 from edgecloud.errors import InferenceError, InvalidArgument
 from edgecloud.rpc_errors import RETRY_AFTER_KEY
@@ -209,10 +210,6 @@ def _nothing() -> None:
     return None
 
 
-MULTIPLEXED_KEY = "edgecloud-multiplexed"
-"""Metadata of a ``ModelStreamInfer`` whose client multiplexes single-answer requests on it and
-resends, another way, any the stream ended (OK) without answering (``gateway.multiplexed``).
-The server confirms by sending the key back in its initial metadata."""
 MULTIPLEXED_CONFIRMATION = ((MULTIPLEXED_KEY, "1"),)
 
 

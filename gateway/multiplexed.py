@@ -50,14 +50,13 @@ from edgecloud import codec
 from edgecloud.errors import ErrorKind, InferenceError, InternalError, Unavailable, error_for_kind
 from edgecloud.generation import FINAL_PARAMETER
 from edgecloud.grpc_calls import cancel_in_core
-from edgecloud.grpc_server import MULTIPLEXED_KEY
 from protos import inference_pb2 as pb
 
 __all__ = ["FALLBACK_S", "MULTIPLEXED_METADATA", "Multiplexer", "NotStarted"]
 
 log = logging.getLogger(__name__)
 
-MULTIPLEXED_METADATA = ((MULTIPLEXED_KEY, "1"),)
+MULTIPLEXED_METADATA = ((codec.MULTIPLEXED_KEY, "1"),)
 """Sent when the stream opens: tells an edgecloud server that this client resends what a stream
 ended with OK left unanswered, so the server may end it to drain for a stop."""
 FALLBACK_S = 1.0
@@ -176,7 +175,7 @@ class Multiplexer:
             self._silent += 1
             self._backoff_s = min(SILENT_BACKOFF_MAX_S, FALLBACK_S * 2 ** self._silent)
             return False
-        if any(key == MULTIPLEXED_KEY for key, _ in metadata or ()):
+        if any(key == codec.MULTIPLEXED_KEY for key, _ in metadata or ()):
             self._silent, self._backoff_s = 0, FALLBACK_S
             return True
         if call.done() and await call.code() != grpc.StatusCode.UNIMPLEMENTED:

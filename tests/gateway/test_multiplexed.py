@@ -11,9 +11,8 @@ import pytest
 
 from edgecloud.errors import DeadlineExceeded, ErrorKind, InternalError, InvalidArgument, Unavailable
 from edgecloud.generation import FINAL_PARAMETER
-from edgecloud.grpc_server import MULTIPLEXED_KEY
 from edgecloud.rpc_errors import error_from_rpc
-from edgecloud.codec import CANCEL_PARAMETER, STREAM_ERROR_KIND_PARAMETER
+from edgecloud.codec import CANCEL_PARAMETER, MULTIPLEXED_KEY, STREAM_ERROR_KIND_PARAMETER
 from gateway.multiplexed import FALLBACK_S, Multiplexer, NotStarted
 from protos import inference_pb2 as pb
 
