@@ -281,7 +281,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         when it cancels, every generation it started stops. On a multiplexed stream
         (``MULTIPLEXED_KEY``) every request is served as ``ModelInfer`` serves it, its one answer
         not flagged final, and a cancel message (``codec.cancel_wire``) drops the work of the
-        request it names, which then answers nothing; the stream stops reading when a drain begins and ends once the
+        request it names (read before it, started or not), which then answers nothing; the stream stops reading when a drain begins and ends once the
         requests it started have answered: its client resends the rest."""
         calls = self.calls
         calls.enter()
@@ -296,14 +296,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         running: set[asyncio.Task] = set()
         by_id: dict[str, asyncio.Task] = {}
         """A multiplexed stream's requests being served, by id (for their cancel messages)."""
+        unstarted = 0
+        """Requests read whose task has not run yet: their ids are not in ``by_id``."""
+        early_cancels: set[str] = set()
+        """Cancels read while requests were unstarted: one of those may be what they name."""
 
         async def serve(raw: bytes) -> None:
+            nonlocal unstarted
+            unstarted -= 1
             decoded = None
             try:
                 decoded = codec.request_from_wire(raw, self.dataplane.limits, self._precheck_for(raw))
                 decoded.deadline, decoded.tenant = with_timeout_parameter(deadline, decoded), tenant
                 if multiplexed:  # single-answer requests: served as ModelInfer serves them, unflagged
                     ident = decoded.id
+                    if early_cancels:
+                        dropped = ident in early_cancels
+                        early_cancels.discard(ident)
+                        if not unstarted:  # every request read has started: the rest named none of them
+                            early_cancels.clear()
+                        if dropped:  # cancelled before it started: its client expects no answer
+                            return
                     by_id[ident] = asyncio.current_task()
                     try:
                         response = await self.dataplane.infer(decoded)
@@ -332,7 +345,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             """Start each request as it arrives; once the client half-closes (or its side of the
             stream breaks, or a drain stops a multiplexed stream's reading) and every started
             request has answered, end the stream."""
-            nonlocal reading
+            nonlocal reading, unstarted
             reading = not reading_stopped
             try:
                 if reading:
@@ -340,7 +353,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         if multiplexed and (cancelled := codec.cancelled_id(raw)) is not None:
                             if (task := by_id.get(cancelled)) is not None:
                                 task.cancel()
+                            elif unstarted:  # its request may be read and not started yet
+                                early_cancels.add(cancelled)
                             continue
+                        unstarted += 1
                         task = asyncio.create_task(serve(raw))
                         running.add(task)
                         task.add_done_callback(running.discard)
