@@ -565,15 +565,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=60.0, metavar="S",
                         help="seconds of traffic; the edge is slow for the middle third (default 60)")
     parser.add_argument("--rate", type=float, default=None, metavar="RPS",
-                        help="requests per second (default 15; with --streams 3)")
+                        help="requests per second (default 15; with --streams 2)")
     parser.add_argument("--streams", action="store_true",
                         help="token streams (SmolLM2 chat, greedy) instead of embeddings: latency is the time to "
                              "the first token, routed on the same threshold")
     parser.add_argument("--max-tokens", type=int, default=12, help="tokens per stream with --streams (default 12)")
-    parser.add_argument("--slow-ms", type=float, default=500.0, help="delay added to the edge (default 500)")
-    parser.add_argument("--threshold-ms", type=float, default=300.0,
-                        help="routing threshold of the gateway the demo starts (default 300: clear of a busy "
-                             "box's noise, well under the slowdown)")
+    parser.add_argument("--slow-ms", type=float, default=None,
+                        help="delay added to the edge (default 500; with --streams 2500)")
+    parser.add_argument("--threshold-ms", type=float, default=None,
+                        help="routing threshold of the gateway the demo starts (default 300, with --streams 500: "
+                             "clear of a busy box's noise, well under the slowdown)")
     parser.add_argument("--repeat-ratio", type=float, default=0.5,
                         help="share of requests repeating a popular sentence, so the cache hits (default 0.5)")
     stack = parser.add_mutually_exclusive_group()
@@ -597,13 +598,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``edgecloud demo``; 0 when every request was answered, 1 otherwise (2: bad options)."""
     out = out or sys.stdout
-    rate = args.rate if args.rate is not None else (3.0 if args.streams else 15.0)
-    options = DemoOptions(duration_s=args.duration, rate=rate, slow_ms=args.slow_ms, streams=args.streams,
+    # Streams get wider margins: on a busy 2-core box all five processes share the cores, the edge's
+    # own TTFT reaches ~350 ms and a loaded cloud's torch generation 0.9-2 s, so a +500 ms edge
+    # would race the cloud and a 300 ms threshold sit inside the fast edge's noise.
+    rate = args.rate if args.rate is not None else (2.0 if args.streams else 15.0)
+    slow_ms = args.slow_ms if args.slow_ms is not None else (2500.0 if args.streams else 500.0)
+    threshold_ms = args.threshold_ms if args.threshold_ms is not None else (500.0 if args.streams else 300.0)
+    options = DemoOptions(duration_s=args.duration, rate=rate, slow_ms=slow_ms, streams=args.streams,
                           max_tokens=args.max_tokens,
                           repeat_ratio=args.repeat_ratio, start_stack=args.gateway is None,
                           model_dir=args.model_dir, gateway=args.gateway, gateway_http=args.gateway_http,
                           edge=args.edge, proxy_port=args.proxy_port, proxy_pid=args.proxy_pid,
-                          threshold_ms=args.threshold_ms, live=args.live, seed=args.seed)
+                          threshold_ms=threshold_ms, live=args.live, seed=args.seed)
     if options.duration_s < 3 or options.rate <= 0 or not 0 <= options.repeat_ratio <= 1:
         print("edgecloud demo: --duration must be >= 3, --rate > 0, --repeat-ratio in [0, 1]", file=sys.stderr)
         return 2
