@@ -87,6 +87,15 @@ async def test_rest_front_and_tritonclient_http_through_the_gateway(edge_proxy, 
         assert seen["embedding_shape"] == [1, 384]
         assert seen["response_parameters"]["served_by"] == "edge"
         assert "404" in seen["bad_model"]["status"] or "model_name" in seen["bad_model"]["message"]
+        # tritonclient.http's timeout= (microseconds, in the JSON body's parameters) bounds the call
+        # as it does over gRPC: the edge held 3 s, the client's 300 ms end it with a 504.
+        edge_proxy.set_delay(3.0)
+        try:
+            seen = await asyncio.to_thread(tritonclient_check, "http", f"127.0.0.1:{gateway.http_port}",
+                                           "all-MiniLM-L6-v2", "--text", "a timeout", "--timeout-us", "300000")
+        finally:
+            edge_proxy.restore()
+        assert seen["with_timeout"]["status"] == "504", seen["with_timeout"]  # without it: OK after 3 s
     finally:
         await gateway.stop(0.5)
 

@@ -5,7 +5,7 @@ edgecloud. Prints one JSON object on stdout describing what the server answered,
 assert on it. Usage::
 
     triton_check.py {grpc,http} --url HOST:PORT --model NAME [--text T ...] [--version V]
-                    [--bad-model NAME] [--class-count K]
+                    [--bad-model NAME] [--class-count K] [--timeout-us N]
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--bad-model", default=None, help="also infer against this unknown model")
     parser.add_argument("--class-count", type=int, default=0,
                         help="also ask for the output's top classes (the classification extension)")
+    parser.add_argument("--timeout-us", type=int, default=0,
+                        help="last, infer once more with tritonclient's timeout= (microseconds)")
     args = parser.parse_args()
 
     if args.protocol == "grpc":
@@ -101,6 +103,12 @@ def main() -> int:
         # The server must keep serving after the error.
         again = client.infer(args.model, [infer_input], model_version=args.version)
         out["after_error_shape"] = list(again.as_numpy(args.output_name).shape)
+    if args.timeout_us:
+        try:
+            client.infer(args.model, [infer_input], model_version=args.version, timeout=args.timeout_us)
+            out["with_timeout"] = {"status": "OK"}
+        except InferenceServerException as exc:
+            out["with_timeout"] = _status(exc)
     json.dump(out, sys.stdout)
     return 0
 
