@@ -13,22 +13,14 @@ import time
 
 from edgecloud.codec import TIMEOUT_PARAMETER
 
-__all__ = ["MAX_DEADLINE_S", "TIMEOUT_PARAMETER", "timeout_parameter_s", "with_timeout_parameter"]
+__all__ = ["MAX_DEADLINE_S", "with_timeout_parameter"]
 
 MAX_DEADLINE_S = 86_400.0
 
 
-def timeout_parameter_s(request) -> float | None:
-    """The request's ``timeout`` parameter in seconds (capped), or None when it has none usable."""
+def with_timeout_parameter(deadline: float | None, request) -> float | None:
     timeout_us = request.parameters.get(TIMEOUT_PARAMETER)
     if type(timeout_us) is not int or timeout_us <= 0:
-        return None
-    return min(timeout_us / 1e6, MAX_DEADLINE_S)
-
-
-def with_timeout_parameter(deadline: float | None, request) -> float | None:
-    timeout_s = timeout_parameter_s(request)
-    if timeout_s is None:
         return deadline
-    ends = time.monotonic() + timeout_s
+    ends = time.monotonic() + min(timeout_us / 1e6, MAX_DEADLINE_S)
     return ends if deadline is None or ends < deadline else deadline

@@ -281,8 +281,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         when it cancels, every generation it started stops. On a multiplexed stream
         (``MULTIPLEXED_KEY``) every request is served as ``ModelInfer`` serves it, its one answer
         not flagged final, and a cancel message (``codec.cancel_wire``) drops the work of the
-        request it names (read before it, started or not), which then answers nothing; the stream stops reading when a drain begins and ends once the
-        requests it started have answered: its client resends the rest."""
+        request it names (read before it, started or not), which then answers nothing; the stream
+        stops reading when a drain begins and ends once the requests it started have answered:
+        its client resends the rest."""
         calls = self.calls
         calls.enter()
         try:

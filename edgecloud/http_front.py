@@ -43,7 +43,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from edgecloud import generate_json, json_codec
-from edgecloud.codec import PRECHECK_FROM_BYTES
+from edgecloud.codec import PRECHECK_FROM_BYTES, TIMEOUT_PARAMETER
 from edgecloud.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -57,7 +57,7 @@ from edgecloud.errors import (
 from edgecloud.http_connections import GuardedAppRunner, MalformedBody, close_after_response
 from edgecloud.allocator import heap_trimmer
 from edgecloud.body_decoder import DEFAULT_THRESHOLD_BYTES, BodyDecoder
-from edgecloud.deadlines import TIMEOUT_PARAMETER, with_timeout_parameter
+from edgecloud.deadlines import with_timeout_parameter
 from edgecloud.dataplane import InferenceDataplane
 from edgecloud.status import http_status
 from edgecloud.types import InferRequest, InferResponse

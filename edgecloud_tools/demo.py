@@ -320,11 +320,27 @@ class EdgeFault:
 
 # the stack ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Margins:
+    """Load, slowdown and threshold that keep each phase what it says on a busy 2-core box."""
+    rate: float
+    slow_ms: float
+    threshold_ms: float
+
+
+EMBEDDING_MARGINS = Margins(rate=15.0, slow_ms=500.0, threshold_ms=300.0)
+"""The demo's stack and load put the healthy edge's p95 at 185-251 ms there."""
+STREAM_MARGINS = Margins(rate=2.0, slow_ms=2500.0, threshold_ms=500.0)
+"""Wider: all five processes share the cores, the edge's own TTFT reaches ~350 ms and a loaded
+cloud's torch generation 0.9-2 s, so a +500 ms edge would race the cloud (winning half its
+hedges) and a 300 ms threshold sit inside the fast edge's noise."""
+
+
 @dataclass
 class DemoOptions:
     duration_s: float = 60.0
-    rate: float = 15.0
-    slow_ms: float = 500.0
+    rate: float = EMBEDDING_MARGINS.rate
+    slow_ms: float = EMBEDDING_MARGINS.slow_ms
     repeat_ratio: float = 0.5
     start_stack: bool = True
     model_dir: str = "models/all-MiniLM-L6-v2"
@@ -333,10 +349,8 @@ class DemoOptions:
     edge: str | None = None
     proxy_port: int | None = None
     proxy_pid: int | None = None
-    threshold_ms: float | None = 300.0
-    """``routing.threshold_ms`` of the gateway the demo starts (None: the gateway's default, 200).
-    300 ms with a 500 ms slowdown keeps each phase what it says on a busy 2-core box, where the
-    demo's own stack and load put the healthy edge's p95 at 185-251 ms."""
+    threshold_ms: float | None = EMBEDDING_MARGINS.threshold_ms
+    """``routing.threshold_ms`` of the gateway the demo starts (None: the gateway's default, 200)."""
     live: bool | None = None
     """Redraw in place; None: when the output is a terminal."""
     seed: int = 0
@@ -598,12 +612,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``edgecloud demo``; 0 when every request was answered, 1 otherwise (2: bad options)."""
     out = out or sys.stdout
-    # Streams get wider margins: on a busy 2-core box all five processes share the cores, the edge's
-    # own TTFT reaches ~350 ms and a loaded cloud's torch generation 0.9-2 s, so a +500 ms edge
-    # would race the cloud and a 300 ms threshold sit inside the fast edge's noise.
-    rate = args.rate if args.rate is not None else (2.0 if args.streams else 15.0)
-    slow_ms = args.slow_ms if args.slow_ms is not None else (2500.0 if args.streams else 500.0)
-    threshold_ms = args.threshold_ms if args.threshold_ms is not None else (500.0 if args.streams else 300.0)
+    margins = STREAM_MARGINS if args.streams else EMBEDDING_MARGINS
+    rate = args.rate if args.rate is not None else margins.rate
+    slow_ms = args.slow_ms if args.slow_ms is not None else margins.slow_ms
+    threshold_ms = args.threshold_ms if args.threshold_ms is not None else margins.threshold_ms
     options = DemoOptions(duration_s=args.duration, rate=rate, slow_ms=slow_ms, streams=args.streams,
                           max_tokens=args.max_tokens,
                           repeat_ratio=args.repeat_ratio, start_stack=args.gateway is None,

@@ -14,8 +14,8 @@ for the ``ModelStreamInferResponse`` carrying that id, and returns its ``ModelIn
 serialized and parsed: the parsed one carries the request's own id (the bytes keep the
 correlation id: ``codec.response_to_wire`` writes the id anew), and a ``triton_final_response``
 flag, which a unary answer does not carry, is removed from both (an edgecloud server sends none
-on a multiplexed stream). A response that reports an error raises its typed error. ``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a
-unary call's deadline). Cancelling the wait (a hedge's loser, a client gone) forgets the request
+on a multiplexed stream). A response that reports an error raises its typed error.
+``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a unary call's deadline). Cancelling the wait (a hedge's loser, a client gone) forgets the request
 and sends a cancel message for it (``codec.cancel_wire``): an edgecloud server cancels the
 request's work if it has started it (a request not started yet, or a server that does not know
 the message, finishes it; its answer is dropped).

@@ -119,12 +119,8 @@ def test_without_a_terminal_the_view_prints_plain_phase_lines():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_short_streams_demo_moves_streams_edge_cloud_edge(model_dir, generative_model_dir):
-    # Margins for a busy 2-core CI box, where all five processes share the cores: there the edge's
-    # own TTFT reached 356 ms (p50, edge fast) and the cloud's torch generation 0.9-2 s, so +800 ms
-    # on the edge against a 300 ms threshold made the two sides race (a slowed edge still won half
-    # its hedges, and the timeline flapped). +2.5 s makes the slowed edge lose to a loaded cloud;
-    # 500 ms clears the fast edge's TTFT; 2 streams/s keeps the load modest (checked with three and
-    # four busy loops beside the demo).
+    # The stream margins (``demo.STREAM_MARGINS``: a busy CI box's edge TTFT reached 356 ms and its
+    # loaded cloud 0.9-2 s, so +800 ms / 300 ms raced); checked with three and four busy loops beside.
     status, out = run_demo_cli("--streams", "--duration", "24", "--rate", "2", "--slow-ms", "2500",
                                "--threshold-ms", "500", "--max-tokens", "6", "--model-dir", str(model_dir), "--no-live")
     assert status == 0, out
