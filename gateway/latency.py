@@ -7,7 +7,9 @@ discarded (``record`` says whether it kept the sample). ``statistic(name, since=
 ``ewma`` or a windowed quantile (``p50``/``p95``/``p99``/``max``) over samples younger than the
 window and not older than ``since``, or None with fewer than ``min_samples`` such samples;
 ``count_above(limit_s, since)`` counts such samples over a limit. Memory is bounded by
-``max_samples``.
+``max_samples``. ``watch(limit_s)`` keeps a running count of the window's samples over one limit
+(``over_watched()``, any ``since``: an upper bound of ``count_above(limit_s, since)``), so a caller
+can rule out a slow window in O(1) instead of a pass and a sort.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ class LatencyStats:
         self.ewma_alpha = ewma_alpha
         self.warmup = warmup
         self._warmup_left = warmup
-        self._samples: deque[Sample] = deque(maxlen=max_samples)
+        self._samples: deque[Sample] = deque()
+        self.max_samples = max_samples
+        self._watched_s = math.inf
+        self._over = 0
+        """Samples in ``_samples`` over ``_watched_s``."""
         self.ewma_s: float | None = None
         self.last_probe_s: float | None = None
         self.count = 0
@@ -51,17 +57,39 @@ class LatencyStats:
         if self._warmup_left > 0:
             self._warmup_left -= 1
             return False
-        self._samples.append(Sample(self.clock.now(), rtt_s, probe))
+        samples = self._samples
+        if len(samples) >= self.max_samples and samples.popleft().rtt_s > self._watched_s:
+            self._over -= 1
+        samples.append(Sample(self.clock.now(), rtt_s, probe))
+        if rtt_s > self._watched_s:
+            self._over += 1
         self.ewma_s = rtt_s if self.ewma_s is None else self.ewma_alpha * rtt_s + (1 - self.ewma_alpha) * self.ewma_s
         if probe:
             self.last_probe_s = rtt_s
         self.count += 1
         return True
 
-    def _recent(self, since: float | None) -> list[float]:
+    def watch(self, limit_s: float) -> None:
+        """Count the samples over ``limit_s`` as they come and age out (one limit at a time)."""
+        self._watched_s = limit_s
+        self._over = sum(1 for s in self._samples if s.rtt_s > limit_s)
+
+    def over_watched(self) -> int:
+        """How many samples in the window are over the watched limit (0 while none is watched)."""
+        self._age_out()
+        return self._over
+
+    def _age_out(self) -> float:
+        """Drop the samples older than the window; returns the window's start."""
         horizon = self.clock.now() - self.window_s
-        while self._samples and self._samples[0].at < horizon:
-            self._samples.popleft()
+        samples = self._samples
+        while samples and samples[0].at < horizon:
+            if samples.popleft().rtt_s > self._watched_s:
+                self._over -= 1
+        return horizon
+
+    def _recent(self, since: float | None) -> list[float]:
+        horizon = self._age_out()
         floor = horizon if since is None else max(horizon, since)
         return [s.rtt_s for s in self._samples if s.at >= floor]
 

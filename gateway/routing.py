@@ -13,7 +13,9 @@ serves (reason ``cloud_slower``) and the request may be hedged to the cloud; whe
 although its own statistic is over the threshold, it may be hedged to the edge. If the preferred
 backend is down the other serves; if both are down, ``Route.NONE``. Every decision carries a
 reason string used in responses and metrics. Time comes from the injected clock; statistics are
-re-evaluated at most every ``REEVALUATE_S`` on the hot path.
+re-evaluated at most every ``REEVALUATE_S`` on the hot path, and only when the window holds
+``min_slow_samples`` over the threshold (counted as samples come and go: ``LatencyStats.watch``;
+the policy owns its stats' watch).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class RoutingPolicy:
                  cloud_statistic: Callable[[], float | None] = _no_cloud_statistic):
         self.settings = settings
         self.edge_stats = edge_stats
+        edge_stats.watch(settings.threshold_ms / 1000.0)
         self.clock = clock
         self._cloud_statistic = cloud_statistic
         self.state = RouteState.EDGE_PREFERRED
@@ -96,6 +99,7 @@ class RoutingPolicy:
 
     def update_settings(self, settings: RoutingSettings) -> None:
         self.settings = settings
+        self.edge_stats.watch(settings.threshold_ms / 1000.0)
 
     def _switch(self, state: RouteState, why: str, value_s: float | None) -> None:
         log.info("routing: %s -> %s (%s, edge %s %s ms, threshold %.0f ms)", self.state.value, state.value, why,
@@ -126,7 +130,9 @@ class RoutingPolicy:
         """Re-evaluate the edge after a new sample (passive or probe) of ``rtt_s``.
 
         A sample under the threshold cannot push the statistic over it, so (the window's quantile
-        being a sort) it is re-evaluated then only every ``REEVALUATE_S``, for samples aging out.
+        being a sort) it is re-evaluated then only every ``REEVALUATE_S``, for samples aging out;
+        and not at all while fewer than ``min_slow_samples`` of the window are over the threshold
+        (no switch could follow: the common case, decided without a pass over the window).
         """
         if self.state is not RouteState.EDGE_PREFERRED:
             return
@@ -135,6 +141,8 @@ class RoutingPolicy:
         if rtt_s is not None and rtt_s <= threshold_s and now - self._evaluated_at < REEVALUATE_S:
             return
         self._evaluated_at = now
+        if self.edge_stats.over_watched() < self.settings.min_slow_samples:
+            return
         value = self.edge_statistic()
         if value is None or value <= threshold_s:
             return

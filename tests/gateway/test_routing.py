@@ -239,3 +239,25 @@ def test_the_cloud_statistic_is_only_consulted_in_fallback_and_at_most_every_ree
     clock.advance(0.06)
     policy.decide(edge_up=True, cloud_up=True)
     assert len(asked) == 2
+
+
+def test_a_lowered_threshold_counts_the_samples_already_in_the_window():
+    policy, stats, clock = make_policy(threshold_ms=200, min_samples=3)
+    feed(policy, stats, clock, 120, 10)
+    assert policy.state is RouteState.EDGE_PREFERRED and stats.over_watched() == 0
+    policy.update_settings(RoutingSettings(threshold_ms=100, min_samples=3))
+    assert stats.over_watched() == 10  # recounted against the new threshold, not only new samples
+    clock.advance(0.1)
+    policy.observe_edge()
+    assert policy.state is RouteState.CLOUD_FALLBACK
+
+
+def test_a_window_with_fewer_slow_samples_than_needed_is_not_evaluated():
+    policy, stats, clock = make_policy(threshold_ms=200, min_samples=3, min_slow_samples=2, statistic="p50")
+    feed(policy, stats, clock, 20, 3)
+    feed(policy, stats, clock, 900, 1)  # one slow sample: the p50 is fast anyway, but no pass is made
+    calls = []
+    policy.edge_statistic = lambda: calls.append(1)  # type: ignore[method-assign]
+    clock.advance(0.1)
+    policy.observe_edge(0.9)
+    assert calls == [] and policy.state is RouteState.EDGE_PREFERRED
