@@ -1,7 +1,7 @@
 """Cloud worker benchmark: dynamic batching on vs off over real gRPC, against the pure-compute ceiling.
 
     python -m bench.cloud [--seconds 2.5] [--rounds 3] [--concurrency 1 8 64] [--threads 2]
-                          [--encoders torchscript eager] [--instances 1 2]
+                          [--encoders torchscript eager] [--instances auto 1 2]
 
 Everything heavy runs in spawned child processes, so the load generator (this process, closed-loop
 ``grpc.aio`` clients sending pre-serialised one-sentence requests of 13 tokens) neither starves nor
@@ -14,9 +14,12 @@ glibc's dynamic mmap threshold, which settles where the worker's fixed 32 MiB is
 Python around it, so the worker's gap to the ceiling splits into what any server on this machine pays
 (the floor's own gap) and what is the worker's.
 ``--instances`` (``runtime.instances``: batches that run at once, each on
-``threads / instances`` torch threads) adds a worker pair and a pair of compute processes per count;
-a compute process with several instances calls the runtime from that many threads at once, and the
-ceilings are the best of every thread layout measured. Configurations are interleaved round by
+``threads / instances`` torch threads; ``auto``, the worker's default: one batch on every thread
+while it is all the work there is, two on half the threads each while batches queue) adds a worker
+pair per value and a pair of compute processes per count (``auto`` has none: its layouts are
+those of 1 and 2); a compute process with several instances calls the runtime from that many
+threads at once, and the ceilings are the best of every thread layout measured. The floor runs the
+first count given. Configurations are interleaved round by
 round, in alternating order (the machine is shared and noisy), so every figure comes from the same
 minutes; concurrency 1 is also measured request by request in turn (a bare gRPC round trip, worker
 on, worker off), which shows what batching costs a lone request and the transport's floor. ``--encoders`` runs that whole set
@@ -75,10 +78,11 @@ def bench_sentences() -> list[str]:
 
 
 def worker_config(batching: bool, threads: int, omp: str = "brief", encoder: str = "torchscript",
-                  instances: int = 1) -> dict:
+                  instances: int | str = 1) -> dict:
+    per_instance = threads if instances == "auto" else max(1, threads // int(instances))
     return {
         "server": {"host": "127.0.0.1", "port": 0, "metrics_port": None, "grace_s": 1.0},
-        "runtime": {"device": "cpu", "intra_op_threads": max(1, threads // instances), "instances": instances,
+        "runtime": {"device": "cpu", "intra_op_threads": per_instance, "instances": instances,
                     "openmp_wait_policy": omp, "encoder": encoder},
         "batching": {"enabled": batching, "max_batch_size": 32, "max_queue_delay_us": 2000},
     }
@@ -255,7 +259,8 @@ async def main_async(args) -> dict:
     # worker variants "encoder/omp/iN": the first is the one the targets are for
     variants = [f"{encoder}/{omp}/i{instances}" for instances in layouts for encoder in encoders
                 for omp in dict.fromkeys(args.worker_omp)]
-    computes = [f"{encoder}/i{instances}" for instances in layouts for encoder in encoders]
+    counts = [instances for instances in layouts if instances != "auto"] or [1]
+    computes = [f"{encoder}/i{instances}" for instances in dict.fromkeys(counts + [1, 2]) for encoder in encoders]
     primary = variants[0]
     children = []
     ports = {}
@@ -267,13 +272,13 @@ async def main_async(args) -> dict:
             for mode, batching in (("on", True), ("off", False)):
                 key = f"{mode} {variant}"
                 ports[key] = ctx.Queue()
-                config = worker_config(batching, args.threads, omp, encoder, int(instances[1:]))
+                config = worker_config(batching, args.threads, omp, encoder, _instances(instances))
                 children.append(ctx.Process(target=_serve_process, daemon=True, args=(config, ports[key])))
         floor = f"floor {primary}"
-        encoder, omp, instances = primary.split("/")
+        encoder, omp, _ = primary.split("/")
         ports[floor] = ctx.Queue()
         children.append(ctx.Process(target=serve_floor, daemon=True,
-                                    args=(args.threads, int(instances[1:]), omp, encoder, ports[floor])))
+                                    args=(args.threads, int(counts[0]), omp, encoder, ports[floor])))
         for compute in computes:
             encoder, instances = compute.split("/")
             for policy in ("passive", "default"):
@@ -407,10 +412,23 @@ async def main_async(args) -> dict:
     }
 
 
-def _variant_settings(variant: str) -> tuple[str, str, int]:
-    """``worker_config``'s (omp, encoder, instances) of a variant ``encoder/omp/iN``."""
+def _variant_settings(variant: str) -> tuple[str, str, int | str]:
+    """``worker_config``'s (omp, encoder, instances) of a variant ``encoder/omp/iN`` (or ``iauto``)."""
     encoder, omp, instances = variant.split("/")
-    return omp, encoder, int(instances[1:])
+    return omp, encoder, _instances(instances)
+
+
+def _instances(tag: str) -> int | str:
+    """``runtime.instances`` of a variant's ``iN`` / ``iauto`` part."""
+    return "auto" if tag == "iauto" else int(tag[1:])
+
+
+def _instances_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto or a count of at least 1")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 "side by side (every encoder with every policy), all alive at once, "
                                                 "so a policy that spins while idle (active) skews the others: "
                                                 "compare policies with bench.cloud_omp")
-    parser.add_argument("--instances", type=int, nargs="+", default=[1, 2],
-                        help="runtime.instances of the workers (threads / instances torch threads each), and the "
-                             "same thread layouts in the compute processes; the first is the one the targets are for")
+    parser.add_argument("--instances", type=_instances_arg, nargs="+", default=["auto", 1, 2],
+                        help="runtime.instances of the workers (auto, or a count: threads / instances torch threads "
+                             "each), and the counts' thread layouts (always 1 and 2) in the compute processes; the "
+                             "first is the one the targets are for")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     result = asyncio.run(main_async(args))

@@ -21,6 +21,11 @@ model instance, Triton's ``instance_group`` count):
   once, and no request waits for batch-mates longer than the delay while an instance is free.
   Batches start in queue order; with several instances they may finish in any order.
 - ``enabled=False``: every batch is exactly one request (same queue, deadlines and metrics).
+- ``split_when_busy`` (with ``instances`` >= 2): a batch that is all the work there is (no other
+  batch running, nothing left queued once it is taken) runs *wide*, and no other batch starts
+  until it ends; any other batch runs *narrow*, beside up to ``instances - 1`` others. ``execute``
+  is then called as ``execute(items, wide=...)`` (the runtime gives a wide batch every thread, a
+  narrow one its share): a lone request gets the whole machine, a queue gets every instance.
 - ``execute(items)`` gets the items in queue order and must return one result per item, in the
   same order; any other count fails the whole batch with ``InternalError``. Every request's future
   is resolved exactly once, whatever happens.
@@ -66,6 +71,7 @@ class DynamicBatcher(Generic[T, R]):
         max_queue_size: int = 1024,
         enabled: bool = True,
         instances: int = 1,
+        split_when_busy: bool = False,
         clock: Callable[[], float] = time.monotonic,
         metrics: ModelMetrics | None = None,
         name: str = "model",
@@ -79,6 +85,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_size = max_queue_size
         self.enabled = enabled
         self.instances = instances
+        self.split_when_busy = split_when_busy and instances > 1
         self.name = name
         self._clock = clock
         self._metrics = metrics
@@ -87,6 +94,8 @@ class DynamicBatcher(Generic[T, R]):
         self._queued_rows = 0
         self._running = 0
         self._batches: set[asyncio.Task] = set()
+        self._wide: asyncio.Task | None = None
+        """The batch running wide (``split_when_busy``): nothing else starts until it ends."""
         self._previous_rows = 0
         self._free_since = float("-inf")
         self._last_compute_s = 0.0
@@ -168,7 +177,7 @@ class DynamicBatcher(Generic[T, R]):
 
     async def _run(self) -> None:
         while True:
-            if not self._queued or len(self._batches) >= self.instances:
+            if not self._queued or len(self._batches) >= self.instances or self._wide is not None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -183,13 +192,16 @@ class DynamicBatcher(Generic[T, R]):
             if self.instances == 1:  # the common case runs the batch in this task: no task per batch
                 await self._run_batch(batch, rows)
             else:
-                task = asyncio.create_task(self._run_batch(batch, rows), name=f"batch-{self.name}")
+                wide = self.split_when_busy and not self._batches and not self._queued
+                task = asyncio.create_task(self._run_batch(batch, rows, wide), name=f"batch-{self.name}")
                 self._batches.add(task)
+                if wide:
+                    self._wide = task
                 task.add_done_callback(self._batch_done)
 
-    async def _run_batch(self, batch: list[_Entry[T]], rows: int) -> None:
+    async def _run_batch(self, batch: list[_Entry[T]], rows: int, wide: bool = False) -> None:
         try:
-            await self._dispatch(batch, rows)
+            await self._dispatch(batch, rows, wide)
         except Exception:  # a bug here must not leave the batch's requests hanging
             log.exception("batcher of model %r failed; continuing", self.name)
             self._fail(batch, InternalError(f"model {self.name!r} failed to run the request"), Outcome.ERROR)
@@ -198,6 +210,8 @@ class DynamicBatcher(Generic[T, R]):
 
     def _batch_done(self, task: asyncio.Task) -> None:
         self._batches.discard(task)
+        if task is self._wide:
+            self._wide = None
         self._wakeup.set()  # an instance is free: the loop may start the next batch
 
     async def _gather(self) -> int:
@@ -251,7 +265,12 @@ class DynamicBatcher(Generic[T, R]):
         self._set_pending()
         return batch, total
 
-    async def _dispatch(self, batch: list[_Entry[T]], rows: int) -> None:
+    def _call(self, items: list[T], wide: bool) -> Awaitable[Sequence[R]]:
+        if self.split_when_busy:
+            return self._execute(items, wide=wide)
+        return self._execute(items)
+
+    async def _dispatch(self, batch: list[_Entry[T]], rows: int, wide: bool = False) -> None:
         start = self._clock()
         metrics = self._metrics
         try:
@@ -262,7 +281,7 @@ class DynamicBatcher(Generic[T, R]):
                 for entry in batch:
                     metrics.queue_seconds.observe(start - entry.enqueued)
             try:
-                results = await self._execute([entry.item for entry in batch])
+                results = await self._call([entry.item for entry in batch], wide)
                 if len(results) != len(batch):
                     raise InternalError(f"the model returned {len(results)} results for {len(batch)} requests")
             except asyncio.CancelledError:
@@ -272,7 +291,7 @@ class DynamicBatcher(Generic[T, R]):
                 if len(batch) > 1:
                     log.warning("batch of %d requests failed on model %r (%s); retrying one at a time",
                                 len(batch), self.name, type(exc).__name__)
-                    await self._run_alone(batch)
+                    await self._run_alone(batch, wide)
                 else:
                     self._fail(batch, _client_error(exc, self.name), Outcome.ERROR)
                 return
@@ -289,7 +308,7 @@ class DynamicBatcher(Generic[T, R]):
             self._running -= len(batch)
             self._set_pending()
 
-    async def _run_alone(self, batch: list[_Entry[T]]) -> None:
+    async def _run_alone(self, batch: list[_Entry[T]], wide: bool = False) -> None:
         """Isolate a failed batch's culprit: each request alone, each with its own outcome."""
         for index, entry in enumerate(batch):
             if entry.future.done():
@@ -299,7 +318,7 @@ class DynamicBatcher(Generic[T, R]):
                 self._count(Outcome.DEADLINE_EXCEEDED)
                 continue
             try:
-                results = await self._execute([entry.item])
+                results = await self._call([entry.item], wide)
                 if len(results) != 1:
                     raise InternalError(f"the model returned {len(results)} results for 1 request")
             except asyncio.CancelledError:

@@ -36,15 +36,19 @@ class RuntimeSettings(Section):
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """Reference model precision: ``auto`` is fp16 on CUDA and fp32 on CPU."""
-    instances: int = Field(1, ge=1, le=64)
+    instances: int | Literal["auto"] = "auto"
     """Model instances (Triton's ``instance_group`` count): batches that run at the same time, each
     on its own thread with ``intra_op_threads`` torch threads. On a CPU, two instances of one thread
     each move more rows per second than one instance of two threads (a small model's operators do
     not split well across cores), but a lone request then runs on one core: higher throughput under
-    load, slower answers when idle (``python -m bench.cloud --instances 1 2`` measures both)."""
+    load, slower answers when idle. ``auto`` (the default) has both on a CPU with two cores or more:
+    a batch that is all the work there is runs alone on every thread, and while batches queue two
+    run at once on half the threads each (one instance on a GPU). ``python -m bench.cloud
+    --instances auto 1 2`` measures all three."""
     intra_op_threads: int | None = Field(None, ge=1, le=256)
     """torch threads inside one operator, per instance (``torch.set_num_threads``); null = the CPUs
-    this process may use divided by ``instances``."""
+    this process may use divided by ``instances`` (with ``auto``: all of them for a batch alone,
+    half beside another)."""
     inter_op_threads: int = Field(1, ge=1, le=256)
     """torch threads across operators (``torch.set_num_interop_threads``)."""
     length_bucketing: bool = True
@@ -68,6 +72,13 @@ class RuntimeSettings(Section):
     ``run``/``serve`` before torch loads (``GOMP_SPINCOUNT`` is libgomp's, which torch's Linux
     wheels use)."""
 
+
+    @field_validator("instances")
+    @classmethod
+    def _instance_count(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= value <= 64:
+            raise ValueError("must be auto or a count from 1 to 64")
+        return value
 
 class BatchingSettings(Section):
     enabled: bool = True

@@ -3,17 +3,18 @@
 Contract: ``resolve_device("auto")`` is CUDA when available, else CPU; asking for CUDA where there
 is none, or for bf16 on a GPU without it, raises ``ConfigError`` naming ``runtime.device`` /
 ``runtime.dtype``. ``resolve_dtype`` returns the torch dtype and the variant name responses report
-(``fp32``, ``fp16``, ``bf16``). ``configure_threads`` sets torch's thread pools: the intra-op count
-is per model instance, and torch's other threads take it up at their first operator.
+(``fp32``, ``fp16``, ``bf16``). ``configure_threads`` sets torch's thread pools from a
+``cloud_worker.threads.ThreadPlan``: the intra-op count is per model instance, and torch's other
+threads take it up at their first operator.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
+from cloud_worker.threads import ThreadPlan, use_threads
 from edgecloud.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,19 +46,11 @@ def resolve_dtype(setting: str, device: torch.device) -> tuple[torch.dtype, str]
     return _DTYPES[name], name
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def configure_threads(intra_op: int | None, inter_op: int, instances: int = 1) -> int:
-    """Set torch's intra-op count per model instance (``intra_op``, or the CPUs this process may use
-    shared out among ``instances``) and its inter-op pool; returns the intra-op count. The inter-op
-    pool can be sized only before torch first uses it."""
-    threads = intra_op or max(1, available_cpus() // instances)
-    torch.set_num_threads(threads)
+def configure_threads(plan: ThreadPlan, inter_op: int) -> int:
+    """Set torch's intra-op count (the plan's ``wide`` count: a batch alone) and its inter-op pool;
+    returns the intra-op count. The inter-op pool can be sized only before torch first uses it."""
+    threads = plan.wide
+    use_threads(threads)
     if torch.get_num_interop_threads() != inter_op:
         try:
             torch.set_num_interop_threads(inter_op)
@@ -66,4 +59,4 @@ def configure_threads(intra_op: int | None, inter_op: int, instances: int = 1) -
     return threads
 
 
-__all__ = ["available_cpus", "configure_threads", "resolve_device", "resolve_dtype"]
+__all__ = ["configure_threads", "resolve_device", "resolve_dtype"]

@@ -17,6 +17,7 @@ import torch
 
 from cloud_worker.config import ImageModelSpec, RuntimeSettings
 from cloud_worker.device import configure_threads, resolve_device, resolve_dtype
+from cloud_worker.threads import thread_plan
 from edgecloud.errors import FailedPrecondition
 from edgecloud.image_model import (IMAGE_INPUT, INPUT_NAME, OUTPUT_NAME, PROBABILITIES, imagenet_labels,
                                    load_torch_classifier, prepared_images)
@@ -38,7 +39,8 @@ class ImageRuntime:
         self.max_rows = max_rows
         self.decode_threads = spec.decode_threads
         self.device = resolve_device(self.settings.device)
-        self.instances = self.settings.instances
+        self.threads = thread_plan(self.settings.instances, self.settings.intra_op_threads, self.device.type)
+        self.instances = self.threads.instances
         self.dtype, self.variant = resolve_dtype(self.settings.dtype, self.device)
         self.labels = imagenet_labels()
         self.metadata = ModelMetadata(name=spec.name, versions=(spec.version,), platform=PLATFORM,
@@ -49,8 +51,7 @@ class ImageRuntime:
 
     def load(self) -> None:
         if self.device.type == "cpu":
-            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads,
-                              self.settings.instances)
+            configure_threads(self.threads, self.settings.inter_op_threads)
         self._model = load_torch_classifier(str(self.device), self.dtype)
         log.info("loaded %s on %s as %s", self.metadata.name, self.device, self.variant)
         if self.settings.warmup:

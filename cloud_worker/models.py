@@ -5,7 +5,12 @@ runtime's per-request ``prepare`` on the event loop, or on the model's decode po
 runtime says ``decode_off_loop`` (images) (so a bad request is refused alone, before it
 can join a batch), queues it with its deadline, and answers with the runtime's outputs, the model's
 version and ``parameters={"variant": ...}``. Compute runs on the model's own threads (as many as the
-runtime's ``instances``), never on the event loop. ``load`` loads and warms the runtime before the
+runtime's ``instances``), never on the event loop. A runtime whose ``threads`` plan ``splits``
+(``instances: auto`` on a CPU) has its batches run wide or narrow (``DynamicBatcher``'s
+``split_when_busy``), each on that many torch threads; a wide batch always runs on the thread
+that loaded the runtime (OpenMP keeps a team of threads per calling thread: two calling threads
+with two-thread teams would leave one team's spinning threads in the other's way, which cost a
+lone request 1.2 ms in ``bench.cloud``), a narrow one there too when it is free. ``load`` loads and warms the runtime before the
 model reports ready; ``unload`` stops the batcher (queued requests get UNAVAILABLE), waits for the
 running batches, and frees the runtime. Every model call tells the process's ``heap_trimmer``
 (``after_compute``): a worker idle for a second hands its batches' heap back to the OS.
@@ -19,6 +24,7 @@ from collections.abc import Callable
 
 from cloud_worker.batcher import DynamicBatcher
 from cloud_worker.config import BatchingSettings
+from cloud_worker.threads import ThreadPlan, use_threads
 from cloud_worker.metrics import ModelMetrics
 from cloud_worker.runtime import Runtime
 from edgecloud.allocator import heap_trimmer
@@ -40,7 +46,12 @@ class BatchedModel(Model):
         self.runtime = runtime
         self.metadata = runtime.metadata
         self._runner: BlockingRunner | None = None
+        self._beside: BlockingRunner | None = None
+        """A split plan's second thread: narrow batches while the first is busy."""
+        self._first_busy = False
         self.instances: int = getattr(runtime, "instances", 1)
+        self._threads: ThreadPlan | None = getattr(runtime, "threads", None)
+        split = self._threads is not None and self._threads.splits
         self.batcher: DynamicBatcher[object, list[Tensor]] = DynamicBatcher(
             self._execute,
             max_batch_size=batch_limit(runtime, batching),
@@ -49,6 +60,7 @@ class BatchedModel(Model):
             max_queue_size=batching.max_queue_size,
             enabled=batching.enabled and runtime.batchable,
             instances=self.instances,
+            split_when_busy=split,
             clock=clock,
             metrics=metrics,
             name=self.metadata.name,
@@ -70,7 +82,11 @@ class BatchedModel(Model):
     async def load(self) -> None:
         if self._loaded:
             return
-        self._runner = BlockingRunner(self.instances, name=f"torch-{self.metadata.name}")
+        if self.batcher.split_when_busy:
+            self._runner = BlockingRunner(1, name=f"torch-{self.metadata.name}")
+            self._beside = BlockingRunner(1, name=f"torch-{self.metadata.name}-beside")
+        else:
+            self._runner = BlockingRunner(self.instances, name=f"torch-{self.metadata.name}")
         if getattr(self.runtime, "decode_off_loop", False):
             self._decoder = BlockingRunner(getattr(self.runtime, "decode_threads", 2),
                                            name=f"decode-{self.metadata.name}")
@@ -82,6 +98,9 @@ class BatchedModel(Model):
         self._loaded = False
         await self.batcher.stop()
         runner, self._runner = self._runner, None
+        beside, self._beside = self._beside, None
+        if beside is not None:
+            await asyncio.to_thread(beside.close)
         if runner is not None:
             await asyncio.to_thread(runner.close)  # waits for a batch still on the thread
             self.runtime.close()
@@ -101,14 +120,29 @@ class BatchedModel(Model):
         return InferResponse(self.metadata.name, outputs, model_version=self.version,
                              parameters=dict(self._parameters))
 
-    async def _execute(self, items: list[object]) -> list[list[Tensor]]:
+    async def _execute(self, items: list[object], wide: bool | None = None) -> list[list[Tensor]]:
+        """One batch on a runner thread; ``wide`` (a plan that splits): on how many torch threads."""
         runner = self._runner
         if runner is None:
             raise FailedPrecondition(f"model {self.metadata.name!r} is not loaded")
         try:
-            return await runner.run(self.runtime.run, items)
+            if wide is None:
+                return await runner.run(self.runtime.run, items)
+            plan = self._threads
+            if not wide and (self._first_busy or self._beside is None):
+                beside = self._beside or runner
+                return await beside.run(self._run_on, plan.narrow, items)
+            self._first_busy = True
+            try:
+                return await runner.run(self._run_on, plan.wide if wide else plan.narrow, items)
+            finally:
+                self._first_busy = False
         finally:
             heap_trimmer.after_compute()  # an idle worker hands back what its batches grew the heap by
+
+    def _run_on(self, threads: int, items: list[object]) -> list[list[Tensor]]:
+        use_threads(threads)
+        return self.runtime.run(items)
 
 
 __all__ = ["BatchedModel", "batch_limit"]

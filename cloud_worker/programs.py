@@ -19,6 +19,7 @@ import torch
 from cloud_worker.config import RuntimeSettings
 from cloud_worker.device import configure_threads, resolve_device
 from cloud_worker.manifest import ProgramManifest, load_manifest
+from cloud_worker.threads import thread_plan
 from edgecloud.datatypes import DATATYPES
 from edgecloud.errors import FailedPrecondition, InternalError
 from edgecloud.types import InferRequest, ModelMetadata, Tensor, TensorSpec
@@ -61,7 +62,8 @@ class ProgramRuntime:
         self.manifest = manifest or load_manifest(self.directory)
         self.settings = settings or RuntimeSettings()
         self.device = resolve_device(self.settings.device)
-        self.instances = self.settings.instances
+        self.threads = thread_plan(self.settings.instances, self.settings.intra_op_threads, self.device.type)
+        self.instances = self.threads.instances
         self.variant = self.manifest.variant
         self.batchable = self.manifest.max_batch_size > 0
         self.input_specs = tuple(entry.spec() for entry in self.manifest.inputs)
@@ -80,8 +82,7 @@ class ProgramRuntime:
 
     def load(self) -> None:
         if self.device.type == "cpu":
-            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads,
-                              self.settings.instances)
+            configure_threads(self.threads, self.settings.inter_op_threads)
         path = self.directory / self.manifest.program_file
         if self.manifest.format == "torchscript":
             program = torch.jit.load(str(path), map_location=self.device)

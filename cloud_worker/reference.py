@@ -21,6 +21,7 @@ from cloud_worker.bucketing import plan_chunks
 from cloud_worker.config import ReferenceModelSpec, RuntimeSettings
 from cloud_worker.device import configure_threads, resolve_device, resolve_dtype
 from cloud_worker.encoder import mean_pool_normalize, script_encoder
+from cloud_worker.threads import thread_plan
 from edgecloud.errors import FailedPrecondition
 from edgecloud.reference_model import EMBEDDING_DIM, INPUT_NAME, OUTPUT_NAME, load_torch_encoder, tokenizer_file
 from edgecloud.tokenization import TextTokenizer, decode_utf8
@@ -44,7 +45,8 @@ class ReferenceRuntime:
         self.settings = settings or RuntimeSettings()
         self.max_rows = max_rows
         self.device = resolve_device(self.settings.device)
-        self.instances = self.settings.instances
+        self.threads = thread_plan(self.settings.instances, self.settings.intra_op_threads, self.device.type)
+        self.instances = self.threads.instances
         self.dtype, self.variant = resolve_dtype(self.settings.dtype, self.device)
         self.metadata = ModelMetadata(
             name=spec.name,
@@ -67,8 +69,7 @@ class ReferenceRuntime:
 
     def load(self) -> None:
         if self.device.type == "cpu":
-            configure_threads(self.settings.intra_op_threads, self.settings.inter_op_threads,
-                              self.settings.instances)
+            configure_threads(self.threads, self.settings.inter_op_threads)
         self._tokenizer = TextTokenizer.from_file(tokenizer_file(), self.settings.max_sequence_length)
         from transformers.utils import logging as hf_logging
 

@@ -385,3 +385,59 @@ async def test_stop_answers_every_instance_s_running_batch_unavailable(clock):
     for task in (*running, queued):
         with pytest.raises(Unavailable):
             await task
+
+
+class Widths(Instances):
+    """``Instances`` that records each call's width (``split_when_busy``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.widths: dict[str, bool] = {}
+
+    async def __call__(self, items: list[str], *, wide: bool) -> list[str]:
+        self.widths[items[0]] = wide
+        return await super().__call__(items)
+
+
+async def test_a_batch_that_is_all_the_work_runs_wide_and_nothing_starts_beside_it(make_batcher):
+    model = Widths()
+    batcher = await make_batcher(model, instances=2, split_when_busy=True)
+    a = asyncio.create_task(batcher.submit("a"))
+    await until(lambda: model.running() == 1)
+    b = asyncio.create_task(batcher.submit("b"))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert model.calls == [["a"]] and model.widths == {"a": True}  # "b" waits: "a" has every thread
+    model.release("a")
+    await until(lambda: model.running() == 1)
+    assert model.widths["b"] is True  # alone again once "a" is done
+    model.release("b")
+    assert [await a, await b] == ["A", "B"]
+
+
+async def test_while_batches_queue_they_run_narrow_side_by_side(make_batcher):
+    model = Widths()
+    batcher = await make_batcher(model, instances=2, split_when_busy=True, max_batch_size=1)
+    tasks = [asyncio.create_task(batcher.submit(text)) for text in "abc"]  # queued before the batcher runs
+    await until(lambda: model.running() == 2)
+    assert model.calls == [["a"], ["b"]] and model.widths == {"a": False, "b": False}
+    model.release("a")  # "c" starts beside "b", which still runs: narrow
+    await until(lambda: model.running() == 2)
+    assert model.widths["c"] is False
+    model.release("b")
+    model.release("c")
+    assert [await task for task in tasks] == ["A", "B", "C"]
+    d = asyncio.create_task(batcher.submit("d"))  # the load gone, a lone request runs wide
+    await until(lambda: model.running() == 1)
+    assert model.widths["d"] is True
+    model.release("d")
+    assert await d == "D"
+
+
+async def test_without_split_execute_is_called_as_before(make_batcher):
+    model = Instances()  # takes no ``wide``: a call with it would fail the batch
+    batcher = await make_batcher(model, instances=2)
+    (a,) = await start_alone(batcher, model, "a")
+    model.release("a")
+    assert await a == "A"

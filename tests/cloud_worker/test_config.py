@@ -18,7 +18,7 @@ def paths(exc: ConfigError) -> list[str]:
 def test_defaults_need_no_file():
     config = load_cloud_config(None, environ={})
     assert config.batching.enabled and config.batching.max_batch_size == 32
-    assert config.runtime.device == "auto" and config.runtime.dtype == "auto"
+    assert config.runtime.device == "auto" and config.runtime.dtype == "auto" and config.runtime.instances == "auto"
     assert config.server.metrics_port is not None
     assert config.models == [ReferenceModelSpec()]
 
@@ -32,10 +32,11 @@ def test_yaml_and_env_overrides(tmp_path):
         f"models:\n  - kind: reference\n  - kind: program\n    path: {tmp_path}\n"
     )
     config = load_cloud_config(path, environ={"EDGECLOUD_CLOUD_BATCHING__ENABLED": "false",
-                                              "EDGECLOUD_CLOUD_SERVER__GRACE_S": "7"})
+                                              "EDGECLOUD_CLOUD_SERVER__GRACE_S": "7",
+                                              "EDGECLOUD_CLOUD_RUNTIME__INSTANCES": "2"})
     assert config.batching.enabled is False and config.server.grace_s == 7
     assert config.batching.preferred_batch_sizes == [8, 16]
-    assert config.runtime.dtype == "bf16"
+    assert config.runtime.dtype == "bf16" and config.runtime.instances == 2
     assert isinstance(config.models[1], ProgramModelSpec) and config.models[1].path == tmp_path
 
 
@@ -49,6 +50,8 @@ def test_yaml_and_env_overrides(tmp_path):
         ({"runtime": {"dtype": "fp8"}}, "runtime.dtype"),
         ({"runtime": {"device": "tpu"}}, "runtime.device"),
         ({"runtime": {"intra_op_threads": 0}}, "runtime.intra_op_threads"),
+        ({"runtime": {"instances": 0}}, "runtime.instances"),
+        ({"runtime": {"instances": 65}}, "runtime.instances"),
         ({"server": {"http_port": 70000}}, "server.http_port"),
         ({"models": [{"kind": "generative"}]}, "models.0.generative.path"),
         ({"models": [{"kind": "generative", "path": "m", "max_batch_size": 0}]}, "models.0.generative.max_batch_size"),

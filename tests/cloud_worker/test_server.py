@@ -164,6 +164,53 @@ async def test_two_instances_run_batches_side_by_side_each_on_its_own_threads(st
     assert len({thread for thread, _ in seen}) == 2
 
 
+async def test_auto_instances_run_a_lone_request_on_every_thread_and_a_queue_on_two_halves(
+        start_worker, reference_runtime, connect):
+    import threading
+
+    import torch
+
+    from cloud_worker.config import RuntimeSettings
+    from cloud_worker.threads import available_cpus
+    from cloud_worker.reference import ReferenceRuntime
+
+    runs: list[tuple[int, int, int]] = []  # (rows, torch intra-op threads, thread) of every batch
+    active = most = 0
+    lock = threading.Lock()
+
+    class Recording(ReferenceRuntime):
+        def run(self, items):
+            nonlocal active, most
+            with lock:
+                runs.append((len(items), torch.get_num_threads(), threading.get_ident()))
+                active += 1
+                most = max(most, active)
+            try:
+                return super().run(items)
+            finally:
+                with lock:
+                    active -= 1
+
+    runtime = Recording(settings=RuntimeSettings(device="cpu"), max_rows=8)  # instances: auto, the default
+    worker = await start_worker(runtimes=[runtime], batching={"max_batch_size": 8, "max_queue_delay_us": 0})
+    cpus = available_cpus()
+    assert runtime.instances == (2 if cpus >= 2 else 1)
+    stub = connect(worker)
+    await stub.ModelInfer(text_request([TEXTS[0]]))
+    assert runs[-1][:2] == (1, cpus)  # alone: every thread
+    texts = [f"{TEXTS[i % len(TEXTS)]} (client {i})" for i in range(64)]
+    expected = await asyncio.to_thread(lambda: np.concatenate([reference_runtime.embed([t]) for t in texts]))
+    responses = await asyncio.gather(*(stub.ModelInfer(text_request([text])) for text in texts))
+    for i, response in enumerate(responses):
+        np.testing.assert_allclose(embedding_of(response)[0], expected[i], atol=1e-5)
+    if cpus >= 2:
+        assert most == 2, "64 queued requests never had two batches running at once"
+        assert cpus // 2 in {threads for _, threads, _ in runs[1:]}, "no batch ran on half the threads"
+    await stub.ModelInfer(text_request([TEXTS[1]]))
+    assert runs[-1][:2] == (1, cpus)  # the queue gone: alone again
+    assert len({thread for _, threads, thread in runs if threads == cpus}) == 1  # wide: always the same thread
+
+
 @pytest.mark.parametrize("bucketing", [True, False])
 def test_batched_equals_unbatched_in_the_runtime(reference_runtime, bucketing):
     from cloud_worker.config import RuntimeSettings
