@@ -72,13 +72,13 @@ class RuntimeSettings(Section):
     ``run``/``serve`` before torch loads (``GOMP_SPINCOUNT`` is libgomp's, which torch's Linux
     wheels use)."""
 
-
     @field_validator("instances")
     @classmethod
     def _instance_count(cls, value: int | str) -> int | str:
         if value != "auto" and not 1 <= value <= 64:
             raise ValueError("must be auto or a count from 1 to 64")
         return value
+
 
 class BatchingSettings(Section):
     enabled: bool = True

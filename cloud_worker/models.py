@@ -10,10 +10,11 @@ runtime's ``instances``), never on the event loop. A runtime whose ``threads`` p
 ``split_when_busy``), each on that many torch threads; a wide batch always runs on the thread
 that loaded the runtime (OpenMP keeps a team of threads per calling thread: two calling threads
 with two-thread teams would leave one team's spinning threads in the other's way, which cost a
-lone request 1.2 ms in ``bench.cloud``), a narrow one there too when it is free. ``load`` loads and warms the runtime before the
-model reports ready; ``unload`` stops the batcher (queued requests get UNAVAILABLE), waits for the
-running batches, and frees the runtime. Every model call tells the process's ``heap_trimmer``
-(``after_compute``): a worker idle for a second hands its batches' heap back to the OS.
+lone request 1.2 ms in ``bench.cloud``), a narrow one there too when it is free. ``load`` loads
+and warms the runtime before the model reports ready; ``unload`` stops the batcher (queued
+requests get UNAVAILABLE), waits for the running batches, and frees the runtime. Every model call
+tells the process's ``heap_trimmer`` (``after_compute``): a worker idle for a second hands its
+batches' heap back to the OS.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from collections.abc import Callable
 
 from cloud_worker.batcher import DynamicBatcher
 from cloud_worker.config import BatchingSettings
-from cloud_worker.threads import ThreadPlan, use_threads
 from cloud_worker.metrics import ModelMetrics
 from cloud_worker.runtime import Runtime
+from cloud_worker.threads import ThreadPlan, use_threads
 from edgecloud.allocator import heap_trimmer
 from edgecloud.errors import FailedPrecondition
 from edgecloud.model import BlockingRunner, Model
@@ -129,9 +130,8 @@ class BatchedModel(Model):
             if wide is None:
                 return await runner.run(self.runtime.run, items)
             plan = self._threads
-            if not wide and (self._first_busy or self._beside is None):
-                beside = self._beside or runner
-                return await beside.run(self._run_on, plan.narrow, items)
+            if not wide and self._first_busy:  # (a wide batch only ever runs alone)
+                return await self._beside.run(self._run_on, plan.narrow, items)
             self._first_busy = True
             try:
                 return await runner.run(self._run_on, plan.wide if wide else plan.narrow, items)
