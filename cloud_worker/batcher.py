@@ -278,6 +278,8 @@ class DynamicBatcher(Generic[T, R]):
                 metrics.batch_size.observe(rows)
                 metrics.batch_fill.observe(min(rows / self.max_batch_size, 1.0))
                 metrics.batch_requests.observe(len(batch))
+                if self.split_when_busy:
+                    metrics.batch_width[wide].inc()
                 for entry in batch:
                     metrics.queue_seconds.observe(start - entry.enqueued)
             try:

@@ -12,7 +12,9 @@ What an autoscaler reads, per model and so per pod (sum over ``model``): queue d
 ``edgecloud_cloud_pending_requests`` is both), batch fill (``edgecloud_cloud_batch_fill``: rows
 per batch over the batch limit) and throughput (``rate(edgecloud_cloud_requests_total{outcome="ok"})``;
 rows: ``rate(edgecloud_cloud_batch_size_sum)``). Tensor models and generative models report the
-same families.
+same families. A model whose batches split (``runtime.instances: auto``) counts them by width
+(``edgecloud_cloud_split_batches``: ``wide``, alone on every thread; ``narrow``, beside another):
+a worker whose batches are mostly narrow is busy.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class WorkerMetrics:
                                     "takes (1.0: a full batch).", ["model"], buckets=FILL_BUCKETS, registry=r)
         self.requests = Counter("edgecloud_cloud_requests", "Requests that left the batcher, by outcome.",
                                 ["model", "outcome"], registry=r)
+        self.split_batches = Counter("edgecloud_cloud_split_batches", "Batches of a model whose batches split "
+                                     "(runtime.instances: auto), by width: wide (alone, every thread) or narrow "
+                                     "(beside another, its share).", ["model", "width"], registry=r)
         self.time_to_first_token = Histogram("edgecloud_cloud_time_to_first_token_seconds",
                                              "Generation: from submission to the first generated token.",
                                              ["model"], buckets=SECONDS_BUCKETS, registry=r)
@@ -102,6 +107,9 @@ class ModelMetrics:
         self.queued = metrics.queued.labels(model=model)
         self.running = metrics.running.labels(model=model)
         self.batch_fill = metrics.batch_fill.labels(model=model)
+        self.batch_width = {True: metrics.split_batches.labels(model=model, width="wide"),
+                            False: metrics.split_batches.labels(model=model, width="narrow")}
+        """By ``wide``: counted only by a batcher that splits."""
         self._outcomes = {outcome: metrics.requests.labels(model=model, outcome=outcome.value) for outcome in Outcome}
 
     def outcome(self, outcome: Outcome, count: int = 1) -> None:

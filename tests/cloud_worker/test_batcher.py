@@ -418,7 +418,9 @@ async def test_a_batch_that_is_all_the_work_runs_wide_and_nothing_starts_beside_
 
 async def test_while_batches_queue_they_run_narrow_side_by_side(make_batcher):
     model = Widths()
-    batcher = await make_batcher(model, instances=2, split_when_busy=True, max_batch_size=1)
+    metrics = WorkerMetrics()
+    batcher = await make_batcher(model, instances=2, split_when_busy=True, max_batch_size=1,
+                                 metrics=metrics.for_model("m"))
     tasks = [asyncio.create_task(batcher.submit(text)) for text in "abc"]  # queued before the batcher runs
     await until(lambda: model.running() == 2)
     assert model.calls == [["a"], ["b"]] and model.widths == {"a": False, "b": False}
@@ -433,6 +435,9 @@ async def test_while_batches_queue_they_run_narrow_side_by_side(make_batcher):
     assert model.widths["d"] is True
     model.release("d")
     assert await d == "D"
+    sample = metrics.registry.get_sample_value
+    assert sample("edgecloud_cloud_split_batches_total", {"model": "m", "width": "narrow"}) == 3
+    assert sample("edgecloud_cloud_split_batches_total", {"model": "m", "width": "wide"}) == 1
 
 
 async def test_without_split_execute_is_called_as_before(make_batcher):
