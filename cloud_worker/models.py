@@ -20,6 +20,7 @@ batches' heap back to the OS.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -32,6 +33,8 @@ from edgecloud.allocator import heap_trimmer
 from edgecloud.errors import FailedPrecondition
 from edgecloud.model import BlockingRunner, Model
 from edgecloud.types import InferRequest, InferResponse, Tensor
+
+log = logging.getLogger(__name__)
 
 
 def batch_limit(runtime: Runtime, batching: BatchingSettings) -> int:
@@ -92,6 +95,8 @@ class BatchedModel(Model):
             self._decoder = BlockingRunner(getattr(self.runtime, "decode_threads", 2),
                                            name=f"decode-{self.metadata.name}")
         await self._runner.run(self.runtime.load)
+        if self._threads is not None and getattr(getattr(self.runtime, "device", None), "type", None) == "cpu":
+            log.info("model %s: %s", self.metadata.name, self._threads)  # how its batches share the CPUs
         await self.batcher.start()
         self._loaded = True
 

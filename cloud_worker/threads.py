@@ -36,6 +36,17 @@ class ThreadPlan:
     def splits(self) -> bool:
         return self.narrow != self.wide
 
+    def __str__(self) -> str:
+        if self.splits:
+            return f"{_threads(self.wide)} for a batch alone, {self.narrow} each for two at once"
+        if self.instances == 1:
+            return f"one batch at a time on {_threads(self.wide)}"
+        return f"{self.instances} batches at a time on {_threads(self.wide)} each"
+
+
+def _threads(count: int) -> str:
+    return f"{count} torch thread{'' if count == 1 else 's'}"
+
 
 def thread_plan(instances: int | str, intra_op: int | None, device_type: str) -> ThreadPlan:
     """``runtime.instances`` and ``intra_op_threads`` on a ``device_type`` (torch's: cpu, cuda): a

@@ -54,3 +54,9 @@ def test_use_threads_sets_the_calling_thread_s_own_count():
         thread.start()
         thread.join()
     assert seen == {"one": 1, "two": 2}
+
+
+def test_a_plan_says_how_batches_share_the_cpus():
+    assert str(ThreadPlan(2, 2, 1)) == "2 torch threads for a batch alone, 1 each for two at once"
+    assert str(ThreadPlan(1, 4, 4)) == "one batch at a time on 4 torch threads"
+    assert str(ThreadPlan(2, 1, 1)) == "2 batches at a time on 1 torch thread each"
