@@ -94,8 +94,6 @@ class DynamicBatcher(Generic[T, R]):
         self._queued_rows = 0
         self._running = 0
         self._batches: set[asyncio.Task] = set()
-        self._wide: asyncio.Task | None = None
-        """The batch running wide (``split_when_busy``): nothing else starts until it ends."""
         self._previous_rows = 0
         self._free_since = float("-inf")
         self._last_compute_s = 0.0
@@ -177,7 +175,7 @@ class DynamicBatcher(Generic[T, R]):
 
     async def _run(self) -> None:
         while True:
-            if not self._queued or len(self._batches) >= self.instances or self._wide is not None:
+            if not self._queued or len(self._batches) >= self.instances:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -189,14 +187,12 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             if not batch:
                 continue
-            if self.instances == 1:  # the common case runs the batch in this task: no task per batch
-                await self._run_batch(batch, rows)
+            wide = self.split_when_busy and not self._batches and not self._queued
+            if self.instances == 1 or wide:  # in this task (no task per batch): nothing starts until it ends
+                await self._run_batch(batch, rows, wide)
             else:
-                wide = self.split_when_busy and not self._batches and not self._queued
-                task = asyncio.create_task(self._run_batch(batch, rows, wide), name=f"batch-{self.name}")
+                task = asyncio.create_task(self._run_batch(batch, rows), name=f"batch-{self.name}")
                 self._batches.add(task)
-                if wide:
-                    self._wide = task
                 task.add_done_callback(self._batch_done)
 
     async def _run_batch(self, batch: list[_Entry[T]], rows: int, wide: bool = False) -> None:
@@ -210,8 +206,6 @@ class DynamicBatcher(Generic[T, R]):
 
     def _batch_done(self, task: asyncio.Task) -> None:
         self._batches.discard(task)
-        if task is self._wide:
-            self._wide = None
         self._wakeup.set()  # an instance is free: the loop may start the next batch
 
     async def _gather(self) -> int:
