@@ -46,17 +46,15 @@ def resolve_dtype(setting: str, device: torch.device) -> tuple[torch.dtype, str]
     return _DTYPES[name], name
 
 
-def configure_threads(plan: ThreadPlan, inter_op: int) -> int:
-    """Set torch's intra-op count (the plan's ``wide`` count: a batch alone) and its inter-op pool;
-    returns the intra-op count. The inter-op pool can be sized only before torch first uses it."""
-    threads = plan.wide
-    use_threads(threads)
+def configure_threads(plan: ThreadPlan, inter_op: int) -> None:
+    """Set the calling thread's torch intra-op count (the plan's ``wide`` count: a batch alone)
+    and the inter-op pool, which can be sized only before torch first uses it."""
+    use_threads(plan.wide)
     if torch.get_num_interop_threads() != inter_op:
         try:
             torch.set_num_interop_threads(inter_op)
         except RuntimeError:
             log.debug("torch inter-op threads already fixed at %d", torch.get_num_interop_threads())
-    return threads
 
 
 __all__ = ["configure_threads", "resolve_device", "resolve_dtype"]

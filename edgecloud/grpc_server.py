@@ -25,8 +25,8 @@ from grpc_reflection.v1alpha import reflection
 
 from edgecloud import codec
 from edgecloud.allocator import heap_trimmer
-from edgecloud.dataplane import InferenceDataplane
 from edgecloud.codec import MULTIPLEXED_KEY
+from edgecloud.dataplane import InferenceDataplane
 from edgecloud.deadlines import MAX_DEADLINE_S, with_timeout_parameter
 from edgecloud.errors import InferenceError, InvalidArgument
 from edgecloud.rpc_errors import RETRY_AFTER_KEY

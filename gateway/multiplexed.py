@@ -15,10 +15,10 @@ serialized and parsed: the parsed one carries the request's own id (the bytes ke
 correlation id: ``codec.response_to_wire`` writes the id anew), and a ``triton_final_response``
 flag, which a unary answer does not carry, is removed from both (an edgecloud server sends none
 on a multiplexed stream). A response that reports an error raises its typed error.
-``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a unary call's deadline). Cancelling the wait (a hedge's loser, a client gone) forgets the request
-and sends a cancel message for it (``codec.cancel_wire``): an edgecloud server cancels the
-request's work if it has started it (a request not started yet, or a server that does not know
-the message, finishes it; its answer is dropped).
+``timeout_s`` bounds the wait (DEADLINE_EXCEEDED, like a unary call's deadline). Cancelling the
+wait (a hedge's loser, a client gone) forgets the request and sends a cancel message for it
+(``codec.cancel_wire``): an edgecloud server drops the request's work, started or not yet (a
+server that does not know the message finishes it; its answer is dropped).
 
 Opening: the stream is used only once the backend confirmed it speaks this contract, by
 answering the stream's ``MULTIPLEXED_METADATA`` with the same key in its initial metadata (an

@@ -346,15 +346,21 @@ async def test_two_instances_run_two_batches_at_once_and_a_third_waits_for_eithe
     assert batcher.pending == 0
 
 
-async def test_one_instance_runs_one_batch_at_a_time(make_batcher):
-    model = Instances()
-    batcher = await make_batcher(model)
+async def a_running_and_b_queued(batcher: DynamicBatcher, model: Instances) -> tuple[asyncio.Task, asyncio.Task]:
+    """Submit "a", wait until it runs, submit "b", and give the batcher every chance to start it."""
     a = asyncio.create_task(batcher.submit("a"))
     await until(lambda: model.running() == 1)
     b = asyncio.create_task(batcher.submit("b"))
     await until(lambda: batcher.queued == 1)
     for _ in range(20):
         await asyncio.sleep(0)
+    return a, b
+
+
+async def test_one_instance_runs_one_batch_at_a_time(make_batcher):
+    model = Instances()
+    batcher = await make_batcher(model)
+    a, b = await a_running_and_b_queued(batcher, model)
     assert model.calls == [["a"]]
     model.release("a")
     await until(lambda: model.running() == 1)
@@ -402,12 +408,7 @@ class Widths(Instances):
 async def test_a_batch_that_is_all_the_work_runs_wide_and_nothing_starts_beside_it(make_batcher):
     model = Widths()
     batcher = await make_batcher(model, instances=2, split_when_busy=True)
-    a = asyncio.create_task(batcher.submit("a"))
-    await until(lambda: model.running() == 1)
-    b = asyncio.create_task(batcher.submit("b"))
-    await until(lambda: batcher.queued == 1)
-    for _ in range(20):
-        await asyncio.sleep(0)
+    a, b = await a_running_and_b_queued(batcher, model)
     assert model.calls == [["a"]] and model.widths == {"a": True}  # "b" waits: "a" has every thread
     model.release("a")
     await until(lambda: model.running() == 1)

@@ -124,87 +124,77 @@ async def test_64_concurrent_clients_get_their_unbatched_answers(start_worker, r
     assert sample("edgecloud_cloud_requests_total", {"model": MODEL, "outcome": "ok"}) == 64
 
 
-async def test_two_instances_run_batches_side_by_side_each_on_its_own_threads(start_worker, reference_runtime,
-                                                                              connect):
+def recording_runtime(settings):
+    """A reference runtime that records each batch as (rows, torch intra-op threads, thread) in
+    ``runtime.runs`` and the most batches running at once in ``runtime.most``."""
     import threading
 
     import torch
 
-    from cloud_worker.config import RuntimeSettings
     from cloud_worker.reference import ReferenceRuntime
 
-    seen: set[tuple[int, int]] = set()  # (compute thread, its torch intra-op threads)
-    active = most = 0
     lock = threading.Lock()
 
     class Recording(ReferenceRuntime):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.runs: list[tuple[int, int, int]] = []
+            self.active = self.most = 0
+
         def run(self, items):
-            nonlocal active, most
             with lock:
-                seen.add((threading.get_ident(), torch.get_num_threads()))
-                active += 1
-                most = max(most, active)
+                self.runs.append((len(items), torch.get_num_threads(), threading.get_ident()))
+                self.active += 1
+                self.most = max(self.most, self.active)
             try:
                 return super().run(items)
             finally:
                 with lock:
-                    active -= 1
+                    self.active -= 1
 
-    runtime = Recording(settings=RuntimeSettings(device="cpu", instances=2), max_rows=8)
-    worker = await start_worker(runtimes=[runtime], batching={"max_batch_size": 8, "max_queue_delay_us": 0})
-    assert runtime.instances == 2
+    return Recording(settings=settings, max_rows=8)
+
+
+async def sixty_four_clients_get_the_reference_answers(stub, reference_runtime) -> None:
+    """64 different one-text requests at once, each answered with its own reference embedding."""
     texts = [f"{TEXTS[i % len(TEXTS)]} (client {i})" for i in range(64)]
     expected = await asyncio.to_thread(lambda: np.concatenate([reference_runtime.embed([t]) for t in texts]))
-    responses = await asyncio.gather(*(connect(worker).ModelInfer(text_request([text])) for text in texts))
+    responses = await asyncio.gather(*(stub.ModelInfer(text_request([text])) for text in texts))
     for i, response in enumerate(responses):
         np.testing.assert_allclose(embedding_of(response)[0], expected[i], atol=1e-5)
+
+
+async def test_two_instances_run_batches_side_by_side_each_on_its_own_threads(start_worker, reference_runtime,
+                                                                              connect):
+    from cloud_worker.config import RuntimeSettings
+
+    runtime = recording_runtime(RuntimeSettings(device="cpu", instances=2))
+    worker = await start_worker(runtimes=[runtime], batching={"max_batch_size": 8, "max_queue_delay_us": 0})
+    assert runtime.instances == 2
+    await sixty_four_clients_get_the_reference_answers(connect(worker), reference_runtime)
+    seen = {(thread, count) for _, count, thread in runtime.runs}  # (compute thread, its torch intra-op threads)
     threads_per_instance = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert most == 2, "64 queued requests never had two batches running at once"
+    assert runtime.most == 2, "64 queued requests never had two batches running at once"
     assert {count for _, count in seen} == {threads_per_instance}  # every instance set its own count
     assert len({thread for thread, _ in seen}) == 2
 
 
 async def test_auto_instances_run_a_lone_request_on_every_thread_and_a_queue_on_two_halves(
         start_worker, reference_runtime, connect):
-    import threading
-
-    import torch
-
     from cloud_worker.config import RuntimeSettings
     from cloud_worker.threads import available_cpus
-    from cloud_worker.reference import ReferenceRuntime
 
-    runs: list[tuple[int, int, int]] = []  # (rows, torch intra-op threads, thread) of every batch
-    active = most = 0
-    lock = threading.Lock()
-
-    class Recording(ReferenceRuntime):
-        def run(self, items):
-            nonlocal active, most
-            with lock:
-                runs.append((len(items), torch.get_num_threads(), threading.get_ident()))
-                active += 1
-                most = max(most, active)
-            try:
-                return super().run(items)
-            finally:
-                with lock:
-                    active -= 1
-
-    runtime = Recording(settings=RuntimeSettings(device="cpu"), max_rows=8)  # instances: auto, the default
+    runtime = recording_runtime(RuntimeSettings(device="cpu"))  # instances: auto, the default
+    runs = runtime.runs
     worker = await start_worker(runtimes=[runtime], batching={"max_batch_size": 8, "max_queue_delay_us": 0})
     cpus = available_cpus()
     assert runtime.instances == (2 if cpus >= 2 else 1)
     stub = connect(worker)
     await stub.ModelInfer(text_request([TEXTS[0]]))
     assert runs[-1][:2] == (1, cpus)  # alone: every thread
-    texts = [f"{TEXTS[i % len(TEXTS)]} (client {i})" for i in range(64)]
-    expected = await asyncio.to_thread(lambda: np.concatenate([reference_runtime.embed([t]) for t in texts]))
-    responses = await asyncio.gather(*(stub.ModelInfer(text_request([text])) for text in texts))
-    for i, response in enumerate(responses):
-        np.testing.assert_allclose(embedding_of(response)[0], expected[i], atol=1e-5)
+    await sixty_four_clients_get_the_reference_answers(stub, reference_runtime)
     if cpus >= 2:
-        assert most == 2, "64 queued requests never had two batches running at once"
+        assert runtime.most == 2, "64 queued requests never had two batches running at once"
         assert cpus // 2 in {threads for _, threads, _ in runs[1:]}, "no batch ran on half the threads"
     await stub.ModelInfer(text_request([TEXTS[1]]))
     assert runs[-1][:2] == (1, cpus)  # the queue gone: alone again
