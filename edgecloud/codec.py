@@ -55,6 +55,8 @@ DEFAULT_LIMITS = RequestLimits()
 
 def parameters_from_proto(params: Mapping[str, pb.InferParameter], field: str) -> dict[str, ParameterValue]:
     out: dict[str, ParameterValue] = {}
+    if not params:
+        return out
     for key, value in params.items():
         choice = value.WhichOneof("parameter_choice")
         if choice is None:
@@ -134,7 +136,7 @@ def bytes_array(items: Iterable[bytes | str]) -> np.ndarray:
 
 def check_shape(shape: Iterable[int], field: str, limits: RequestLimits) -> tuple[tuple[int, ...], int]:
     """Validate a request shape and return it with its element count, before any allocation."""
-    dims = tuple(int(d) for d in shape)
+    dims = tuple(map(int, shape))
     if len(dims) > limits.max_rank:
         raise InvalidArgument(f"rank {len(dims)} exceeds the limit of {limits.max_rank}", field=field)
     count = 1
@@ -221,57 +223,69 @@ def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAUL
     """Decode and structurally validate a ``ModelInferRequest``; ``precheck`` runs on the header
     (names, datatypes, shapes, outputs) before any tensor data is decoded. ``raw`` stands in for
     ``raw_input_contents`` when the caller holds them apart from the message (views, not copies)."""
-    if not msg.model_name:
+    model_name = msg.model_name
+    if not model_name:
         raise InvalidArgument("is empty", field="model_name")
-    if len(msg.inputs) == 0:
+    given_inputs = msg.inputs
+    input_count = len(given_inputs)
+    if input_count == 0:
         raise InvalidArgument("the request has no inputs", field="inputs")
-    if len(msg.inputs) > limits.max_inputs:
-        raise ResourceExhausted(f"{len(msg.inputs)} inputs exceed the limit of {limits.max_inputs}", field="inputs")
-    if len(msg.outputs) > limits.max_outputs:
-        raise ResourceExhausted(f"{len(msg.outputs)} outputs exceed the limit of {limits.max_outputs}", field="outputs")
-    if len(msg.parameters) > limits.max_parameters:
-        raise ResourceExhausted(f"{len(msg.parameters)} parameters exceed the limit", field="parameters")
+    if input_count > limits.max_inputs:
+        raise ResourceExhausted(f"{input_count} inputs exceed the limit of {limits.max_inputs}", field="inputs")
+    requested_outputs = msg.outputs
+    if len(requested_outputs) > limits.max_outputs:
+        raise ResourceExhausted(f"{len(requested_outputs)} outputs exceed the limit of {limits.max_outputs}",
+                                field="outputs")
+    request_parameters = msg.parameters
+    if len(request_parameters) > limits.max_parameters:
+        raise ResourceExhausted(f"{len(request_parameters)} parameters exceed the limit", field="parameters")
     if raw is None:
         raw = msg.raw_input_contents
     elif msg.raw_input_contents:
         raise InvalidArgument("raw_input_contents given twice", field="raw_input_contents")
-    if raw and len(raw) != len(msg.inputs):
+    if raw and len(raw) != input_count:
         raise InvalidArgument(
-            f"{len(raw)} raw_input_contents entries for {len(msg.inputs)} inputs; send all inputs raw or none",
+            f"{len(raw)} raw_input_contents entries for {input_count} inputs; send all inputs raw or none",
             field="raw_input_contents",
         )
     inputs: list[Tensor] = []
     headers: list[tuple[DatatypeInfo, int, str]] = []
     seen: set[str] = set()
-    for index, tensor in enumerate(msg.inputs):
-        field = f"inputs[{tensor.name or index}]"
-        if not tensor.name:
+    for index, tensor in enumerate(given_inputs):
+        name = tensor.name
+        field = f"inputs[{name or index}]"
+        if not name:
             raise InvalidArgument("input has no name", field=field)
-        if tensor.name in seen:
+        if name in seen:
             raise InvalidArgument("input appears more than once", field=field)
-        seen.add(tensor.name)
-        info = datatype_info(tensor.datatype, f"{field}.datatype")
+        seen.add(name)
+        datatype = tensor.datatype
+        info = DATATYPES.get(datatype) or datatype_info(datatype, f"{field}.datatype")
         dims, count = check_shape(tensor.shape, f"{field}.shape", limits)
         if raw and tensor.HasField("contents"):
             raise InvalidArgument("has both contents and raw_input_contents", field=field)
         headers.append((info, count, field))
-        inputs.append(Tensor(tensor.name, info.name, dims, NO_DATA,
-                             parameters_from_proto(tensor.parameters, f"{field}.parameters")))
+        params = tensor.parameters
+        inputs.append(Tensor(name, info.name, dims, NO_DATA,
+                             parameters_from_proto(params, f"{field}.parameters") if params else {}))
     outputs: list[RequestedOutput] = []
-    seen_outputs: set[str] = set()
-    for index, requested in enumerate(msg.outputs):
-        field = f"outputs[{requested.name or index}]"
-        if not requested.name:
-            raise InvalidArgument("requested output has no name", field=field)
-        if requested.name in seen_outputs:
-            raise InvalidArgument("output requested more than once", field=field)
-        seen_outputs.add(requested.name)
-        outputs.append(RequestedOutput(requested.name, parameters_from_proto(requested.parameters, f"{field}.parameters")))
+    if requested_outputs:
+        seen_outputs: set[str] = set()
+        for index, requested in enumerate(requested_outputs):
+            name = requested.name
+            field = f"outputs[{name or index}]"
+            if not name:
+                raise InvalidArgument("requested output has no name", field=field)
+            if name in seen_outputs:
+                raise InvalidArgument("output requested more than once", field=field)
+            seen_outputs.add(name)
+            params = requested.parameters
+            outputs.append(RequestedOutput(name, parameters_from_proto(params, f"{field}.parameters") if params else {}))
     request = InferRequest(
-        model_name=msg.model_name,
+        model_name=model_name,
         model_version=msg.model_version,
         id=msg.id,
-        parameters=parameters_from_proto(msg.parameters, "parameters"),
+        parameters=parameters_from_proto(request_parameters, "parameters"),
         inputs=inputs,
         outputs=outputs,
     )

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from edgecloud import codec
 from edgecloud.errors import InternalError, InvalidArgument, ResourceExhausted
 from edgecloud.limits import RequestLimits
-from edgecloud.types import InferRequest, InferResponse, Tensor
+from edgecloud.types import InferRequest, InferResponse, RequestedOutput, Tensor
 from protos import inference_pb2 as pb
 
 
@@ -30,6 +30,18 @@ def test_raw_round_trip_keeps_dtype_shape_and_values():
     assert tensor.datatype == "FP32" and tensor.shape == (2, 3)
     np.testing.assert_array_equal(tensor.data, data)
     assert decoded.parameters == {"a": 1, "b": "s"}
+
+
+def test_parameters_of_the_request_its_inputs_and_its_outputs_round_trip_and_absent_ones_are_empty():
+    request = _request(Tensor("x", "FP32", (1,), np.zeros(1, np.float32), {"scale": 0.5}),
+                       Tensor("y", "FP32", (1,), np.zeros(1, np.float32)),
+                       parameters={"priority": 2}, outputs=[RequestedOutput("out", {"classification": 3}),
+                                                            RequestedOutput("other")])
+    decoded = codec.request_from_proto(pb.ModelInferRequest.FromString(codec.request_to_proto(request).SerializeToString()))
+    assert decoded.parameters == {"priority": 2}
+    assert [t.parameters for t in decoded.inputs] == [{"scale": 0.5}, {}]
+    assert [(o.name, o.parameters) for o in decoded.outputs] == [("out", {"classification": 3}), ("other", {})]
+    assert decoded.inputs[1].parameters is not decoded.outputs[1].parameters  # each its own (callers add to them)
 
 
 def test_typed_contents_are_accepted():
@@ -66,9 +78,15 @@ def test_bytes_typed_contents():
         (lambda m: (m.inputs.add(name="x", datatype="FP32", shape=[1]), m.raw_input_contents.append(bytes(4))),
          InvalidArgument, "inputs[x]"),
         (lambda m: m.outputs.add(name=""), InvalidArgument, "outputs[0]"),
+        (lambda m: (m.outputs.add(name="y"), m.outputs.add(name="y")), InvalidArgument, "outputs[y]"),
+        (lambda m: m.inputs[0].__setattr__("name", ""), InvalidArgument, "inputs[0]"),
+        (lambda m: m.parameters["k"].Clear(), InvalidArgument, "parameters[k]"),
+        (lambda m: m.inputs[0].parameters["k"].Clear(), InvalidArgument, "inputs[x].parameters[k]"),
+        (lambda m: m.outputs.add(name="y").parameters["k"].Clear(), InvalidArgument, "outputs[y].parameters[k]"),
     ],
     ids=["unknown-dtype", "negative-dim", "huge-dim", "rank", "byte-size", "raw-count", "no-model", "duplicate",
-         "unnamed-output"],
+         "unnamed-output", "duplicate-output", "unnamed-input", "valueless-parameter", "valueless-input-parameter",
+         "valueless-output-parameter"],
 )
 def test_structural_errors_name_the_field(mutate, error, field):
     msg = codec.request_to_proto(_request(Tensor("x", "FP32", (2,), np.zeros(2, np.float32))))
