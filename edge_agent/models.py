@@ -89,8 +89,9 @@ class OnnxModel(Model):
 class SentenceEmbeddingModel(OnnxModel):
     """``text`` (BYTES [N]) -> ``embedding`` (FP32 [N, D]), mean-pooled and L2-normalised.
 
-    Texts are sorted by length and run in chunks of ``chunk_size`` so each chunk pads only to its
-    own longest text; results return in request order.
+    Up to ``chunk_size`` texts run as one call; more are sorted by length and run in chunks of
+    ``chunk_size``, so each chunk pads only to its own longest text. Results return in request
+    order either way.
     """
 
     def __init__(self, spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
@@ -121,16 +122,20 @@ class SentenceEmbeddingModel(OnnxModel):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         session = self._check_loaded()
+        if len(texts) <= self.chunk_size:  # one chunk (a lone sentence, nearly always): nothing to sort
+            return self._embed_chunk(session, texts)
         dim = self.metadata.outputs[0].shape[-1]
         out = np.empty((len(texts), dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), self.chunk_size):
             index = order[start : start + self.chunk_size]
-            encoded = self.tokenizer.encode([texts[i] for i in index])
-            feeds = {name: encoded[name] for name in self._graph_inputs}
-            (hidden,) = session.run([self._graph_output], feeds)
-            out[index] = mean_pool_normalize(hidden, encoded["attention_mask"])
+            out[index] = self._embed_chunk(session, [texts[i] for i in index])
         return out
+
+    def _embed_chunk(self, session, texts: Sequence[str]) -> np.ndarray:
+        encoded = self.tokenizer.encode(texts)
+        (hidden,) = session.run([self._graph_output], {name: encoded[name] for name in self._graph_inputs})
+        return mean_pool_normalize(hidden, encoded["attention_mask"])
 
     def infer_blocking(self, request: InferRequest) -> InferResponse:
         tensor = request.input(INPUT_NAME)

@@ -74,18 +74,26 @@ class ModelRepository:
 
     def __init__(self, models: list[Model] | None = None):
         self._models: dict[str, dict[str, Model]] = {}
+        self._newest: dict[str, Model] = {}
+        """Each name's newest version, kept as models are added (every request without a version
+        asks for it)."""
         for model in models or []:
             self.add(model)
 
     def add(self, model: Model) -> None:
-        self._models.setdefault(model.name, {})[model.version] = model
+        versions = self._models.setdefault(model.name, {})
+        versions[model.version] = model
+        self._newest[model.name] = versions[max(versions, key=_version_key)]
 
     def get(self, name: str, version: str = "") -> Model:
+        if not version:
+            newest = self._newest.get(name)
+            if newest is None:
+                raise NotFound(f"unknown model {name!r}", field="model_name")
+            return newest
         versions = self._models.get(name)
         if not versions:
             raise NotFound(f"unknown model {name!r}", field="model_name")
-        if not version:
-            return versions[max(versions, key=_version_key)]
         model = versions.get(version)
         if model is None:
             raise NotFound(f"model {name!r} has no version {version!r}; versions: {sorted(versions)}",

@@ -36,6 +36,16 @@ def test_batching_and_chunking_do_not_change_results(edge_agent_session):
     assert np.sum(together[:8] * alone, axis=1).min() > 0.98
 
 
+def test_one_chunk_answers_in_request_order_whatever_the_lengths(edge_agent_session):
+    texts = ["a much longer sentence than the others in this request", "short", "a middle one here"]
+    by_length = sorted(range(3), key=lambda i: len(texts[i]))
+    vectors = edge_agent_session.embed(texts)
+    sorted_vectors = edge_agent_session.embed([texts[i] for i in by_length])
+    # the same batch (one call, padded alike) in another row order: the same rows, reordered
+    np.testing.assert_allclose(vectors[by_length], sorted_vectors, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-2)
+
+
 def test_fp32_variant_agrees_with_int8(model_dir, edge_agent_session):
     texts = ["hello world", "edge inference with quantized transformers", "?"]
     with EdgeAgent.from_model_dir(model_dir, variant="fp32", threads=1) as fp32:
