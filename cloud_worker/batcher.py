@@ -17,8 +17,13 @@ model instance, Triton's ``instance_group`` count):
   bigger than that runs alone) are dispatched as soon as the queue holds ``max_batch_size`` rows,
   a preferred batch size (the largest one reached is taken), or as many rows as the previous batch
   had (closed-loop clients whose answers just went out come back together); at the latest
-  ``max_queue_delay_s`` after an instance became free. So a lone request on an idle batcher goes at
-  once, and no request waits for batch-mates longer than the delay while an instance is free.
+  ``max_queue_delay_s`` after an instance became free, or ``busy_queue_delay_s`` while another
+  batch is running (several instances). So a lone request on an idle batcher goes at once, and no
+  request waits for batch-mates longer than the delay while an instance is free. Why the longer
+  wait when busy: a batch's fixed cost is several rows' worth (one row costs what four do in a
+  batch of 32, CPU), so an instance that starts whatever few rows came back first, beside a batch
+  still running, spends its core on small batches; closed-loop clients answered together come back
+  together, a few milliseconds apart, and waiting for them fills the batch.
   Batches start in queue order; with several instances they may finish in any order.
 - ``enabled=False``: every batch is exactly one request (same queue, deadlines and metrics).
 - ``split_when_busy`` (with ``instances`` >= 2): a batch that is all the work there is (no other
@@ -67,6 +72,7 @@ class DynamicBatcher(Generic[T, R]):
         *,
         max_batch_size: int = 32,
         max_queue_delay_s: float = 0.002,
+        busy_queue_delay_s: float | None = None,
         preferred_batch_sizes: Sequence[int] = (),
         max_queue_size: int = 1024,
         enabled: bool = True,
@@ -76,11 +82,14 @@ class DynamicBatcher(Generic[T, R]):
         metrics: ModelMetrics | None = None,
         name: str = "model",
     ):
-        if max_batch_size < 1 or max_queue_size < 1 or instances < 1 or max_queue_delay_s < 0:
-            raise ValueError("max_batch_size, max_queue_size and instances must be >= 1, max_queue_delay_s >= 0")
+        if busy_queue_delay_s is None:
+            busy_queue_delay_s = max_queue_delay_s
+        if max_batch_size < 1 or max_queue_size < 1 or instances < 1 or max_queue_delay_s < 0 or busy_queue_delay_s < 0:
+            raise ValueError("max_batch_size, max_queue_size and instances must be >= 1, the delays >= 0")
         self._execute = execute
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
+        self.busy_queue_delay_s = busy_queue_delay_s
         self.preferred_batch_sizes = tuple(sorted(set(preferred_batch_sizes)))
         self.max_queue_size = max_queue_size
         self.enabled = enabled
@@ -219,7 +228,8 @@ class DynamicBatcher(Generic[T, R]):
             reached = [size for size in self.preferred_batch_sizes if size <= rows]
             if reached:
                 return reached[-1]
-            remaining = self._free_since + self.max_queue_delay_s - self._clock()
+            delay = self.busy_queue_delay_s if self._batches else self.max_queue_delay_s
+            remaining = self._free_since + delay - self._clock()
             if remaining <= 0:
                 break
             self._wakeup.clear()

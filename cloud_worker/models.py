@@ -60,6 +60,7 @@ class BatchedModel(Model):
             self._execute,
             max_batch_size=batch_limit(runtime, batching),
             max_queue_delay_s=batching.max_queue_delay_us / 1e6,
+            busy_queue_delay_s=None if batching.busy_queue_delay_us is None else batching.busy_queue_delay_us / 1e6,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_size=batching.max_queue_size,
             enabled=batching.enabled and runtime.batchable,

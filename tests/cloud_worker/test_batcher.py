@@ -357,6 +357,51 @@ async def a_running_and_b_queued(batcher: DynamicBatcher, model: Instances) -> t
     return a, b
 
 
+async def _previous_batch_of_three_then_a_running(batcher: DynamicBatcher, model: Instances) -> asyncio.Task:
+    x = asyncio.create_task(batcher.submit("x", rows=3))
+    await until(lambda: model.running() == 1)
+    model.release("x")
+    await x  # the previous batch had 3 rows: the next waits for as many
+    a = asyncio.create_task(batcher.submit("a"))  # nothing running: goes after the (zero) idle delay
+    await until(lambda: model.running() == 1)
+    return a
+
+
+async def test_beside_a_running_batch_a_free_instance_waits_the_busy_delay_for_batch_mates(make_batcher):
+    model = Instances()
+    batcher = await make_batcher(model, instances=2, max_queue_delay_s=0.0, busy_queue_delay_s=30.0)
+    a = await _previous_batch_of_three_then_a_running(batcher, model)
+    c = asyncio.create_task(batcher.submit("c"))
+    await until(lambda: batcher.queued == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert model.calls[-1] == ["a"] and model.running() == 1  # one row of three: "c" waits beside "a"
+    d = asyncio.create_task(batcher.submit("d", rows=2))
+    await until(lambda: model.running() == 2)
+    assert model.calls[-1] == ["c", "d"]
+    for item in ("a", "c"):
+        model.release(item)
+    assert [await a, await c, await d] == ["A", "C", "D"]
+
+
+async def test_the_busy_delay_bounds_that_wait(make_batcher):
+    model = Instances()
+    batcher = await make_batcher(model, instances=2, max_queue_delay_s=0.0, busy_queue_delay_s=0.05)
+    a = await _previous_batch_of_three_then_a_running(batcher, model)
+    c = asyncio.create_task(batcher.submit("c"))
+    await until(lambda: model.running() == 2)  # fewer than 3 rows ever come: goes after 0.05 s
+    assert model.calls[-1] == ["c"] and not a.done()
+    model.release("c")
+    model.release("a")
+    assert [await a, await c] == ["A", "C"]
+
+
+def test_the_busy_delay_defaults_to_the_delay_and_neither_may_be_negative():
+    assert DynamicBatcher(Model(), max_queue_delay_s=0.003).busy_queue_delay_s == 0.003
+    with pytest.raises(ValueError):
+        DynamicBatcher(Model(), busy_queue_delay_s=-0.001)
+
+
 async def test_one_instance_runs_one_batch_at_a_time(make_batcher):
     model = Instances()
     batcher = await make_batcher(model)

@@ -18,6 +18,7 @@ def paths(exc: ConfigError) -> list[str]:
 def test_defaults_need_no_file():
     config = load_cloud_config(None, environ={})
     assert config.batching.enabled and config.batching.max_batch_size == 32
+    assert (config.batching.max_queue_delay_us, config.batching.busy_queue_delay_us) == (2000, 6000)
     assert config.runtime.device == "auto" and config.runtime.dtype == "auto" and config.runtime.instances == "auto"
     assert config.server.metrics_port is not None
     assert config.models == [ReferenceModelSpec()]
@@ -28,14 +29,15 @@ def test_yaml_and_env_overrides(tmp_path):
     path.write_text(
         "server: {port: 0, metrics_port: 0, grace_s: 2}\n"
         "runtime: {dtype: bf16, intra_op_threads: 2}\n"
-        "batching: {max_batch_size: 16, preferred_batch_sizes: [16, 8, 8], max_queue_delay_us: 500}\n"
+        "batching: {max_batch_size: 16, preferred_batch_sizes: [16, 8, 8], max_queue_delay_us: 500,"
+        " busy_queue_delay_us: null}\n"
         f"models:\n  - kind: reference\n  - kind: program\n    path: {tmp_path}\n"
     )
     config = load_cloud_config(path, environ={"EDGECLOUD_CLOUD_BATCHING__ENABLED": "false",
                                               "EDGECLOUD_CLOUD_SERVER__GRACE_S": "7",
                                               "EDGECLOUD_CLOUD_RUNTIME__INSTANCES": "2"})
     assert config.batching.enabled is False and config.server.grace_s == 7
-    assert config.batching.preferred_batch_sizes == [8, 16]
+    assert config.batching.preferred_batch_sizes == [8, 16] and config.batching.busy_queue_delay_us is None
     assert config.runtime.dtype == "bf16" and config.runtime.instances == 2
     assert isinstance(config.models[1], ProgramModelSpec) and config.models[1].path == tmp_path
 
@@ -47,6 +49,7 @@ def test_yaml_and_env_overrides(tmp_path):
         ({"batching": {"preferred_batch_sizes": [64]}}, "batching.preferred_batch_sizes"),
         ({"batching": {"max_queue_delay": 5}}, "batching.max_queue_delay"),
         ({"batching": {"max_queue_size": -1}}, "batching.max_queue_size"),
+        ({"batching": {"busy_queue_delay_us": -1}}, "batching.busy_queue_delay_us"),
         ({"runtime": {"dtype": "fp8"}}, "runtime.dtype"),
         ({"runtime": {"device": "tpu"}}, "runtime.device"),
         ({"runtime": {"intra_op_threads": 0}}, "runtime.intra_op_threads"),
