@@ -19,7 +19,7 @@ model instance, Triton's ``instance_group`` count):
   had (closed-loop clients whose answers just went out come back together); at the latest
   ``max_queue_delay_s`` after an instance became free, or ``busy_queue_delay_s`` while another
   batch is running (several instances). So a lone request on an idle batcher goes at once, and no
-  request waits for batch-mates longer than the delay while an instance is free. Why the longer
+  request waits for batch-mates longer than the delay that applies while an instance is free. Why the longer
   wait when busy: a batch's fixed cost is several rows' worth (one row costs what four do in a
   batch of 32, CPU), so an instance that starts whatever few rows came back first, beside a batch
   still running, spends its core on small batches; closed-loop clients answered together come back
@@ -84,7 +84,7 @@ class DynamicBatcher(Generic[T, R]):
     ):
         if busy_queue_delay_s is None:
             busy_queue_delay_s = max_queue_delay_s
-        if max_batch_size < 1 or max_queue_size < 1 or instances < 1 or max_queue_delay_s < 0 or busy_queue_delay_s < 0:
+        if max_batch_size < 1 or max_queue_size < 1 or instances < 1 or min(max_queue_delay_s, busy_queue_delay_s) < 0:
             raise ValueError("max_batch_size, max_queue_size and instances must be >= 1, the delays >= 0")
         self._execute = execute
         self.max_batch_size = max_batch_size
