@@ -19,11 +19,11 @@ model instance, Triton's ``instance_group`` count):
   had (closed-loop clients whose answers just went out come back together); at the latest
   ``max_queue_delay_s`` after an instance became free, or ``busy_queue_delay_s`` while another
   batch is running (several instances). So a lone request on an idle batcher goes at once, and no
-  request waits for batch-mates longer than the delay that applies while an instance is free. Why the longer
-  wait when busy: a batch's fixed cost is several rows' worth (one row costs what four do in a
-  batch of 32, CPU), so an instance that starts whatever few rows came back first, beside a batch
-  still running, spends its core on small batches; closed-loop clients answered together come back
-  together, a few milliseconds apart, and waiting for them fills the batch.
+  request waits for batch-mates longer than the delay that applies while an instance is free.
+  Why the longer wait when busy: a batch's fixed cost is several rows' worth (one row costs what
+  four do in a batch of 32, CPU), so an instance that starts whatever few rows came back first,
+  beside a batch still running, spends its core on small batches; closed-loop clients answered
+  together come back together, a few milliseconds apart, and waiting for them fills the batch.
   Batches start in queue order; with several instances they may finish in any order.
 - ``enabled=False``: every batch is exactly one request (same queue, deadlines and metrics).
 - ``split_when_busy`` (with ``instances`` >= 2): a batch that is all the work there is (no other

@@ -217,6 +217,18 @@ validates against the model's metadata, so a request whose shapes cannot be serv
 million over a limit of 256) is refused before a million Python objects are made."""
 
 
+def _entry_field(collection: str, name: str, index: int, seen: set[str], unnamed: str, repeated: str) -> str:
+    """The field naming a request's input or output (``collection[name]``, ``[index]`` when it has
+    no name), once it is checked to have a name not ``seen`` before (then it is recorded)."""
+    field = f"{collection}[{name or index}]"
+    if not name:
+        raise InvalidArgument(unnamed, field=field)
+    if name in seen:
+        raise InvalidArgument(repeated, field=field)
+    seen.add(name)
+    return field
+
+
 def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAULT_LIMITS,
                        precheck: Precheck | None = None, raw: Sequence[bytes | memoryview] | None = None
                        ) -> InferRequest:
@@ -253,34 +265,22 @@ def request_from_proto(msg: pb.ModelInferRequest, limits: RequestLimits = DEFAUL
     seen: set[str] = set()
     for index, tensor in enumerate(given_inputs):
         name = tensor.name
-        field = f"inputs[{name or index}]"
-        if not name:
-            raise InvalidArgument("input has no name", field=field)
-        if name in seen:
-            raise InvalidArgument("input appears more than once", field=field)
-        seen.add(name)
+        field = _entry_field("inputs", name, index, seen, "input has no name", "input appears more than once")
         datatype = tensor.datatype
         info = DATATYPES.get(datatype) or datatype_info(datatype, f"{field}.datatype")
         dims, count = check_shape(tensor.shape, f"{field}.shape", limits)
         if raw and tensor.HasField("contents"):
             raise InvalidArgument("has both contents and raw_input_contents", field=field)
         headers.append((info, count, field))
-        params = tensor.parameters
-        inputs.append(Tensor(name, info.name, dims, NO_DATA,
-                             parameters_from_proto(params, f"{field}.parameters") if params else {}))
+        parameters = parameters_from_proto(tensor.parameters, f"{field}.parameters")
+        inputs.append(Tensor(name, info.name, dims, NO_DATA, parameters))
     outputs: list[RequestedOutput] = []
-    if requested_outputs:
-        seen_outputs: set[str] = set()
-        for index, requested in enumerate(requested_outputs):
-            name = requested.name
-            field = f"outputs[{name or index}]"
-            if not name:
-                raise InvalidArgument("requested output has no name", field=field)
-            if name in seen_outputs:
-                raise InvalidArgument("output requested more than once", field=field)
-            seen_outputs.add(name)
-            params = requested.parameters
-            outputs.append(RequestedOutput(name, parameters_from_proto(params, f"{field}.parameters") if params else {}))
+    seen_outputs: set[str] = set()
+    for index, requested in enumerate(requested_outputs):
+        name = requested.name
+        field = _entry_field("outputs", name, index, seen_outputs, "requested output has no name",
+                             "output requested more than once")
+        outputs.append(RequestedOutput(name, parameters_from_proto(requested.parameters, f"{field}.parameters")))
     request = InferRequest(
         model_name=model_name,
         model_version=msg.model_version,
