@@ -31,7 +31,7 @@ from edge_agent.build.metrics import agreement
 from edge_agent.build.quantize import Level, Recipe
 from edge_agent.build.report import missed_targets, render_summary, write_report
 from edge_agent.build.runners import OrtRunner, TorchRunner, default_tokenizer
-from edge_agent.build.search import choose_levels, greedy, sensitivity
+from edge_agent.build.search import choose_levels, greedy, prefer_faster, sensitivity
 from edge_agent.build.staging import staged
 from edge_agent.build.targets import Targets
 from edge_agent.build.trials import EvalSet, TrialBench
@@ -229,6 +229,8 @@ def _build(staging: Path, progress: Callable[[str], None], report_sentences: int
 
     progress("[5/8] greedy search: promote the most sensitive groups until the targets hold")
     recipe, greedy_steps = greedy(bench, ranking, targets.with_margin(), progress=progress, base=base)
+    recipe, promotion_speed = prefer_faster(bench, recipe, ranking, targets.with_margin(),
+                                            max(20, latency_iterations // 2), progress=progress)
     bench.build(recipe, int8_path)
     steps.done(f"{sum(not recipe.level(g).integer for g in groups)} groups promoted, "
                f"INT8 {int8_path.stat().st_size / 2**20:.1f} MiB")
@@ -285,6 +287,7 @@ def _build(staging: Path, progress: Callable[[str], None], report_sentences: int
         "sensitivity_chosen": [e.as_dict() for e in ranking],
         "sensitivity_blockwise": [e.as_dict() for e in blockwise_ranking],
         "greedy": greedy_steps,
+        "promotion_speed": promotion_speed,
         "trials": trials,
         "quantization": quantization,
     }

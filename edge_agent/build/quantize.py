@@ -80,7 +80,7 @@ class Recipe:
             by_level[self.level(group).value].append(group.name)
         return {
             "method": "onnxruntime INT8 on the fused graph (static calibrated or dynamic activations), "
-                      "sensitive MatMuls blockwise INT8",
+                      "sensitive MatMuls blockwise INT8, or FP32 where that ran faster on the building machine",
             "weight_type": "int8",
             "activation_type": "uint8 (static: calibrated, per tensor after outlier smoothing; dynamic: per tensor at "
                                "run time) / int8 (blockwise, per row and block)",

@@ -82,6 +82,14 @@ def render_text(report: dict[str, Any]) -> str:
                        s["calibration_batched"]["cosine_min"], s["size_ratio"]]
                       for s in report["greedy"]],
                      ["promoted", "cos mean", "cos min", "spearman", "batched cos min", "size ratio"]))
+    speed = report.get("promotion_speed")
+    if speed and speed.get("b1_p50_ms"):
+        p50 = speed["b1_p50_ms"]
+        out.append(f"\nPromoted groups on this machine: blockwise INT8 {p50['blockwise']:.2f} ms at batch 1, with "
+                   f"{', '.join(speed['float'])} FP32 {p50['float']:.2f} ms: "
+                   f"{'those groups FP32' if speed['chosen'] == 'float' else 'blockwise'} chosen")
+    elif speed:
+        out.append(f"\nPromoted groups stay blockwise INT8: {speed.get('why', '')}")
     out.append("\nTrials (full corpus, batch 1; search speedup = ORT FP32 p50 / trial p50 in the search's own "
                "interleaved timing run, for comparing trials with each other. The built model's speed-up is "
                "the one in Targets, from the Latency run above.)")

@@ -15,6 +15,14 @@ Contract:
   to blockwise INT8 first (in sensitivity order); only when none is left are other groups kept
   in FP32, and only while the size target holds. Each round promotes as many groups as the summed single-group mean drops predict are
   needed, then verifies with a real build; it returns the recipe and every verified step.
+- ``prefer_faster(bench, recipe, ranking, targets, iterations)`` weighs the greedy's blockwise
+  groups against keeping them FP32 on the machine that builds: the candidates keep the most
+  sensitive ``k`` of them FP32 (``k`` from as many as the size target allows down to one), the first
+  that meets ``targets`` is timed side by side with ``recipe`` (``TrialBench.speed``), and it is
+  chosen only when faster by more than ``SPEED_MARGIN``. Blockwise INT8 runs on INT8 dot products:
+  with VNNI the built model is 2.7x ORT FP32; on a Zen 1-class CPU (AVX2 on half-width units) it was
+  0.87x, and the same recipe with those groups FP32 1.08x. Returns the chosen recipe and what was
+  compared (None when ``recipe`` has no blockwise group).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from edge_agent.build.targets import Targets
 from edge_agent.build.trials import TrialBench
 
 BYTES_FLOAT, BYTES_INT8 = 4, 1
+SPEED_MARGIN = 0.03
+"""How much faster (batch-1 p50) the FP32 candidate must be to replace blockwise INT8: less is noise."""
 
 
 @dataclass(frozen=True)
@@ -131,3 +141,51 @@ def greedy(bench: TrialBench, ranking: list[GroupError], targets: Targets,
                  f"promoted: calibration mean {m['cosine_mean']:.4f} min {m['cosine_min']:.4f} "
                  f"spearman {m['spearman']:.4f}; batched min {mb['cosine_min']:.4f}")
     return recipe, steps
+
+
+def prefer_faster(bench: TrialBench, recipe: Recipe, ranking: list[GroupError], targets: Targets,
+                  iterations: int, progress: Callable[[str], None] = lambda _: None,
+                  ) -> tuple[Recipe, dict[str, Any] | None]:
+    by_name = {g.name: g for g in bench.groups}
+    order = {e.group: i for i, e in enumerate(ranking)}
+    blockwise = sorted((g for g in bench.groups if recipe.level(g) is Level.BLOCKWISE),
+                       key=lambda g: order.get(g.name, len(order)))
+    if not blockwise:
+        return recipe, None
+    kept = []
+    try:
+        built = bench.measure("greedy (blockwise)", recipe, keep=True)
+        kept.append(built)
+        budget = targets.size_ratio * bench.fp32_bytes
+        count = len(blockwise)
+        while count and built["int8_bytes"] + sum(_extra_float_bytes(g) for g in blockwise[:count]) > budget:
+            count -= 1
+        candidate = None
+        for k in range(count, 0, -1):
+            names = [g.name for g in blockwise[:k]]
+            alternative = recipe
+            for name in names:
+                alternative = alternative.with_level(name, Level.FLOAT)
+            trial = bench.measure(f"greedy, {k} blockwise kept FP32", alternative, keep=True)
+            kept.append(trial)
+            progress(f"    {', '.join(names)} FP32: size {trial['size_ratio']:.3f}, calibration min "
+                     f"{trial['calibration']['cosine_min']:.4f}")
+            if _met(targets, trial) and trial["size_ratio"] <= targets.size_ratio:
+                candidate = (alternative, trial, names)
+                break
+        comparison: dict[str, Any] = {"blockwise": [g.name for g in blockwise], "float": [], "chosen": "blockwise"}
+        if candidate is None:
+            comparison["why"] = "no FP32 candidate meets the targets within the size budget"
+            return recipe, comparison
+        alternative, trial, names = candidate
+        speeds = bench.speed({"blockwise": built["path"], "float": trial["path"]}, iterations)
+        faster = speeds["blockwise"]["b1_p50_ms"] > speeds["float"]["b1_p50_ms"] * (1 + SPEED_MARGIN)
+        comparison.update(float=names, chosen="float" if faster else "blockwise",
+                          b1_p50_ms={name: v["b1_p50_ms"] for name, v in speeds.items()},
+                          speedup_vs_ort_fp32={name: v["speedup_vs_ort_fp32_b1"] for name, v in speeds.items()})
+        progress(f"    batch-1 p50: blockwise {speeds['blockwise']['b1_p50_ms']:.2f} ms, with {len(names)} FP32 "
+                 f"{speeds['float']['b1_p50_ms']:.2f} ms: {comparison['chosen']}")
+        return (alternative if faster else recipe), comparison
+    finally:
+        for trial in kept:
+            trial.pop("path").unlink(missing_ok=True)
