@@ -11,7 +11,7 @@ exactly one ``*.onnx`` file, served raw with inputs and outputs read from the gr
 whose file is absent is left out (a device carries only the one it serves); the default variant
 must be there unless another is asked for (``variant``). Problems raise ``ModelDirError`` naming
 the directory entry, never half-load. ``pack_variant(src, out, variant)`` writes a directory that
-holds only one variant (what to ship to a device: ~23 MB instead of ~109 MB for the reference model).
+holds only one variant (what to ship to a device: ~23-29 MB, as built, instead of ~109 MB for the reference model).
 """
 
 from __future__ import annotations
