@@ -119,10 +119,11 @@ def test_without_a_terminal_the_view_prints_plain_phase_lines():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_short_streams_demo_moves_streams_edge_cloud_edge(model_dir, generative_model_dir):
-    # The stream margins (``demo.STREAM_MARGINS``: a busy CI box's edge TTFT reached 356 ms and its
-    # loaded cloud 0.9-2 s, so +800 ms / 300 ms raced); checked with three and four busy loops beside.
+    # The stream margins (``demo.STREAM_MARGINS``: a busy CI box's edge TTFT reached 356 ms, a slower
+    # CPU's 520-570 ms p50, and its loaded cloud 0.9-2 s, so +800 ms / 300 ms raced, and at 500 ms
+    # the slower CPU's recovered phase stayed on the cloud); checked with three and four busy loops beside.
     status, out = run_demo_cli("--streams", "--duration", "24", "--rate", "2", "--slow-ms", "2500",
-                               "--threshold-ms", "500", "--max-tokens", "6", "--model-dir", str(model_dir), "--no-live")
+                               "--threshold-ms", "1000", "--max-tokens", "6", "--model-dir", str(model_dir), "--no-live")
     assert status == 0, out
     summary = out[out.index("summary:"):].splitlines()
     assert ", 0 failed" in summary[0]
