@@ -146,7 +146,6 @@ def greedy(bench: TrialBench, ranking: list[GroupError], targets: Targets,
 def prefer_faster(bench: TrialBench, recipe: Recipe, ranking: list[GroupError], targets: Targets,
                   iterations: int, progress: Callable[[str], None] = lambda _: None,
                   ) -> tuple[Recipe, dict[str, Any] | None]:
-    by_name = {g.name: g for g in bench.groups}
     order = {e.group: i for i, e in enumerate(ranking)}
     blockwise = sorted((g for g in bench.groups if recipe.level(g) is Level.BLOCKWISE),
                        key=lambda g: order.get(g.name, len(order)))
