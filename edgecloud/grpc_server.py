@@ -125,7 +125,9 @@ def request_deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 Authenticate = Callable[[Mapping[str, str]], str]
-"""Credentials (request headers / gRPC metadata) -> tenant; raises ``Unauthenticated``."""
+"""Credentials (request headers / gRPC metadata) -> tenant; raises ``Unauthenticated``. One with a
+``required`` attribute that is False (the gateway's, while its reloadable config has auth off) is
+not called over gRPC: the default tenant is used and no metadata is read."""
 
 
 QUIET_BEFORE_CLOSE_S = 0.1
@@ -230,9 +232,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.calls = InFlightCalls()
 
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
-        if self._authenticate is None:
-            return DEFAULT_TENANT
-        return self._authenticate(dict(context.invocation_metadata() or ()))
+        authenticate = self._authenticate
+        if authenticate is None or not getattr(authenticate, "required", True):
+            return DEFAULT_TENANT  # (reading the call's metadata costs a request more than the rest of this)
+        return authenticate(dict(context.invocation_metadata() or ()))
 
     @translate_errors
     async def ServerLive(self, request, context):

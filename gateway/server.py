@@ -58,6 +58,21 @@ def _latency_trace_route(dataplane: GatewayDataplane):
     return add
 
 
+class _ReloadedAuth:
+    """The fronts' ``Authenticate``: the API keys a reload installed last (``dataplane.auth``)."""
+
+    def __init__(self, dataplane: GatewayDataplane):
+        self._dataplane = dataplane
+
+    @property
+    def required(self) -> bool:
+        """False while auth is off: the gRPC front then reads no credentials at all."""
+        return self._dataplane.auth.enabled
+
+    def __call__(self, headers: Mapping[str, str]) -> str:
+        return self._dataplane.auth.tenant_for(headers)
+
+
 class GatewayServer(InferenceServer):
     def __init__(self, config: GatewayConfig, config_path: str | Path | None = None, *,
                  dataplane: GatewayDataplane | None = None,
@@ -77,15 +92,13 @@ class GatewayServer(InferenceServer):
                                   body_timeout_s=config.server.body_read_timeout_ms / 1000.0)
         rest = RestOptions(response_headers=where_served_headers, extra_routes=self._add_routes)
         super().__init__("gateway", self.dataplane, config.server, resources=resources,
-                         authenticate=self._authenticate, rest=rest, metrics=self.dataplane.metrics.exposition)
+                         authenticate=_ReloadedAuth(self.dataplane), rest=rest, metrics=self.dataplane.metrics.exposition)
 
     def _add_routes(self, app: web.Application) -> None:
         _latency_trace_route(self.dataplane)(app)
         if self.config.openai.enabled:
             self.openai.add_routes(app)
 
-    def _authenticate(self, headers: Mapping[str, str]) -> str:
-        return self.dataplane.auth.tenant_for(headers)  # the authenticator a reload installed
 
     @property
     def grpc_port(self) -> int | None:

@@ -41,10 +41,10 @@ def test_the_edge_agent_builds_its_models_with_the_derived_defaults(model_dir):
     agent = EdgeAgent.from_model_dir(model_dir)
     (model,) = agent.models
     concurrency, threads = resolve("sentence-embedding")
-    assert model._runner._pool._max_workers == concurrency == min(usable_cores(), MAX_AUTO_CONCURRENCY)
+    assert model._runner.workers == concurrency == min(usable_cores(), MAX_AUTO_CONCURRENCY)
     assert model.settings.intra_op_threads == threads and not model.settings.allow_spinning
     pinned = EdgeAgent.from_model_dir(model_dir, threads=3, concurrency=1)
-    assert pinned.models[0]._runner._pool._max_workers == 1 and pinned.models[0].settings.intra_op_threads == 3
+    assert pinned.models[0]._runner.workers == 1 and pinned.models[0].settings.intra_op_threads == 3
 
 
 def test_sessions_do_not_spin_unless_asked(model_dir):

@@ -87,6 +87,26 @@ async def test_api_keys_gate_both_fronts_and_name_the_tenant(edge_proxy, shared_
         await gateway.stop(0.5)
 
 
+async def test_a_reload_that_turns_keys_on_or_off_applies_to_the_next_grpc_call(edge_proxy, shared_cloud):
+    base = {"server": {"port": 0, "metrics_port": None}, "edge": {"address": f"127.0.0.1:{edge_proxy.port}"},
+            "cloud": {"workers": [shared_cloud.address]}, "routing": {"threshold_ms": 60_000}}
+    keyed = {**base, "auth": {"enabled": True, "keys": [{"key": KEY_A, "tenant": "a"}]}}
+    gateway = await _gateway(dict(base))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            await stub.ModelInfer(text_request(["open"]))
+            await gateway.dataplane.apply_config(GatewayConfig.model_validate(keyed))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ModelInfer(text_request(["no key now"]))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            await stub.ModelInfer(text_request(["key a"]), metadata=(("authorization", f"Bearer {KEY_A}"),))
+            await gateway.dataplane.apply_config(GatewayConfig.model_validate(base))
+            await stub.ModelInfer(text_request(["open again"]))
+    finally:
+        await gateway.stop(0.5)
+
+
 async def test_mutual_tls_from_sdk_to_gateway_to_edge(model_dir, shared_cloud, certs):
     from gateway.client import AsyncClient, TlsOptions
 
