@@ -2,10 +2,12 @@
 
     python -m bench.edge_server [--duration 10] [--warmup 2] [--reps 2] [--quick]
 
-Three servers run at once, each measured in turn (A/B/C then C/B/A, repeated ``--reps`` times):
+Four servers run at once, each measured in turn (A/B/C/D then D/C/B/A, repeated ``--reps`` times):
 the edge agent with its **default** config (threads and concurrency derived from the
-cores, no spinning), the edge agent with the **previous defaults** (concurrency 1, onnxruntime's
-own intra-op threads, spinning on), and ``bench.edge_floor`` (a minimal grpc.aio + onnxruntime
+cores, no spinning between requests, a lone request on its own session: ``edge_agent.lone``), the
+same without the **lone session** (``lone_request_threads: 1``), the edge agent with the
+**previous defaults** (concurrency 1, onnxruntime's own intra-op threads, spinning on), and
+``bench.edge_floor`` (a minimal grpc.aio + onnxruntime
 backend: same file, tokenizer and pooling, one worker thread per core). For each: closed-loop
 load at concurrency 1 and 64 (this package's gRPC client, one short distinct sentence per
 request) for ``--duration`` s after ``--warmup`` s, throughput, p50/p99, and the server's CPU per
@@ -89,6 +91,7 @@ async def run(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="edge-server-bench-"))
     services = {
         "edge (default)": _edge(free_port(), workdir, "edge-default", {}),
+        "edge (no lone session)": _edge(free_port(), workdir, "edge-no-lone", {"lone_request_threads": 1}),
         "edge (previous defaults)": _edge(free_port(), workdir, "edge-previous",
                                           {"concurrency": 1, "intra_op_threads": 0, "allow_spinning": True}),
         "minimal backend": _floor(free_port(), workdir),

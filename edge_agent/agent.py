@@ -49,10 +49,12 @@ from edgecloud.reference_model import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from edgecloud.types import InferRequest, InferResponse, ServerMetadata, Tensor
 from edge_agent.config import EdgeConfig, ModelSettings
 from edge_agent.generation import GenAIModel
+from edge_agent.lone import LoneRequests
 from edge_agent.model_dir import load_model_dir
 from edge_agent.models import OnnxModel, model_from_dir
 from edge_agent.onnx_session import SessionSettings
 from edge_agent.threads import resolve as resolve_threads
+from edge_agent.threads import resolve_lone
 
 SERVER_NAME = "edgecloud-edge"
 
@@ -65,8 +67,9 @@ def build_models(config: EdgeConfig) -> list[OnnxModel | GenAIModel]:
         concurrency, intra_op_threads = resolve_threads(spec.task, entry.concurrency, entry.intra_op_threads)
         settings = SessionSettings(intra_op_threads=intra_op_threads, inter_op_threads=entry.inter_op_threads,
                                    allow_spinning=entry.allow_spinning)
+        lone_threads, lone_auto = resolve_lone(spec.task, entry.lone_request_threads, intra_op_threads)
         models.append(model_from_dir(spec, entry.variant, settings, concurrency, entry.chunk_size,
-                                     entry.max_tokens))
+                                     entry.max_tokens, LoneRequests(lone_threads, lone_auto, spec.name)))
     return models
 
 
@@ -85,10 +88,12 @@ class EdgeAgent:
 
     @classmethod
     def from_model_dir(cls, path: str | Path, *, variant: str | None = None, threads: int = 0,
-                       concurrency: int = 0) -> EdgeAgent:
-        """An agent serving one model directory; ``threads`` and ``concurrency`` 0 are derived from
-        the usable cores, as the server's are (``edge_agent.threads``)."""
-        entry = ModelSettings(path=Path(path), variant=variant, intra_op_threads=threads, concurrency=concurrency)
+                       concurrency: int = 0, lone_request_threads: int = 0) -> EdgeAgent:
+        """An agent serving one model directory; ``threads``, ``concurrency`` and
+        ``lone_request_threads`` 0 are derived from the usable cores, as the server's are
+        (``edge_agent.threads``; ``ModelSettings``)."""
+        entry = ModelSettings(path=Path(path), variant=variant, intra_op_threads=threads, concurrency=concurrency,
+                              lone_request_threads=lone_request_threads)
         return cls(EdgeConfig(models=[entry]))
 
     # lifecycle -------------------------------------------------------------------------------
@@ -172,7 +177,7 @@ class EdgeAgent:
         model = self.dataplane.prepare(request)
         if not isinstance(model, OnnxModel):
             raise InvalidArgument("is a generative model: use generate() / agenerate()", field="model_name")
-        return self.dataplane.finish(request, model.infer_blocking(request), model)
+        return self.dataplane.finish(request, model.run_call(request), model)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Run a request (validated as the servers validate it) off the event loop."""

@@ -29,6 +29,13 @@ class ModelSettings(Section):
     allow_spinning: bool = False
     """Let onnxruntime's operator threads spin while waiting for work: a little lower latency
     under steady load, at the cost of burning CPU between requests (and on an idle device)."""
+    lone_request_threads: int = Field(0, ge=0, le=256)
+    """onnxruntime threads for a request that arrives while no other request of the model runs: a
+    second session of the same file whose threads spin only while it computes (so an idle device
+    stays idle). 0 = automatic: one per usable core, kept only when the model's load measures it
+    at least 10% faster than the shared session on this CPU (and the file is at most 64 MiB: the
+    weights are held twice); 1 = off; N = N threads, not measured. Not for generative models.
+    ``edge_agent.lone``."""
     chunk_size: int = Field(32, ge=1, le=1024)
     """Texts per onnxruntime call when a request carries many (each chunk pads to its own longest)."""
     max_tokens: int = Field(512, ge=1, le=1_000_000)

@@ -10,7 +10,7 @@ session and warms it up; nothing is served before that.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from edgecloud.image_model import IMAGE_INPUT, PROBABILITIES, prepared_images
 from edgecloud.reference_model import EMBEDDING_DIM, INPUT_NAME, OUTPUT_NAME
 from edgecloud.tokenization import TextTokenizer, decode_utf8, mean_pool_normalize
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata, Tensor, TensorSpec
+from edge_agent.lone import LoneRequests
 from edge_agent.model_dir import ModelDirError, ModelDirSpec
 from edge_agent.onnx_session import SessionSettings, create_session, graph_specs
 
@@ -31,13 +32,16 @@ PLATFORM = "onnxruntime_onnx"
 class OnnxModel(Model):
     """Shared lifecycle of the edge's ONNX models."""
 
-    def __init__(self, spec: ModelDirSpec, variant: str | None, settings: SessionSettings, concurrency: int):
+    def __init__(self, spec: ModelDirSpec, variant: str | None, settings: SessionSettings, concurrency: int,
+                 lone: LoneRequests | None = None):
         self.spec = spec
         self.variant = variant or spec.default_variant
         self.settings = settings
         self._file = spec.onnx_file(self.variant)
         self._session = None
         self._runner: BlockingRunner | None = BlockingRunner(concurrency, name=f"onnx-{spec.name}")
+        self.lone = lone or LoneRequests(1, False, spec.name)
+        """The session a request arriving alone runs on (``edge_agent.lone``); off by default."""
 
     def ready(self) -> bool:
         return self._session is not None
@@ -46,6 +50,11 @@ class OnnxModel(Model):
         self._session = create_session(self._file, self.settings)
         self._on_session()
         self.warm_up()
+        self.lone.attach(self._file, self.settings, self._session, self._probe)
+
+    _probe: Callable[[object], object] | None = None
+    """One representative call on a given session, timed at load to decide on a lone session
+    (``edge_agent.lone``); model kinds that define none get no automatic lone session."""
 
     def _on_session(self) -> None:
         """Hook for subclasses to read the graph once the session exists."""
@@ -62,15 +71,22 @@ class OnnxModel(Model):
         if self._runner is not None:
             self._runner.close()
             self._runner = None
+        self.lone.detach()
         self._session = None
 
     async def unload(self) -> None:
         self.unload_blocking()
 
     def _check_loaded(self):
+        """The session this call runs on: the lone one inside a ``lone.call()`` that got it."""
         if self._session is None:
             raise FailedPrecondition(f"model {self.spec.name!r} is not loaded")
-        return self._session
+        return self.lone.session() or self._session
+
+    def run_call(self, request: InferRequest) -> InferResponse:
+        """``infer_blocking`` counted as one call of the model (it may get the lone session)."""
+        with self.lone.call():
+            return self.infer_blocking(request)
 
     def infer_blocking(self, request: InferRequest) -> InferResponse:
         raise NotImplementedError
@@ -83,7 +99,7 @@ class OnnxModel(Model):
     def _infer_before_deadline(self, request: InferRequest) -> InferResponse:
         if request.deadline is not None and time.monotonic() >= request.deadline:
             raise DeadlineExceeded("the request's deadline passed before it reached the model")
-        return self.infer_blocking(request)
+        return self.run_call(request)
 
 
 class SentenceEmbeddingModel(OnnxModel):
@@ -95,8 +111,8 @@ class SentenceEmbeddingModel(OnnxModel):
     """
 
     def __init__(self, spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
-                 concurrency: int = 1, chunk_size: int = 32):
-        super().__init__(spec, variant, settings, concurrency)
+                 concurrency: int = 1, chunk_size: int = 32, *, lone: LoneRequests | None = None):
+        super().__init__(spec, variant, settings, concurrency, lone)
         if spec.tokenizer is None:
             raise ValueError(f"{spec.path.name}: a sentence-embedding model needs a tokenizer")
         self.chunk_size = chunk_size
@@ -119,6 +135,9 @@ class SentenceEmbeddingModel(OnnxModel):
     def warm_up(self) -> None:
         for texts in (["warm up"], ["warm up the edge model with a longer sentence"] * 4):
             self.embed_texts(texts)
+
+    def _probe(self, session) -> None:
+        self._embed_chunk(session, ["a sentence of about the length most requests carry"])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         session = self._check_loaded()
@@ -153,8 +172,8 @@ class RawOnnxModel(OnnxModel):
     """Any ONNX graph: inputs and outputs as the graph declares them, tensors passed through."""
 
     def __init__(self, spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
-                 concurrency: int = 1):
-        super().__init__(spec, variant, settings, concurrency)
+                 concurrency: int = 1, *, lone: LoneRequests | None = None):
+        super().__init__(spec, variant, settings, concurrency, lone)
         # Metadata needs the graph; read it from a probe session now so validation works at once.
         probe = create_session(self._file, SessionSettings(intra_op_threads=1))
         inputs, outputs = graph_specs(probe)
@@ -211,8 +230,8 @@ class ImageClassifierModel(OnnxModel):
     (the directory's ``labels`` file) name the classes for the classification extension."""
 
     def __init__(self, spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
-                 concurrency: int = 1):
-        super().__init__(spec, variant, settings, concurrency)
+                 concurrency: int = 1, *, lone: LoneRequests | None = None):
+        super().__init__(spec, variant, settings, concurrency, lone)
         self.labels = _read_labels(spec)
         self.metadata = ModelMetadata(spec.name, (spec.version,), PLATFORM, (IMAGE_INPUT,),
                                       (TensorSpec(PROBABILITIES.name, "FP32", (-1, len(self.labels))),))
@@ -220,6 +239,9 @@ class ImageClassifierModel(OnnxModel):
     def warm_up(self) -> None:
         for rows in (1, 8):
             self.classify(np.zeros((rows, 224, 224, 3), dtype=np.uint8))
+
+    def _probe(self, session) -> None:
+        session.run([PROBABILITIES.name], {IMAGE_INPUT.name: np.zeros((1, 224, 224, 3), dtype=np.uint8)})
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Probabilities [N, classes] for prepared UINT8 [N, 224, 224, 3] images (blocking)."""
@@ -248,8 +270,10 @@ def _read_labels(spec: ModelDirSpec) -> tuple[str, ...]:
 
 
 def model_from_dir(spec: ModelDirSpec, variant: str | None = None, settings: SessionSettings = SessionSettings(),
-                   concurrency: int = 1, chunk_size: int = 32, max_tokens: int = 512) -> Model:
-    """The model kind the directory's task calls for (not loaded yet)."""
+                   concurrency: int = 1, chunk_size: int = 32, max_tokens: int = 512,
+                   lone: LoneRequests | None = None) -> Model:
+    """The model kind the directory's task calls for (not loaded yet); ``lone``: how its ONNX
+    session serves a request that arrives alone (``edge_agent.lone``; not for generation)."""
     if spec.task == "text-generation":
         from edge_agent.generation import GenAIModel, GenAISettings
 
@@ -258,7 +282,7 @@ def model_from_dir(spec: ModelDirSpec, variant: str | None = None, settings: Ses
                           settings=GenAISettings(concurrency=concurrency, max_tokens=max_tokens,
                                                  intra_op_threads=settings.intra_op_threads))
     if spec.task == "sentence-embedding":
-        return SentenceEmbeddingModel(spec, variant, settings, concurrency, chunk_size)
+        return SentenceEmbeddingModel(spec, variant, settings, concurrency, chunk_size, lone=lone)
     if spec.task == "image-classification":
-        return ImageClassifierModel(spec, variant, settings, concurrency)
-    return RawOnnxModel(spec, variant, settings, concurrency)
+        return ImageClassifierModel(spec, variant, settings, concurrency, lone=lone)
+    return RawOnnxModel(spec, variant, settings, concurrency, lone=lone)

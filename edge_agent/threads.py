@@ -13,13 +13,18 @@ the zeros (0 = automatic) and returns ``(concurrency, intra_op_threads)``:
   cloud is the one that batches); ``intra_op_threads`` 0 -> every usable core.
 
 Values set explicitly are kept as they are.
+
+``resolve_lone(task, lone_request_threads, intra_op_threads)`` -> ``(threads, auto)`` for the
+session a request arriving alone runs on (``edge_agent.lone``): 0 -> every usable core, kept only
+if measured faster at load (``auto``); 1 -> off; N -> N threads, always. Off (1) for generative
+models and wherever it would have no more threads than the shared session.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["MAX_AUTO_CONCURRENCY", "resolve", "usable_cores"]
+__all__ = ["MAX_AUTO_CONCURRENCY", "resolve", "resolve_lone", "usable_cores"]
 
 MAX_AUTO_CONCURRENCY = 8
 GENERATIVE_TASK = "text-generation"
@@ -40,3 +45,12 @@ def resolve(task: str, concurrency: int = 0, intra_op_threads: int = 0, *,
         return concurrency, intra_op_threads or cores
     concurrency = concurrency or min(cores, MAX_AUTO_CONCURRENCY)
     return concurrency, intra_op_threads or max(1, cores // concurrency)
+
+
+def resolve_lone(task: str, lone_request_threads: int = 0, intra_op_threads: int = 1, *,
+                 cores: int | None = None) -> tuple[int, bool]:
+    cores = usable_cores() if cores is None else cores
+    threads, auto = (cores, True) if lone_request_threads == 0 else (lone_request_threads, False)
+    if task == GENERATIVE_TASK or threads <= max(1, intra_op_threads):
+        return 1, False
+    return threads, auto
