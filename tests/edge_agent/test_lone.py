@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_agent import lone as lone_module
-from edge_agent.lone import AUTO_MAX_BYTES, MARGIN, LoneRequests, faster_alone
+from edge_agent.lone import AUTO_MAX_BYTES, MARGIN, QUIET_S, LoneRequests, faster_alone
 from edge_agent.onnx_session import SessionSettings
 from edge_agent.threads import resolve_lone
 
@@ -111,7 +111,8 @@ def test_no_lone_session_when_it_would_have_no_more_threads(tmp_path, made):
 
 
 def test_only_a_call_with_nothing_else_running_gets_the_lone_session():
-    lone = LoneRequests(2, False, "m")
+    clock = FakeClock()
+    lone = LoneRequests(2, False, "m", clock=clock)
     lone._session = "lone"
     assert lone.session() is None  # outside a call
     inside_first, second_got, release = threading.Event(), [], threading.Event()
@@ -130,9 +131,29 @@ def test_only_a_call_with_nothing_else_running_gets_the_lone_session():
     release.set()
     worker.join()
     assert second_got == ["lone", None]
-    with lone.call():  # alone again
+    with lone.call():  # alone again, but the model was busy a moment ago: the shared session
+        assert lone.session() is None
+    clock.now += QUIET_S
+    with lone.call():  # quiet for long enough
         assert lone.session() == "lone"
     assert lone.session() is None and lone._calls == 0
+
+
+def test_a_long_overlap_counts_as_busy_until_it_ends():
+    clock = FakeClock()
+    lone = LoneRequests(2, False, "m", clock=clock)
+    lone._session = "lone"
+    first, second = lone.call(), lone.call()
+    first.__enter__()
+    second.__enter__()  # busy from now...
+    clock.now += 10 * QUIET_S
+    second.__exit__(None, None, None)  # ...until here
+    first.__exit__(None, None, None)
+    with lone.call():
+        assert lone.session() is None
+    clock.now += QUIET_S
+    with lone.call():
+        assert lone.session() == "lone"
 
 
 def test_the_real_lone_session_answers_as_the_shared_one(model_dir):
