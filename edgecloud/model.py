@@ -11,6 +11,7 @@ import abc
 import asyncio
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -63,7 +64,8 @@ class BlockingRunner:
     awaiting task is cancelled before a thread takes it up never runs; one already running finishes
     on its thread (its result is dropped). ``close()`` fails calls not yet started with
     ``CancelledError``, waits for the running ones and stops the threads; ``run`` afterwards raises
-    ``RuntimeError``.
+    ``RuntimeError``. Threads start with the first call (a runner never used holds none), and those
+    of a runner dropped without ``close()`` stop once it is collected.
 
     Why not ``loop.run_in_executor``: every model call goes through here, and the executor's
     hand-off (a ``concurrent.futures.Future`` with its lock and condition, a work item, the chain of
@@ -76,45 +78,46 @@ class BlockingRunner:
 
     def __init__(self, workers: int = 1, name: str = "model"):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}_{index}", daemon=True)
-                         for index in range(max(1, workers))]
+        self._workers = max(1, workers)
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        """Started by the first call (a runner never used holds no thread)."""
+        self._start_lock = threading.Lock()
         self._closed = False
-        for thread in self._threads:
-            thread.start()
+        # A runner dropped without close() still stops its threads (they hold the queue, not it).
+        self._finalizer = weakref.finalize(self, _stop, self._queue, self._workers)
 
     @property
     def workers(self) -> int:
         """How many calls run at once."""
-        return len(self._threads)
+        return self._workers
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         if self._closed:
             raise RuntimeError("the runner is closed")
+        if not self._threads:
+            self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((loop, future, fn, args))
         return await future
 
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._threads or self._closed:
                 return
-            loop, future, fn, args = item
-            if future.done():  # cancelled while it waited: nothing to run, nobody to answer
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
-                _deliver(loop, _fail, future, exc)
-            else:
-                _deliver(loop, _succeed, future, result)
-            del item, future, args  # drop the call's references before blocking on the queue
+            threads = [threading.Thread(target=_work, args=(self._queue,), name=f"{self._name}_{index}", daemon=True)
+                       for index in range(self._workers)]
+            for thread in threads:
+                thread.start()
+            self._threads = threads
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._finalizer.detach()
         self._cancel_queued()
         for _ in self._threads:
             self._queue.put(None)
@@ -132,6 +135,29 @@ class BlockingRunner:
                 return
             if item is not None:
                 _deliver(item[0], _cancel, item[1], None)
+
+
+def _work(calls: queue.SimpleQueue) -> None:
+    """One runner thread: calls from the queue until a stop marker (None)."""
+    while True:
+        item = calls.get()
+        if item is None:
+            return
+        loop, future, fn, args = item
+        if future.done():  # cancelled while it waited: nothing to run, nobody to answer
+            continue
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            _deliver(loop, _fail, future, exc)
+        else:
+            _deliver(loop, _succeed, future, result)
+        del item, future, args  # drop the call's references before blocking on the queue
+
+
+def _stop(calls: queue.SimpleQueue, workers: int) -> None:
+    for _ in range(workers):
+        calls.put(None)
 
 
 def _deliver(loop: asyncio.AbstractEventLoop, settle: Callable, future: asyncio.Future, value) -> None:

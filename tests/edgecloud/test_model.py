@@ -141,3 +141,18 @@ async def test_close_cancels_what_waits_lets_the_running_call_finish_and_refuses
         await waiting
     with pytest.raises(RuntimeError, match="closed"):
         await runner.run(blocking)
+
+
+async def test_threads_start_with_the_first_call_and_stop_when_a_dropped_runner_is_collected():
+    import gc
+
+    runner = BlockingRunner(2, name="dropped")
+    assert runner._threads == []
+    await runner.run(lambda: None)
+    threads = list(runner._threads)
+    assert len(threads) == 2 and all(thread.is_alive() for thread in threads)
+    del runner
+    gc.collect()
+    for thread in threads:
+        thread.join(5)
+    assert not any(thread.is_alive() for thread in threads)
