@@ -59,7 +59,9 @@ def _floor(port: int, workdir: Path) -> ServiceProcess:
     return ServiceProcess("floor", proc, f"127.0.0.1:{port}", workdir / "floor.yaml", log_path)
 
 
-async def _window(service: ServiceProcess, concurrency: int, duration_s: float, warmup_s: float) -> dict:
+async def measured_window(service: ServiceProcess, concurrency: int, duration_s: float, warmup_s: float) -> dict:
+    """Closed-loop load on ``service`` for ``warmup_s``, then ``duration_s`` measured: requests/s,
+    latency summary, the server's CPU ms per answered request (from /proc), errors."""
     await closed_loop(service.address, duration_s=warmup_s, concurrency=concurrency)
     cpu0, t0 = cpu_seconds(service.pid), time.monotonic()
     outcomes = await closed_loop(service.address, duration_s=duration_s, concurrency=concurrency)
@@ -104,7 +106,7 @@ async def run(args) -> dict:
         for rep in range(args.reps):
             for concurrency in (1, 64):
                 for name, service in alternating(list(services.items()), rep):
-                    row = await _window(service, concurrency, args.duration, args.warmup)
+                    row = await measured_window(service, concurrency, args.duration, args.warmup)
                     windows.setdefault((name, concurrency), []).append(row)
                     print(f"rep {rep + 1} c={concurrency} {name}: {row['req_s']:.0f} req/s, "
                           f"p50 {row['p50_ms']:.2f} ms, {row['cpu_ms_per_req']:.2f} ms CPU/req", flush=True)

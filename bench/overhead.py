@@ -25,15 +25,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from bench.common import (RESULTS_DIR, alternating, cpu_seconds, paired_ratios, print_table, spread, stop_all,
-                          summarize, write_result)
-from bench.load import closed_loop
+from bench.common import RESULTS_DIR, alternating, paired_ratios, print_table, spread, stop_all, write_result
+from bench.edge_server import measured_window
 from edgecloud_tools.stack import ServiceProcess, free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,13 +68,9 @@ def launch(name: str, kind: str, repo: Path, workdir: Path, model_dir: Path = MO
 
 
 async def _round(service: ServiceProcess, concurrency: int, duration_s: float) -> dict:
-    await closed_loop(service.address, duration_s=1.0, concurrency=concurrency)
-    cpu0, t0 = cpu_seconds(service.pid), time.monotonic()
-    outcomes = await closed_loop(service.address, duration_s=duration_s, concurrency=concurrency)
-    cpu, wall = cpu_seconds(service.pid) - cpu0, time.monotonic() - t0
-    ok = [o.latency for o in outcomes if o.error is None]
-    return {"req_s": len(ok) / wall, "cpu_us_per_req": 1e6 * cpu / max(1, len(ok)),
-            "p50_ms": summarize(ok)["p50_ms"] if ok else None, "errors": len(outcomes) - len(ok)}
+    window = await measured_window(service, concurrency, duration_s, warmup_s=1.0)
+    return {"req_s": window["req_s"], "cpu_us_per_req": 1000 * window["cpu_ms_per_req"], "p50_ms": window["p50_ms"],
+            "errors": window["errors"]}
 
 
 async def run(args) -> dict:
