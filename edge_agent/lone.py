@@ -114,6 +114,11 @@ class LoneRequests:
     def detach(self) -> None:
         self._session = None
 
+    @property
+    def attached(self) -> bool:
+        """Whether there is a lone session (when not, ``call()`` has nothing to decide)."""
+        return self._session is not None
+
     @contextlib.contextmanager
     def call(self) -> Iterator[None]:
         lone = self._session
