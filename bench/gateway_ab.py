@@ -36,9 +36,13 @@ MODEL_DIR = HERE / "models" / "all-MiniLM-L6-v2"
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank"
 
 
-def launch_gateway(repo: Path, edge: str, workdir: Path, name: str) -> ServiceProcess:
-    """A gateway process of the tree at ``repo`` (its own virtualenv and code)."""
+def launch_gateway(repo: Path, edge: str | None, workdir: Path, name: str,
+                   embedded: dict | None = None) -> ServiceProcess:
+    """A gateway process of the tree at ``repo`` (its own virtualenv and code), in front of the
+    edge at ``edge``, or holding the edge agent ``embedded`` describes (``edge.embedded``)."""
     config = gateway_config(free_port(), edge, [])
+    if embedded is not None:
+        config["edge"] = {"address": None, "embedded": embedded}
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"{name}.log"

@@ -16,7 +16,8 @@ Every server runs in its own process, all in front of (or holding) the same INT8
   against a peer as idle as itself 1.03-1.06x (same run, same build);
 - ``embedded``: a gateway holding the edge agent in its own process (``edge.embedded``);
 - ``before`` (with ``--before DIR``): the gateway of another checkout (its own ``.venv``, e.g. a
-  ``git worktree`` of an earlier commit), in front of the same edge: before/after in one run.
+  ``git worktree`` of an earlier commit), in front of the same edge, and ``embedded_before``, that
+  checkout's embedded gateway: before/after in one run.
 
 (a) Concurrency 1: requests rotate over all of them, request by request, so drift and noise hit
     all alike. p50/p99; what ``floor`` and ``gateway`` add over ``direct``; the gateway's added
@@ -53,8 +54,8 @@ from protos import inference_pb2_grpc as pb_grpc
 
 MODEL_DIR = Path("models/all-MiniLM-L6-v2")
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank"
-PATHS = ("direct", "floor", "gateway", "peer", "embedded", "before")
-ALONE = frozenset({"peer", "embedded"})
+PATHS = ("direct", "floor", "gateway", "peer", "embedded", "before", "embedded_before")
+ALONE = frozenset({"peer", "embedded", "embedded_before"})
 """Paths whose process serves them alone (every other path goes through the ``direct`` edge)."""
 
 
@@ -148,28 +149,29 @@ def main() -> int:
         peer = launch("edge", edge_config(model_dir, free_port(), threads=1), workdir, name="peer")
         services.append(peer)
         gateway = launch("gateway", gateway_config(free_port(), edge.address, []), workdir)
+        agent = {"models": [{"path": str(model_dir), "intra_op_threads": 1}]}
         embedded_config = gateway_config(free_port(), None, [])
-        embedded_config["edge"] = {"address": None,
-                                   "embedded": {"models": [{"path": str(model_dir), "intra_op_threads": 1}]}}
+        embedded_config["edge"] = {"address": None, "embedded": agent}
         embedded = launch("gateway", embedded_config, workdir, name="embedded")
         services += [gateway, embedded]
-        before = None
+        before = embedded_before = None
         if args.before is not None:
             if not (args.before / ".venv" / "bin" / "python").exists():
                 raise SystemExit(f"{args.before} has no .venv: run `make setup` there (or link one)")
             before = launch_gateway(args.before.resolve(), edge.address, workdir, "before")
-        if before is not None:
-            services.append(before)
+            embedded_before = launch_gateway(args.before.resolve(), None, workdir, "embedded_before", embedded=agent)
+            services += [before, embedded_before]
         wait_relaying(floor)
-        for service in (peer, gateway, embedded, before):
+        for service in (peer, gateway, embedded, before, embedded_before):
             if service is not None:
                 wait_ready(service, 120)
         addresses = {"direct": edge.address, "floor": floor.address, "gateway": gateway.address,
                      "peer": peer.address, "embedded": embedded.address}
         pids = {"edge": edge.pid, "floor": floor.pid, "gateway": gateway.pid, "peer": peer.pid,
                 "embedded": embedded.pid}
-        if before is not None:
-            addresses["before"], pids["before"] = before.address, before.pid
+        for name, service in (("before", before), ("embedded_before", embedded_before)):
+            if service is not None:
+                addresses[name], pids[name] = service.address, service.pid
         c1 = asyncio.run(concurrency_1(addresses, pids, args.requests))
         cn = asyncio.run(concurrency_n(addresses, pids, args.concurrency, args.throughput_s, args.reps))
     finally:
@@ -190,7 +192,15 @@ def main() -> int:
                 f"(vs_direct: median of the per-round ratios)")
     gw, fl = c1["gateway"], c1["floor"]
     figures = {**({"before_added_p50_vs_floor": ratio(c1["before"]["added_p50_ms"], fl["added_p50_ms"]),
-                   "before_cn_vs_direct": cn["before"]["vs_direct"]["median"]} if "before" in c1 else {}),
+                   "before_cn_vs_direct": cn["before"]["vs_direct"]["median"],
+                   "embedded_before_c1_p50_vs_peer": ratio(c1["embedded_before"]["p50_ms"], c1["peer"]["p50_ms"]),
+                   "embedded_before_cn_vs_peer": paired_ratios(
+                       [r["requests_per_s"] for r in cn["embedded_before"]["runs"]],
+                       [r["requests_per_s"] for r in cn["peer"]["runs"]])["median"],
+                   "embedded_cn_vs_embedded_before": paired_ratios(
+                       [r["requests_per_s"] for r in cn["embedded"]["runs"]],
+                       [r["requests_per_s"] for r in cn["embedded_before"]["runs"]])["median"]}
+                if "before" in c1 else {}),
         "gateway_added_p50_vs_floor": ratio(gw["added_p50_ms"], fl["added_p50_ms"]),
         "gateway_paired_added_p50_vs_floor": ratio(gw["paired_added_p50_ms"], fl["paired_added_p50_ms"]),
         "gateway_added_p99_vs_floor": ratio(gw["added_p99_ms"], fl["added_p99_ms"]),

@@ -93,6 +93,7 @@ class GatewayDataplane:
                                    config.server.overload_retry_after_ms / 1000.0)
         admission = self.admission
         self.metrics.inflight.set_function(lambda: admission.in_flight)  # read at scrape: nothing per request
+        self.metrics.backend_rtt.source = self.monitor.snapshot  # computed at scrape, too
         self.auth = ApiKeyAuthenticator(config.auth)
         self.dispatcher = Dispatcher(edge=self._make_edge(config), pool=self.pool, policy=self.policy,
                                      monitor=self.monitor, budget=self.retry_budget,
@@ -485,10 +486,6 @@ class GatewayDataplane:
 
     def _update_gauges(self) -> None:
         metrics = self.metrics
-        for name, stats in self.monitor.snapshot().items():
-            for key in ("ewma_ms", "p95_ms"):
-                if stats[key] is not None:
-                    metrics.backend_rtt.labels(name, key[:-3]).set(stats[key] / 1000.0)
         for state in RouteState:
             metrics.route_state.labels(state.value).set(1 if self.policy.state is state else 0)
         edge = self.edge

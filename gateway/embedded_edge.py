@@ -8,9 +8,8 @@ the agent's typed errors pass through as they are.
 
 from __future__ import annotations
 
-import asyncio
-
 from edgecloud.errors import DeadlineExceeded
+from edgecloud.expiry import Expiry
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import EdgeConfig, ModelSettings
@@ -25,19 +24,18 @@ class EmbeddedEdge(Backend):
     def __init__(self, name: str, models: list[ModelSettings]):
         super().__init__(name, EDGE)
         self.agent = EdgeAgent(EdgeConfig(models=models))
+        self._expiry = Expiry()
+        """The calls' time limits (one timer for all of them, not one each)."""
 
     async def start(self) -> None:
         await self.agent.aload()
 
-    async def _run(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
+    async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
         try:
-            async with asyncio.timeout(timeout_s):
+            with self._expiry.within(timeout_s):
                 return await self.agent.infer(request)
         except TimeoutError:
             raise DeadlineExceeded("the embedded edge did not answer in time") from None
-
-    async def infer(self, request: InferRequest, timeout_s: float | None) -> InferResponse:
-        return await self._run(request, timeout_s)
 
     async def stream(self, request: InferRequest, timeout_s: float | None):
         """The agent's own stream (its generative models); the dispatcher bounds the time."""
@@ -50,7 +48,7 @@ class EmbeddedEdge(Backend):
             await responses.aclose()
 
     async def probe(self, request: InferRequest, timeout_s: float) -> None:
-        await self._run(request, timeout_s)
+        await self.infer(request, timeout_s)
 
     async def model_metadata(self, name: str, version: str, timeout_s: float) -> ModelMetadata:
         return await self.agent.dataplane.model_metadata(name, version)

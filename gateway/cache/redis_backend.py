@@ -22,7 +22,6 @@ Contract (``RedisBackend``):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 from typing import Any
@@ -34,6 +33,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from edgecloud.expiry import Expiry
 from gateway.cache.backend import BackendError
 from gateway.cache.settings import RedisSettings
 
@@ -100,7 +100,7 @@ def _command(method):
     @functools.wraps(method)
     async def wrapper(self: RedisBackend, *args):
         try:
-            async with asyncio.timeout(self.timeout_s):
+            with self._expiry.within(self.timeout_s):
                 return await method(self, *args)
         except Exception as exc:
             raise _translate(exc) from exc
@@ -138,6 +138,8 @@ class RedisBackend:
         self.settings = settings
         self.name = "redis-cluster" if settings.cluster_nodes else "redis"
         self.timeout_s = settings.operation_timeout_s
+        self._expiry = Expiry()
+        """Every command's time limit (one timer for all of them)."""
         self._client: Redis | RedisCluster = make_redis_client(settings)
         self._cluster = isinstance(self._client, RedisCluster)
         self._renew = self._client.register_script(_RENEW)

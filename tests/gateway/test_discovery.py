@@ -348,9 +348,14 @@ async def test_metrics_of_a_worker_that_left_are_dropped(clock):
     sample = dataplane.metrics.registry.get_sample_value
     assert sample("edgecloud_gateway_backend_up", {"backend": "cloud-10.0.0.1:8201"}) == 1
     assert sample("edgecloud_gateway_backend_outstanding", {"backend": "cloud-10.0.0.1:8201"}) == 0
+    for _ in range(dataplane.config.routing.warmup_samples + 1):
+        dataplane.monitor.record("cloud-10.0.0.1:8201", 0.01)
+    rtt = {"backend": "cloud-10.0.0.1:8201", "statistic": "p95"}
+    assert sample("edgecloud_gateway_backend_rtt_seconds", rtt) == 0.01
     resolver.answer = ["10.0.0.2"]
     await dataplane.discovery.refresh()
     assert sample("edgecloud_gateway_backend_up", {"backend": "cloud-10.0.0.1:8201"}) is None
+    assert sample("edgecloud_gateway_backend_rtt_seconds", rtt) is None
     assert sample("edgecloud_gateway_backend_up", {"backend": "cloud-10.0.0.2:8201"}) == 1
     assert sample("edgecloud_gateway_discovery_changes_total", {"change": "removed"}) == 1
     assert sample("edgecloud_gateway_discovery_changes_total", {"change": "added"}) == 2

@@ -1,0 +1,51 @@
+"""``gateway.embedded_edge.EmbeddedEdge``: the real agent in-process, its calls bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from edge_agent.config import ModelSettings
+from edgecloud.codec import bytes_array
+from edgecloud.errors import DeadlineExceeded
+from edgecloud.types import InferRequest, Tensor
+from gateway.embedded_edge import EmbeddedEdge
+
+
+def _request(text: str) -> InferRequest:
+    data = bytes_array([text])
+    return InferRequest(model_name="all-MiniLM-L6-v2", inputs=[Tensor("text", "BYTES", data.shape, data)])
+
+
+async def test_a_call_past_its_time_fails_with_deadline_exceeded_before_the_work_ahead_of_it_ends(model_dir):
+    edge = EmbeddedEdge("edge", [ModelSettings(path=str(model_dir), intra_op_threads=1, lone_request_threads=1)])
+    await edge.start()
+    try:
+        answered = []
+
+        async def backlog(index: int) -> None:
+            await edge.infer(_request(f"a call queued ahead, number {index}"), None)
+            answered.append(index)
+
+        ahead = [asyncio.ensure_future(backlog(i)) for i in range(128)]
+        await asyncio.sleep(0)  # all of them queued on the agent's threads
+        with pytest.raises(DeadlineExceeded):
+            await edge.infer(_request("the late one"), 0.005)
+        assert len(answered) < len(ahead)  # it did not wait for the queue to drain
+        await asyncio.gather(*ahead)
+        response = await edge.infer(_request("and the next call"), 5.0)
+        assert response.outputs[0].name == "embedding"
+    finally:
+        await edge.close()
+
+
+async def test_calls_in_time_share_one_timer(model_dir):
+    edge = EmbeddedEdge("edge", [ModelSettings(path=str(model_dir), intra_op_threads=1, lone_request_threads=1)])
+    await edge.start()
+    try:
+        responses = await asyncio.gather(*(edge.infer(_request(f"text {i}"), 30.0) for i in range(32)))
+        assert all(r.outputs[0].name == "embedding" for r in responses)
+        assert edge._expiry.timers_armed == 1
+    finally:
+        await edge.close()
