@@ -2,7 +2,8 @@
 
 Contract: a ``Backend`` does I/O only — ``start`` (before serving), ``infer`` (a decoded request within ``timeout_s``),
 ``stream`` (a generation's responses as the backend sends them, the last flagged final),
-``probe`` (one small real inference, not counted as load), ``model_metadata`` and ``close`` — and
+``probe`` (one small real inference, not counted as load), ``model_metadata``, ``set_limits`` (the
+gateway's request limits, as a reload changes them, for what it decodes or validates) and ``close`` — and
 fails only with ``InferenceError``s (``DeadlineExceeded`` when ``timeout_s`` passed), whose kind
 says whether another backend may be tried and whether the failure counts against this one
 (``ErrorKind.retryable`` / ``backend_fault``). Messages never name addresses. Cancelling a call
@@ -23,6 +24,7 @@ import abc
 from collections.abc import AsyncIterator
 
 from edgecloud.errors import Unavailable
+from edgecloud.limits import RequestLimits
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata
 
 __all__ = ["Backend", "CLOUD", "EDGE"]
@@ -81,6 +83,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def model_metadata(self, name: str, version: str, timeout_s: float) -> ModelMetadata: ...
+
+    def set_limits(self, limits: RequestLimits) -> None:
+        """The gateway's request limits changed (a reload); default: nothing here uses them."""
 
     async def close(self) -> None:
         """Release connections; the backend is not used afterwards."""

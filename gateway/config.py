@@ -150,7 +150,8 @@ class EdgeBackendSettings(Section):
     address: str | None = "127.0.0.1:8101"
     """host:port of the edge agent's gRPC server; null for a cloud-only gateway (or an embedded edge)."""
     embedded: EmbeddedEdgeSettings | None = None
-    """Run the edge agent inside the gateway's process (a device): no network hop; ``address`` is ignored."""
+    """Run the edge agent inside the gateway's process (a device): no network hop; ``address`` is ignored.
+    The agent validates requests with this file's ``limits``."""
     attempt_timeout_ms: float | None = Field(None, gt=0)
     """Give up on one edge attempt after this long (then the cloud serves); default: none beyond hedging."""
     tls: ClientTlsSettings | None = None

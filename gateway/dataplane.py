@@ -11,7 +11,8 @@ Contract for ``GatewayDataplane.infer(request)`` (an ``edgecloud.dataplane.Infer
   every answer by both, and every error by kind.
 ``start()`` opens the cache, resolves ``cloud.discovery`` once (when set) and starts the probes and
 discovery's refresh loop; ``stop()`` stops them and closes every backend.
-``apply_config(config)`` switches to a reloaded config without dropping in-flight requests.
+``apply_config(config)`` switches to a reloaded config without dropping in-flight requests; the
+new request limits apply to every backend too (an embedded edge validates with them).
 The cloud pool is ``cloud.workers`` plus the addresses discovery finds (``gateway.discovery``); a
 worker that stays (same name and address) is the same ``Backend``, its outlier and latency state
 kept. A removed worker (gone from DNS, or from a reloaded config) is drained: no new picks, its
@@ -145,7 +146,7 @@ class GatewayDataplane:
         if config.edge.embedded is not None:
             from gateway.embedded_edge import EmbeddedEdge  # onnxruntime: only a device gateway needs it
 
-            return EmbeddedEdge(EDGE, list(config.edge.embedded.models))
+            return EmbeddedEdge(EDGE, list(config.edge.embedded.models), config.limits)
         if config.edge.address is None:
             return None
         return self._grpc_backend(config, EDGE, EDGE, config.edge.address, config.edge.tls, config.edge.multiplex)
@@ -262,6 +263,8 @@ class GatewayDataplane:
                 await self.edge.start()
         self._reconfigure_discovery(old, config)
         self._set_workers(config, reuse=config.cloud.tls == old.cloud.tls)
+        for backend in self.backends():  # those kept hold the old limits
+            backend.set_limits(self.limits)
         self.metadata.clear()
         await self.cache.reconfigure(config.cache)
 

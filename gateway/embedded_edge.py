@@ -1,15 +1,19 @@
 """An edge agent inside the gateway's own process (the device profile): no network hop.
 
 Contract (see ``gateway.backend.Backend``): an in-process ``EdgeAgent`` serves the decoded
-request as it is (no encoding at all); its blocking compute runs on its own threads. The agent is
-loaded by ``start()`` (or at first use). A call past ``timeout_s`` fails with ``DeadlineExceeded``;
+request as it is (no encoding at all); its blocking compute runs on its own threads. The agent
+validates with the gateway's request limits (``limits``; ``set_limits`` after a reload), so a
+request the gateway accepts is never refused by its own edge for a limit. The agent is loaded by
+``start()`` (or at first use). A call past ``timeout_s`` fails with ``DeadlineExceeded``;
 the agent's typed errors pass through as they are.
 """
 
 from __future__ import annotations
 
+from edgecloud.config import LimitsSettings
 from edgecloud.errors import DeadlineExceeded
 from edgecloud.expiry import Expiry
+from edgecloud.limits import RequestLimits
 from edgecloud.types import InferRequest, InferResponse, ModelMetadata
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import EdgeConfig, ModelSettings
@@ -21,9 +25,9 @@ __all__ = ["EmbeddedEdge"]
 class EmbeddedEdge(Backend):
     address = "in-process"
 
-    def __init__(self, name: str, models: list[ModelSettings]):
+    def __init__(self, name: str, models: list[ModelSettings], limits: LimitsSettings | None = None):
         super().__init__(name, EDGE)
-        self.agent = EdgeAgent(EdgeConfig(models=models))
+        self.agent = EdgeAgent(EdgeConfig(models=models, limits=limits or LimitsSettings()))
         self._expiry = Expiry()
         """The calls' time limits (one timer for all of them, not one each)."""
 
@@ -52,6 +56,9 @@ class EmbeddedEdge(Backend):
 
     async def model_metadata(self, name: str, version: str, timeout_s: float) -> ModelMetadata:
         return await self.agent.dataplane.model_metadata(name, version)
+
+    def set_limits(self, limits: RequestLimits) -> None:
+        self.agent.dataplane.limits = limits
 
     async def close(self) -> None:
         await self.agent.aclose()

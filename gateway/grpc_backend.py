@@ -203,6 +203,9 @@ class GrpcBackend(Backend):
                                                   timeout=timeout_s))
         return codec.model_metadata_from_proto(msg)
 
+    def set_limits(self, limits: RequestLimits) -> None:
+        self._limits = limits
+
     async def close(self) -> None:
         """Close the channel for good: a call that comes later fails UNAVAILABLE (and is retried
         elsewhere) instead of opening a channel nobody would close."""
