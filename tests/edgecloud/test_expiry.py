@@ -100,7 +100,7 @@ def test_an_earlier_limit_arriving_after_a_later_one_moves_the_timer():
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             await _bounded(expiry, 0.05, 5.0)
-        assert time.monotonic() - started < 0.4
+        assert time.monotonic() - started < 4.0  # long before the 5 s sleep, let alone the 30 s limit
         assert await long == "done"  # the short limit's firing left the long one alone
         assert expiry.timers_armed == 3  # the 30 s limit, the 0.05 s one, the 30 s one again
 
