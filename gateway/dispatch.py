@@ -1,6 +1,6 @@
 """The dispatcher: where one routed request goes, with hedging, failover, retries and deadlines.
 
-Contract for ``await Dispatcher.dispatch(request, deadline, require_cloud=False) -> Served``:
+Contract for ``Dispatcher.dispatch(request, deadline, require_cloud=False) -> Served``:
 - The routing policy decides (``require_cloud``: the cloud or nothing). Every decision is counted.
   No backend available on either side: ``Unavailable`` at once.
 - A decision with ``hedge`` starts the first side's attempt; if it has not answered after
@@ -105,15 +105,10 @@ class Dispatcher:
         self.metrics.count_decision(decision.route.value, decision.reason)
         return decision
 
-    def dispatch(self, request: InferRequest, deadline: float, *, require_cloud: bool = False) -> Awaitable[Served]:
-        """The request's answer, to await (a model without a confidence bar: the dispatch itself,
-        no coroutine around it)."""
+    async def dispatch(self, request: InferRequest, deadline: float, *, require_cloud: bool = False) -> Served:
         bar = None if require_cloud else self.settings.confidence_bars.get(request.model_name)
         if bar is None:
-            return self._dispatch(request, deadline, require_cloud, None)
-        return self._escalating(request, deadline, bar)
-
-    async def _escalating(self, request: InferRequest, deadline: float, bar: ConfidenceBar) -> Served:
+            return await self._dispatch(request, deadline, require_cloud, None)
         upstream, restore = widen(request, bar)
         served = await self._dispatch(upstream, deadline, False, bar)
         if restore is not None:

@@ -26,7 +26,7 @@ STATISTICS = ("p50", "p90", "p95", "p99", "max", "ewma")
 
 
 class Sample(NamedTuple):
-    """One RTT (a tuple: built for every answer, 0.15 us against a frozen dataclass's 0.44)."""
+    """One RTT (a tuple: built for every answer, 0.22 us against a frozen dataclass's 0.43)."""
 
     at: float
     rtt_s: float

@@ -69,8 +69,8 @@ class Reason:
 
 
 class Decision(NamedTuple):
-    """Where one request goes (a tuple: made for every request, 0.15 us against a frozen
-    dataclass's 0.6)."""
+    """Where one request goes (a tuple: made for every request, 0.30 us to build against a frozen
+    dataclass's 0.48)."""
 
     route: Route
     reason: str
